@@ -1,0 +1,310 @@
+"""The cluster play: create, delete and describe the lab's cluster.
+
+Three providers behind the same steps: `kind` (real nodes in Docker), `kwok`
+(a real control plane with simulated nodes, no containers) and `existing`
+(any kubeconfig context). Every step targets `lab.context` explicitly.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import yaml
+
+from .core import kubeconfig
+from .core.commands import CommandError
+from .core.settings import Lab
+from .core.steps import Step, StepFailed, change, ok
+
+ROOT = Path(__file__).resolve().parent.parent
+KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
+KWOK_STAGES = ROOT / "manifests" / "kwok" / "stages.yaml"
+KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --testbed`
+    "--kube-apiserver-binary": "kube-apiserver",
+    "--kube-controller-manager-binary": "kube-controller-manager",
+    "--kube-scheduler-binary": "kube-scheduler",
+    "--etcd-binary": "etcd",
+    "--kwok-controller-binary": "kwok",
+}
+
+
+# --- kind ------------------------------------------------------------------
+def render_kind_config(lab: Lab) -> dict:
+    """The kind Cluster config with the lab's ports; mappings sit under the node."""
+    config = yaml.safe_load(KIND_CONFIG.read_text())
+    control_plane = config["nodes"][0]
+    mappings = {m["containerPort"]: m for m in control_plane["extraPortMappings"]}
+    mappings[30080]["hostPort"] = lab.nginx_port
+    mappings[80]["hostPort"] = lab.http_port
+    for mapping in control_plane["extraPortMappings"]:
+        mapping["listenAddress"] = lab.listen_address
+    config["nodes"] = [control_plane] + [{"role": "worker"} for _ in range(lab.workers)]
+    return config
+
+
+def port_in_use(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
+def _kind_clusters(ctx) -> list[str]:
+    out = ctx.sh.run(["kind", "get", "clusters"]).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _kind_nodes(ctx) -> dict[str, str]:
+    """Node container name -> Docker state for the lab's kind cluster."""
+    out = ctx.sh.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={ctx.lab.cluster}",
+                      "--format", "{{.Names}}\t{{.State}}"]).stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
+    """(listen address, host port, container port) of the control-plane node as it is."""
+    out = ctx.sh.run(["docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}",
+                      f"{ctx.lab.cluster}-control-plane"]).stdout
+    found = set()
+    for container, bindings in (json.loads(out or "{}") or {}).items():
+        port = int(container.split("/")[0])
+        for b in bindings or []:
+            if port != 6443:  # the API server mapping kind adds itself
+                found.add((b.get("HostIp") or "0.0.0.0", int(b["HostPort"]), port))
+    return found
+
+
+def kind_create_steps(lab: Lab) -> list[Step]:
+    own_kubeconfig = lab.home / "kubeconfigs" / f"kind-{lab.cluster}.yaml"
+    config_path = lab.home / "kind" / f"{lab.cluster}.yaml"
+
+    def check_exists(ctx):
+        if lab.cluster in _kind_clusters(ctx):
+            return ok(f"kind cluster {lab.cluster} exists")
+        return change(f"create kind cluster {lab.cluster}")
+
+    def create(ctx):
+        config = render_kind_config(lab)
+        busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
+                if port_in_use(m["listenAddress"], m["hostPort"])]
+        if busy:
+            raise StepFailed(f"host port {', '.join(busy)} already in use: stop what listens there "
+                             "or choose other ports in invoke.yaml (kindlab.ports)")
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        own_kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        ctx.sh.run(["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
+                    "--kubeconfig", str(own_kubeconfig), "--wait", "0s"], timeout=lab.timeout * 2)
+        return f"created kind cluster {lab.cluster}"
+
+    def check_running(ctx):
+        stopped = [n for n, state in _kind_nodes(ctx).items() if state != "running"]
+        if stopped:
+            return change(f"start stopped node containers {', '.join(sorted(stopped))}")
+        wanted = {(m["listenAddress"], m["hostPort"], m["containerPort"])
+                  for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]}
+        actual = _kind_mapped_ports(ctx)
+        if not wanted <= actual:
+            return ok(f"warning: the cluster maps {sorted(actual)} but the config wants {sorted(wanted)}; "
+                      "port mappings are fixed when a kind cluster is created: "
+                      "`invoke cluster.delete` then `invoke cluster.create` to apply them")
+        return ok("node containers running")
+
+    def start_nodes(ctx):
+        stopped = sorted(n for n, state in _kind_nodes(ctx).items() if state != "running")
+        ctx.sh.run(["docker", "start", *stopped])
+        return f"started {', '.join(stopped)}"
+
+    def merged_context(ctx):
+        return ctx.sh.run(["kind", "get", "kubeconfig", "--name", lab.cluster]).stdout
+
+    return [
+        Step(f"kind cluster {lab.cluster}", check_exists, create),
+        Step(f"kind nodes of {lab.cluster} running", check_running, start_nodes),
+        _context_step(lab, merged_context),
+        _nodes_ready_step(lab, want=1 + lab.workers, system_pods=True),
+    ]
+
+
+# --- kwok --------------------------------------------------------------------
+def kwok_dir(lab: Lab) -> Path:
+    return Path.home() / ".kwok" / "clusters" / lab.cluster
+
+
+def render_kwok_config(lab: Lab) -> str:
+    """KwokctlConfiguration (loopback only) plus kindlab's stages with the lab's pod delay."""
+    stages = [d for d in yaml.safe_load_all(KWOK_STAGES.read_text()) if d]
+    for stage in stages:
+        if stage["metadata"]["name"] == "kindlab-pod-ready":
+            stage["spec"]["delay"]["durationMilliseconds"] = lab.kwok.ready_delay_ms
+    options = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokctlConfiguration",
+               "options": {"bindAddress": "127.0.0.1"}}
+    return yaml.safe_dump_all([options, *stages], sort_keys=False)
+
+
+def _kwok_clusters(ctx) -> list[str]:
+    out = ctx.sh.run(["kwokctl", "get", "clusters"]).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def kwok_create_steps(lab: Lab) -> list[Step]:
+    config_path = lab.home / "kwok" / f"{lab.cluster}.yaml"
+
+    def check_exists(ctx):
+        if lab.cluster in _kwok_clusters(ctx):
+            return ok(f"kwok cluster {lab.cluster} exists")
+        return change(f"create kwok cluster {lab.cluster}")
+
+    def create(ctx):
+        missing = [name for name in KWOK_BINARIES.values() if not (lab.tools_dir / name).exists()]
+        if missing or ctx.sh.which("kwokctl") is None or ctx.sh.which("kubectl") is None:
+            raise StepFailed(f"the kwok testbed needs {', '.join(missing or ['kwokctl', 'kubectl'])} "
+                             f"in {lab.tools_dir}: run `invoke tools.install --testbed`")
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(render_kwok_config(lab))
+        argv = ["kwokctl", "create", "cluster", "--name", lab.cluster, "--runtime", "binary",
+                "--config", str(config_path), "--kubeconfig", "", "--wait", "60s"]
+        for flag, name in KWOK_BINARIES.items():
+            argv += [flag, str(lab.tools_dir / name)]
+        try:
+            ctx.sh.run(argv, timeout=lab.timeout)
+        except CommandError:
+            # A half-made cluster would make the next run think all is well.
+            ctx.sh.run(["kwokctl", "delete", "cluster", "--name", lab.cluster, "--kubeconfig", ""],
+                       check=False)
+            raise
+        ctx.reset_kube()
+        return f"created kwok cluster {lab.cluster}"
+
+    def check_running(ctx):
+        try:
+            ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
+                        "get", "--raw", "/readyz"], timeout=10)
+            return ok("control plane answers")
+        except CommandError:
+            return change(f"start the stopped kwok cluster {lab.cluster}")
+
+    def start(ctx):
+        ctx.sh.run(["kwokctl", "start", "cluster", "--name", lab.cluster], timeout=lab.timeout)
+        return f"started kwok cluster {lab.cluster}"
+
+    def check_nodes(ctx):
+        have = len(ctx.kube.core.list_node().items)
+        if have == lab.kwok.nodes:
+            return ok(f"{have} simulated node(s)")
+        return change(f"scale simulated nodes {have} -> {lab.kwok.nodes} "
+                      f"({lab.kwok.cpu} CPU, {lab.kwok.memory} each)")
+
+    def scale(ctx):
+        ctx.sh.run(["kwokctl", "scale", "node", "--name", lab.cluster, "--replicas", str(lab.kwok.nodes),
+                    "--param", f'.allocatable.cpu="{lab.kwok.cpu}"',
+                    "--param", f'.allocatable.memory="{lab.kwok.memory}"',
+                    "--param", f'.allocatable.pods="{lab.kwok.pods}"'], timeout=lab.timeout)
+
+    def read_kubeconfig(ctx):
+        return (kwok_dir(lab) / "kubeconfig.yaml").read_text()
+
+    return [
+        Step(f"kwok cluster {lab.cluster}", check_exists, create),
+        Step(f"kwok control plane of {lab.cluster} running", check_running, start),
+        _context_step(lab, read_kubeconfig),
+        Step(f"simulated nodes of {lab.cluster}", check_nodes, scale),
+        _nodes_ready_step(lab, want=lab.kwok.nodes, system_pods=False),
+    ]
+
+
+# --- shared steps ----------------------------------------------------------
+def _context_step(lab: Lab, read_source) -> Step:
+    """Put the cluster's context into the user's kubeconfig without making it current."""
+    def entries(ctx):
+        return kubeconfig.context_entries(read_source(ctx), lab.context)
+
+    def check(ctx):
+        if kubeconfig.has_entries(lab.kubeconfig, entries(ctx)):
+            return ok(f"context {lab.context} in {lab.kubeconfig}")
+        return change(f"add context {lab.context} to {lab.kubeconfig} (current context unchanged)")
+
+    def apply(ctx):
+        kubeconfig.merge(lab.kubeconfig, entries(ctx))
+        ctx.reset_kube()
+
+    return Step(f"context {lab.context}", check, apply)
+
+
+def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
+    def wait(ctx):
+        done = ctx.kube.wait_nodes_ready(want, timeout=lab.timeout, say=ctx.say)
+        ctx.kube.wait_service_account(timeout=lab.timeout, say=ctx.say)
+        if system_pods:
+            done += "; " + ctx.kube.wait_namespace_ready("kube-system", timeout=lab.timeout, say=ctx.say)
+        return done
+
+    return Step(f"nodes of {lab.context} Ready", lambda ctx: ok(), wait=wait)
+
+
+def existing_steps(lab: Lab) -> list[Step]:
+    def check(ctx):
+        if not kubeconfig.has_context(lab.kubeconfig, lab.context):
+            raise StepFailed(f"context {lab.context!r} is not in {lab.kubeconfig}: "
+                             "see `kubectl config get-contexts`")
+        return ok(f"using existing context {lab.context}")
+
+    return [Step(f"context {lab.context}", check), _nodes_ready_step(lab, want=1, system_pods=False)]
+
+
+def create_steps(lab: Lab) -> list[Step]:
+    return {"kind": kind_create_steps, "kwok": kwok_create_steps, "existing": existing_steps}[lab.provider](lab)
+
+
+def delete_steps(lab: Lab) -> list[Step]:
+    if lab.provider == "existing":
+        return [Step(f"context {lab.context}",
+                     lambda ctx: ok("an existing cluster is not kindlab's to delete; "
+                                    "use `invoke down` to remove the lab's parts"))]
+    tool = lab.provider
+    lister = _kind_clusters if tool == "kind" else _kwok_clusters
+
+    def check(ctx):
+        if lab.cluster in lister(ctx):
+            return change(f"delete {tool} cluster {lab.cluster}")
+        return ok(f"no {tool} cluster {lab.cluster}")
+
+    def delete(ctx):
+        argv = [tool, "delete", "cluster", "--name", lab.cluster]
+        if tool == "kind":
+            argv += ["--kubeconfig", str(lab.home / "kubeconfigs" / f"kind-{lab.cluster}.yaml")]
+        else:
+            argv += ["--kubeconfig", ""]
+        ctx.sh.run(argv, timeout=lab.timeout)
+        ctx.reset_kube()
+
+    def check_context(ctx):
+        if kubeconfig.has_context(lab.kubeconfig, lab.context):
+            return change(f"remove context {lab.context} from {lab.kubeconfig}")
+        return ok(f"no context {lab.context}")
+
+    return [Step(f"{tool} cluster {lab.cluster} absent", check, delete),
+            Step(f"context {lab.context} absent", check_context,
+                 lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
+
+
+def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
+    """(what, state) lines for `cluster.status`."""
+    rows = [("provider", lab.provider), ("context", f"{lab.context} (in {lab.kubeconfig})")]
+    version = kube.api.call_api("/version", "GET", response_type="object", auth_settings=["BearerToken"],
+                                _return_http_data_only=True)
+    rows.append(("server version", version.get("gitVersion", "?")))
+    for node in kube.core.list_node().items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        alloc = node.status.allocatable or {}
+        rows.append((f"node {node.metadata.name}",
+                     f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version}, "
+                     f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
+    if lab.provider == "kind":
+        for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
+            rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']}"))
+    return rows

@@ -1,0 +1,123 @@
+"""Glue between Invoke tasks and plays: flags -> Lab -> steps -> runner -> exit code."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from invoke.exceptions import Exit
+from rich.console import Console
+
+from .commands import make_shell
+from .runner import PlayFailed, Reporter, StepContext, run_play
+from .settings import Lab, SettingsError, lab_from_config
+from .steps import Step
+
+# Help for the flags every play task takes (Invoke shows it under `invoke --help TASK`).
+COMMON_HELP = {
+    "provider": "kind (default), kwok (simulated, no Docker) or existing (any context)",
+    "name": "cluster name (default: cloud-hw, or the last cluster.create)",
+    "context": "kubeconfig context, with --provider existing",
+    "check": "only check: print what would change, change nothing",
+    "verbose": "stream the tools' own output",
+    "host": "run the tools on user@server over SSH instead of here",
+    "timeout": "seconds to wait for readiness (default 300)",
+}
+console = Console(highlight=False)
+
+
+def lab_for(c, **flags) -> Lab:
+    try:
+        return lab_from_config(c.config.get("kindlab", {}), **flags)
+    except SettingsError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+
+
+def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
+    from .kube import Kube  # the kubernetes client is slow to import; only plays need it
+
+    shell = make_shell(lab.tools_dir, host=lab.host, verbose=lab.verbose)
+    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context), reporter)
+
+
+@contextlib.contextmanager
+def cluster_lock(lab: Lab) -> Iterator[None]:
+    """One kindlab run per cluster: a second one exits with a clear message, never interleaves."""
+    path = lab.home / "locks" / f"{lab.context or 'none'}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = f"{os.getpid()}\n{' '.join(sys.argv[1:]) or 'invoke'}\n{time.strftime('%H:%M:%S')}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None:  # stale: its process is gone
+                path.unlink(missing_ok=True)
+                continue
+            pid, what, since = holder
+            if pid == os.getpid():  # several tasks on one command line
+                yield
+                return
+            raise Exit(f"error: another kindlab run (pid {pid}, `{what}`, since {since}) is working on "
+                       f"{lab.context}; wait for it to finish or stop it, then run this again", code=3)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(mine)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path):
+    try:
+        pid_text, what, since = (path.read_text().splitlines() + ["", "", ""])[:3]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if pid != os.getpid() and not _alive(pid):
+        return None
+    return pid, what, since
+
+
+def _alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        import ctypes
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)
+        return bool(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Step]],
+         after: Callable[[Lab], None] | None = None, lock: bool = True) -> list:
+    """Run a play for a task: header, lock, steps, recap; a failure becomes a non-zero exit."""
+    mode = " (check mode: nothing will change)" if lab.check_mode else ""
+    console.print(f"[bold]{title}[/bold] on [cyan]{lab.context}[/cyan] ({lab.provider}){mode}")
+    ctx = make_context(lab, Reporter(console))
+    guard = cluster_lock(lab) if lock and not lab.check_mode else contextlib.nullcontext()
+    try:
+        with guard:
+            outcomes = run_play(title, steps() if callable(steps) else steps, ctx, check_mode=lab.check_mode)
+    except PlayFailed:
+        raise Exit(code=1) from None
+    except KeyboardInterrupt:
+        raise Exit(code=130) from None
+    finally:
+        ctx.sh.close()
+    if after and not lab.check_mode:
+        after(lab)
+    return outcomes
+
+
+__all__ = ["COMMON_HELP", "lab_for", "play", "make_context", "cluster_lock", "console", "SettingsError"]

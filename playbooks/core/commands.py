@@ -1,0 +1,244 @@
+"""Running the external tools: argument lists only, never a shell.
+
+`LocalShell` runs on this machine with kindlab's tool cache first on PATH;
+`RemoteShell` runs the same argument lists over SSH through a Fabric
+Connection. Secrets travel through stdin or the environment and are masked in
+every message kindlab prints.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+MASK = "****"
+_SECRET_FLAGS = ("--password", "--token", "--client-key-data", "--secret")
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandError(Exception):
+    """A tool exited non-zero (or could not start): argv masked, its own last lines kept."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, output: str, secrets: Iterable[str] = ()):
+        self.argv = mask_argv(argv, secrets)
+        self.returncode = returncode
+        self.output = mask_text(output, secrets)
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        tail = "\n".join(line for line in self.output.strip().splitlines()[-8:])
+        code = "could not start" if self.returncode is None else f"exited {self.returncode}"
+        return f"`{' '.join(self.argv)}` {code}" + (f":\n{tail}" if tail else "")
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def mask_argv(argv: Sequence[str], secrets: Iterable[str] = ()) -> tuple[str, ...]:
+    """Hide secret values, including whatever follows a --password style flag."""
+    masked: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            masked.append(MASK)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in _SECRET_FLAGS:
+            if eq:
+                masked.append(f"{flag}={MASK}")
+            else:
+                masked.append(arg)
+                hide_next = True
+            continue
+        masked.append(mask_text(arg, secrets))
+    return tuple(masked)
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalShell:
+    """Runs tools on this machine, the tool cache first on PATH."""
+
+    def __init__(self, bin_dir: Path | None = None, *, verbose: bool = False,
+                 echo: Callable[[str], None] | None = None):
+        self.bin_dir = bin_dir
+        self.verbose = verbose
+        self.echo = echo or (lambda line: print(line, file=sys.stderr))
+        self._children: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.bin_dir:
+            env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env.update(extra or {})
+        return env
+
+    def which(self, tool: str) -> str | None:
+        return shutil.which(tool, path=self.env()["PATH"])
+
+    def _resolve(self, argv: Sequence[str]) -> list[str]:
+        # Resolve against our PATH so Windows finds kind.exe in the cache and so
+        # a missing tool is reported by name instead of as a bare OSError.
+        exe = self.which(argv[0])
+        if exe is None:
+            raise CommandError(argv, None, f"{argv[0]}: not found on PATH; run `invoke tools.install`")
+        return [exe, *argv[1:]]
+
+    def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
+            secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
+            cwd: str | Path | None = None) -> Result:
+        argv = [str(a) for a in argv]
+        secrets = tuple(secrets)
+        resolved = self._resolve(argv)
+        if self.verbose:
+            self.echo("$ " + " ".join(mask_argv(argv, secrets)))
+        try:
+            proc = subprocess.Popen(
+                resolved, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                errors="replace", env=self.env(env), cwd=cwd)
+        except OSError as exc:
+            raise CommandError(argv, None, str(exc), secrets) from exc
+        self._track(proc)
+        try:
+            out, err = self._communicate(proc, input, timeout, secrets)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise CommandError(argv, None, f"timed out after {timeout:.0f}s", secrets) from None
+        except BaseException:  # Ctrl-C: never leave the child behind
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            self._untrack(proc)
+        result = Result(tuple(argv), proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, _tail(err or out), secrets)
+        return result
+
+    def _communicate(self, proc, input, timeout, secrets) -> tuple[str, str]:
+        if not self.verbose:
+            return proc.communicate(input, timeout=timeout)
+        # Stream each line live while keeping the whole output for the caller.
+        chunks: dict[str, list[str]] = {"out": [], "err": []}
+
+        def pump(stream, key):
+            for line in stream:
+                chunks[key].append(line)
+                self.echo("  " + mask_text(line.rstrip("\n"), secrets))
+
+        threads = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
+        for t in threads:
+            t.start()
+        if input is not None:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        proc.wait(timeout=timeout)
+        for t in threads:
+            t.join()
+        return "".join(chunks["out"]), "".join(chunks["err"])
+
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a long-running child (a port-forward); ended by close() or at exit."""
+        proc = subprocess.Popen(self._resolve([str(a) for a in argv]), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.env(env))
+        self._track(proc)
+        return proc
+
+    def _track(self, proc):
+        with self._lock:
+            self._children.append(proc)
+
+    def _untrack(self, proc):
+        with self._lock:
+            if proc in self._children:
+                self._children.remove(proc)
+
+    def close(self) -> None:
+        """End every child still running (Ctrl-C, end of task)."""
+        with self._lock:
+            children, self._children = self._children, []
+        for proc in children:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in children:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class RemoteShell:
+    """The same argument lists over SSH, through a Fabric Connection (or a stand-in)."""
+
+    def __init__(self, connection, bin_dir: str | None = None, *, verbose: bool = False):
+        self.connection = connection
+        self.bin_dir = bin_dir
+        self.verbose = verbose
+
+    def which(self, tool: str) -> str | None:
+        res = self.connection.run(shlex.join(["command", "-v", tool]), hide=True, warn=True,
+                                  env=self._env(None))
+        return res.stdout.strip() or None
+
+    def _env(self, env):
+        merged = dict(env or {})
+        if self.bin_dir:
+            merged["PATH"] = f"{self.bin_dir}:$PATH"
+        return merged
+
+    def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
+            secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
+            cwd: str | Path | None = None) -> Result:
+        argv = [str(a) for a in argv]
+        command = shlex.join(argv)
+        if cwd:
+            command = f"cd {shlex.quote(str(cwd))} && {command}"
+        res = self.connection.run(
+            command, hide=not self.verbose, warn=True, timeout=timeout, env=self._env(env),
+            in_stream=io.StringIO(input) if input is not None else False)
+        result = Result(tuple(argv), res.return_code, res.stdout, res.stderr)
+        if check and res.return_code != 0:
+            raise CommandError(argv, res.return_code, _tail(res.stderr or res.stdout), secrets)
+        return result
+
+    def spawn(self, argv, *, env=None):
+        raise NotImplementedError("port-forwards run on the machine that runs kindlab; "
+                                  "use the cluster's kubeconfig locally for dashboards")
+
+    def close(self) -> None:
+        pass
+
+
+def make_shell(bin_dir: Path | None, *, host: str = "", verbose: bool = False):
+    """A LocalShell, or a RemoteShell over SSH for `--host user@server`."""
+    if not host:
+        return LocalShell(bin_dir, verbose=verbose)
+    from fabric import Connection  # imported lazily: paramiko is slow to import
+    return RemoteShell(Connection(host), "~/.cache/kindlab/bin", verbose=verbose)
+

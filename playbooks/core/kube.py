@@ -1,0 +1,298 @@
+"""Reading cluster state and waiting for it, with the official Kubernetes client.
+
+Waits are driven by watches: each event wakes the wait, which then reads the
+current state and decides. While it waits it says which pods are not Ready and
+why; it fails at once on a reason that time will not cure (a missing image, a
+crash loop) and names the pod, the reason and what to do next.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from .steps import StepFailed, WaitTimeout
+
+# Waiting reasons that time will not cure (kubelet's own words).
+TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+                    "ErrImageNeverPull"}
+PULL_ERRORS = {"ImagePullBackOff", "ErrImagePull"}
+# Registry answers that mean the image will never come, however long we wait.
+PULL_FATAL = ("not found", "manifest unknown", "repository does not exist", "unauthorized",
+              "denied", "invalid reference")
+CRASH_LOOP_LIMIT = 3
+PULL_GRACE_S = 90.0
+
+NEXT_STEP = {
+    "ImagePullBackOff": "check the image name and tag, or your network",
+    "ErrImagePull": "check the image name and tag, or your network",
+    "InvalidImageName": "fix the image name",
+    "CrashLoopBackOff": "read its logs: kubectl --context {context} -n {namespace} logs {pod} --previous",
+    "CreateContainerConfigError": "a Secret or ConfigMap it uses is probably missing: "
+                                  "kubectl --context {context} -n {namespace} describe pod {pod}",
+    "Unschedulable": "no node has room for it: lower its requests, free resources or add nodes",
+}
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    ready: bool
+    reason: str
+    message: str = ""
+    terminal: bool = False
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.reason}" + (f" ({self.message})" if self.message else "")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    done: bool
+    progress: str
+    failure: str | None = None  # set when waiting longer cannot help
+
+
+def pod_state(pod, now: float | None = None) -> PodState:
+    """Why a pod is (not) Ready, in kubelet's words, and whether waiting can help."""
+    name = pod.metadata.name
+    status = pod.status
+    conditions = {c.type: c for c in (status.conditions or [])}
+    if pod.metadata.deletion_timestamp:
+        return PodState(name, False, "Terminating")
+    if status.phase == "Succeeded":
+        return PodState(name, True, "Completed")
+    ready = conditions.get("Ready")
+    if ready is not None and ready.status == "True":
+        return PodState(name, True, "Ready")
+    scheduled = conditions.get("PodScheduled")
+    if scheduled is not None and scheduled.status == "False":
+        return PodState(name, False, scheduled.reason or "Pending", (scheduled.message or "").strip())
+    statuses = list(status.init_container_statuses or []) + list(status.container_statuses or [])
+    for cs in statuses:
+        state = cs.state
+        if state and state.waiting and state.waiting.reason:
+            reason, message = state.waiting.reason, (state.waiting.message or "").strip()
+            terminal = reason in TERMINAL_WAITING
+            if reason in PULL_ERRORS:
+                terminal = any(m in message.lower() for m in PULL_FATAL) or _age(pod, now) > PULL_GRACE_S
+            if reason == "CrashLoopBackOff":
+                terminal = (cs.restart_count or 0) >= CRASH_LOOP_LIMIT
+                message = message or f"restarted {cs.restart_count} times"
+            return PodState(name, False, reason, message, terminal)
+        if state and state.terminated and state.terminated.exit_code:
+            return PodState(name, False, state.terminated.reason or "Error",
+                            f"exit code {state.terminated.exit_code}",
+                            terminal=pod.spec.restart_policy == "Never")
+    if status.phase == "Failed":
+        return PodState(name, False, status.reason or "Failed", status.message or "", True)
+    if status.phase == "Running":
+        return PodState(name, False, "NotReady", "running, readiness probe not yet passing")
+    return PodState(name, False, status.reason or status.phase or "Pending", status.message or "")
+
+
+def _age(pod, now: float | None) -> float:
+    created = pod.metadata.creation_timestamp
+    if created is None:
+        return 0.0
+    return (now or time.time()) - created.timestamp()
+
+
+def explain(pods: Iterable, want: int, what: str, context: str, namespace: str,
+            now: float | None = None) -> tuple[int, str, str | None]:
+    """(ready count, progress sentence, failure sentence or None) for a set of pods."""
+    states = [pod_state(p, now) for p in pods]
+    live = [s for s in states if s.reason != "Terminating"]
+    ready = sum(1 for s in live if s.ready)
+    waiting = [s for s in live if not s.ready]
+    progress = f"{ready}/{want} pods Ready"
+    if waiting:
+        progress += "; " + "; ".join(s.describe() for s in waiting[:3])
+        if len(waiting) > 3:
+            progress += f"; and {len(waiting) - 3} more"
+    terminal = next((s for s in waiting if s.terminal), None)
+    failure = None
+    if terminal:
+        hint = NEXT_STEP.get(terminal.reason, f"kubectl --context {context} -n {namespace} describe pod {{pod}}")
+        failure = (f"{what}: {ready}/{want} pods Ready; {terminal.describe()}; "
+                   + hint.format(context=context, namespace=namespace, pod=terminal.name))
+    return ready, progress, failure
+
+
+class Kube:
+    """A client bound to one kubeconfig file and one context: never the current one."""
+
+    def __init__(self, kubeconfig: Path, context: str):
+        self.kubeconfig = Path(kubeconfig)
+        self.context = context
+        try:
+            self.api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
+        except config.ConfigException as exc:
+            raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
+                             "create the cluster first (invoke cluster.create)") from None
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apiext = client.ApiextensionsV1Api(self.api)
+
+    # --- generic wait -----------------------------------------------------
+    def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
+                 *, timeout: float, say: Callable[[str], None] = lambda m: None,
+                 recheck: float = 2.0) -> str:
+        """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`."""
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._pump, args=(fn, kw, events, stop), daemon=True)
+                   for fn, kw in watches]
+        for t in threads:
+            t.start()
+        start = time.monotonic()
+        verdict = Verdict(False, "starting")
+        try:
+            while True:
+                verdict = evaluate()
+                if verdict.done:
+                    return verdict.progress
+                elapsed = time.monotonic() - start
+                if verdict.failure:
+                    raise StepFailed(f"{verdict.failure} (after {elapsed:.0f}s)")
+                if elapsed >= timeout:
+                    raise WaitTimeout(f"{what}: not ready after {timeout:.0f}s: {verdict.progress}")
+                say(f"{verdict.progress} ({elapsed:.0f}s)")
+                try:
+                    events.get(timeout=min(recheck, max(0.05, timeout - elapsed)))
+                    while True:  # a burst of events needs one look, not one each
+                        events.get_nowait()
+                except queue.Empty:
+                    pass
+        finally:
+            stop.set()
+
+    def _pump(self, list_fn, kwargs, events: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            w = watch.Watch()
+            try:
+                for _ in w.stream(list_fn, timeout_seconds=5, _request_timeout=10, **kwargs):
+                    events.put(1)
+                    if stop.is_set():
+                        w.stop()
+                        return
+            except Exception:  # the evaluate() call reports real API problems
+                stop.wait(0.5)
+
+    # --- workloads --------------------------------------------------------
+    def wait_deployment(self, namespace: str, name: str, *, timeout: float,
+                        say: Callable[[str], None] = lambda m: None) -> str:
+        """Until the rollout is complete and every wanted replica is Ready."""
+        what = f"deployment {namespace}/{name}"
+
+        def evaluate() -> Verdict:
+            try:
+                dep = self.apps.read_namespaced_deployment(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Verdict(False, f"{what} does not exist yet")
+                raise
+            want = dep.spec.replicas if dep.spec.replicas is not None else 1
+            st = dep.status
+            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            ready, progress, failure = explain(pods, want, name, self.context, namespace)
+            rolled = ((st.observed_generation or 0) >= (dep.metadata.generation or 0)
+                      and (st.updated_replicas or 0) == want and (st.ready_replicas or 0) == want
+                      and (st.available_replicas or 0) == want and (st.replicas or 0) == want)
+            if rolled:
+                return Verdict(True, f"{name}: {want}/{want} pods Ready")
+            return Verdict(False, f"{name}: {progress}", failure)
+
+        return self.wait_for(what, evaluate, [
+            (self.apps.list_namespaced_deployment, {"namespace": namespace,
+                                                    "field_selector": f"metadata.name={name}"}),
+            (self.core.list_namespaced_pod, {"namespace": namespace}),
+        ], timeout=timeout, say=say)
+
+    def wait_namespace_ready(self, namespace: str, *, timeout: float, what: str = "",
+                             say: Callable[[str], None] = lambda m: None, min_pods: int = 1) -> str:
+        """Until every Deployment/StatefulSet/DaemonSet in the namespace and every pod is Ready."""
+        what = what or f"namespace {namespace}"
+
+        def evaluate() -> Verdict:
+            pending = []
+            for dep in self.apps.list_namespaced_deployment(namespace).items:
+                want = dep.spec.replicas if dep.spec.replicas is not None else 1
+                if (dep.status.ready_replicas or 0) < want or (dep.status.updated_replicas or 0) < want:
+                    pending.append(f"deployment {dep.metadata.name} {dep.status.ready_replicas or 0}/{want}")
+            for ss in self.apps.list_namespaced_stateful_set(namespace).items:
+                want = ss.spec.replicas if ss.spec.replicas is not None else 1
+                if (ss.status.ready_replicas or 0) < want:
+                    pending.append(f"statefulset {ss.metadata.name} {ss.status.ready_replicas or 0}/{want}")
+            for ds in self.apps.list_namespaced_daemon_set(namespace).items:
+                want = ds.status.desired_number_scheduled or 0
+                if (ds.status.number_ready or 0) < want:
+                    pending.append(f"daemonset {ds.metadata.name} {ds.status.number_ready or 0}/{want}")
+            pods = [p for p in self.core.list_namespaced_pod(namespace).items
+                    if p.status.phase != "Succeeded"]
+            ready, progress, failure = explain(pods, len(pods), what, self.context, namespace)
+            if not pending and ready == len(pods) and len(pods) >= min_pods:
+                return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
+            if len(pods) < min_pods:
+                progress = f"waiting for pods to appear ({len(pods)}/{min_pods})"
+            return Verdict(False, f"{what}: {progress}" + (f"; {', '.join(pending[:3])}" if pending else ""),
+                           failure)
+
+        return self.wait_for(what, evaluate, [
+            (self.core.list_namespaced_pod, {"namespace": namespace}),
+            (self.apps.list_namespaced_deployment, {"namespace": namespace}),
+        ], timeout=timeout, say=say)
+
+    def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
+        def evaluate() -> Verdict:
+            nodes = self.core.list_node().items
+            not_ready = [n.metadata.name for n in nodes if not node_ready(n)]
+            ready = len(nodes) - len(not_ready)
+            if ready >= want and not not_ready:
+                return Verdict(True, f"{ready}/{len(nodes)} nodes Ready")
+            return Verdict(False, f"{ready}/{want} nodes Ready" +
+                           (f"; not Ready: {', '.join(not_ready[:5])}" if not_ready else ""))
+
+        return self.wait_for("nodes", evaluate, [(self.core.list_node, {})], timeout=timeout, say=say)
+
+    def wait_service_account(self, namespace: str = "default", name: str = "default", *,
+                             timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
+        """Pods cannot be created before the namespace's default ServiceAccount exists."""
+        def evaluate() -> Verdict:
+            try:
+                self.core.read_namespaced_service_account(name, namespace)
+                return Verdict(True, f"serviceaccount {namespace}/{name} exists")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Verdict(False, f"waiting for serviceaccount {namespace}/{name}")
+                raise
+
+        return self.wait_for("service account", evaluate,
+                             [(self.core.list_namespaced_service_account, {"namespace": namespace})],
+                             timeout=timeout, say=say)
+
+    def ready_endpoints(self, namespace: str, service: str) -> int:
+        """Ready endpoint addresses of a Service, from its EndpointSlices."""
+        discovery = client.DiscoveryV1Api(self.api)
+        slices = discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={service}").items
+        return sum(1 for s in slices for ep in (s.endpoints or [])
+                   if ep.conditions is None or ep.conditions.ready is not False)
+
+    def warning_events(self, namespace: str, name: str, limit: int = 3) -> list[str]:
+        events = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},type=Warning").items
+        events.sort(key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        return [f"{e.reason}: {e.message}" for e in events[-limit:]]
+
+
+def node_ready(node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))

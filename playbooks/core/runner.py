@@ -1,0 +1,275 @@
+"""The runner: check -> apply (only when needed) -> wait, with retries and a recap.
+
+Steps whose `needs` are met run side by side (like helmfile's `needs`); a step
+whose needs failed or were skipped is skipped with that reason. Each finished
+step prints `ok` / `changed` / `failed` / `skipped` with its time; the recap at
+the end counts every step once.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_futures
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import tenacity
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .commands import CommandError
+from .settings import Lab
+from .steps import Check, Step, StepFailed, is_transient
+
+STYLES = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "cyan"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: str
+    status: str  # ok | changed | failed | skipped
+    seconds: float
+    detail: str = ""
+
+
+class Reporter:
+    """Prints step results, shows what running steps are waiting for, prints the recap."""
+
+    def __init__(self, console: Console | None = None, live: bool | None = None):
+        self.console = console or Console(highlight=False)
+        self.live_enabled = self.console.is_terminal if live is None else live
+        self._running: dict[str, tuple[float, str]] = {}
+        self._last_print: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+
+    # --- running steps -------------------------------------------------
+    def __enter__(self):
+        if self.live_enabled:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=8,
+                              transient=True, get_renderable=self._render)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def _render(self):
+        table = Table.grid(padding=(0, 1))
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.items())
+        for name, (started, msg) in running:
+            spinner = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"[int(now * 8) % 10]
+            table.add_row(Text(spinner, style="magenta"), Text(name, style="bold"),
+                          Text(f"{now - started:5.1f}s", style="dim"), Text(msg, style="dim"))
+        return table
+
+    def started(self, name: str) -> None:
+        with self._lock:
+            self._running[name] = (time.monotonic(), "checking")
+
+    def progress(self, name: str, message: str) -> None:
+        with self._lock:
+            if name in self._running:
+                self._running[name] = (self._running[name][0], message)
+        if self.live_enabled:
+            return
+        # Without a terminal: print what a step waits for when it changes, or every 10 s.
+        last = self._last_print.get(name)
+        now = time.monotonic()
+        if last is None or last[0] != message or now - last[1] >= 10:
+            self._last_print[name] = (message, now)
+            self.console.print(f"  [dim]… {name}: {message}[/dim]")
+
+    def finished(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._running.pop(outcome.step, None)
+        style = STYLES[outcome.status]
+        line = Text.assemble((f"{outcome.status:<8}", style), (outcome.step, "bold"),
+                             (f"  ({outcome.seconds:.1f}s)", "dim"))
+        if outcome.detail:
+            line.append(f"\n          {outcome.detail}", style="red" if outcome.status == "failed" else "dim")
+        self.console.print(line)
+
+    def note(self, message: str) -> None:
+        self.console.print(message)
+
+    def recap(self, title: str, outcomes: Sequence[Outcome], seconds: float) -> None:
+        counts = {status: sum(1 for o in outcomes if o.status == status) for status in STYLES}
+        parts = [Text(f"{status}={counts[status]}", style=STYLES[status] if counts[status] else "dim")
+                 for status in STYLES]
+        self.console.print(Text(f"\nPLAY RECAP {title} ".ljust(60, "*"), style="bold"))
+        self.console.print(Text("  ").join(parts) + Text(f"   in {seconds:.1f}s", style="dim"))
+
+
+class StepContext:
+    """What a step's callables get: the lab, the shell, the Kubernetes client, `say`."""
+
+    def __init__(self, lab: Lab, shell, kube_factory: Callable[[], object] | None = None,
+                 reporter: Reporter | None = None, step: str = "", shared: dict | None = None):
+        self.lab = lab
+        self.sh = shell
+        self._kube_factory = kube_factory
+        self.reporter = reporter
+        self.step = step
+        self.shared = shared if shared is not None else {"lock": threading.Lock()}
+
+    @property
+    def kube(self):
+        with self.shared["lock"]:
+            if "kube" not in self.shared:
+                if self._kube_factory is None:
+                    raise StepFailed("this step needs a Kubernetes client but none was configured")
+                self.shared["kube"] = self._kube_factory()
+            return self.shared["kube"]
+
+    def reset_kube(self) -> None:
+        """Forget the client (the cluster was just created or deleted)."""
+        with self.shared["lock"]:
+            self.shared.pop("kube", None)
+
+    def say(self, message: str) -> None:
+        if self.reporter:
+            self.reporter.progress(self.step, message)
+
+    def for_step(self, name: str) -> "StepContext":
+        return StepContext(self.lab, self.sh, self._kube_factory, self.reporter, name, self.shared)
+
+
+class PlayFailed(Exception):
+    def __init__(self, outcomes: Sequence[Outcome]):
+        self.outcomes = list(outcomes)
+        failed = [o for o in outcomes if o.status == "failed"]
+        super().__init__("; ".join(f"{o.step}: {o.detail}" for o in failed) or "play failed")
+
+
+def _retrying(lab: Lab, ctx: StepContext, sleep: Callable[[float], None]) -> tenacity.Retrying:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception()
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        ctx.say(f"transient error, retry {state.attempt_number}/{lab.retry_attempts - 1} "
+                f"in {state.next_action.sleep:.1f}s: {first_line[:120]}")
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)),
+        wait=tenacity.wait_exponential(multiplier=lab.retry_initial, max=lab.retry_max),
+        retry=tenacity.retry_if_exception(is_transient),
+        sleep=sleep, reraise=True, before_sleep=before_sleep)
+
+
+def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
+             sleep: Callable[[float], None] = time.sleep) -> Outcome:
+    start = time.monotonic()
+    retry = _retrying(ctx.lab, ctx, sleep)
+    try:
+        result: Check = retry(step.check, ctx)
+        if result.state == "skip":
+            return Outcome(step.name, "skipped", time.monotonic() - start, result.detail)
+        if check_mode:
+            if result.needs_change:
+                ctx.shared["would_change"] = True
+            status = "changed" if result.needs_change else "ok"
+            detail = f"would change: {result.detail}" if result.needs_change else result.detail
+            return Outcome(step.name, status, time.monotonic() - start, detail)
+        detail = result.detail
+        if result.needs_change and step.apply is not None:
+            ctx.say(f"applying: {result.detail}")
+            detail = retry(step.apply, ctx) or result.detail
+        if step.wait is not None:
+            ctx.say("waiting")
+            waited = retry(step.wait, ctx)
+            if waited and not result.needs_change:
+                detail = waited
+        status = "changed" if result.needs_change else "ok"
+        return Outcome(step.name, status, time.monotonic() - start, detail)
+    except Exception as exc:
+        if check_mode and ctx.shared.get("would_change"):
+            # e.g. the cluster a later check reads does not exist yet in a dry run
+            return Outcome(step.name, "changed", time.monotonic() - start,
+                           "would change: cannot be checked before the changes above are made")
+        if isinstance(exc, (StepFailed, CommandError)):
+            return Outcome(step.name, "failed", time.monotonic() - start, str(exc))
+        # API errors and the like: name the step and the error
+        return Outcome(step.name, "failed", time.monotonic() - start, f"{type(exc).__name__}: {exc}")
+
+
+def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode: bool = False,
+             reporter: Reporter | None = None, sleep: Callable[[float], None] = time.sleep,
+             max_parallel: int = 4) -> list[Outcome]:
+    """Run the steps in dependency order, independent ones concurrently; print a recap.
+
+    Raises PlayFailed (after the recap) when a step failed. On Ctrl-C the
+    recap still prints, with the interrupted steps counted as failed.
+    """
+    reporter = reporter or ctx.reporter or Reporter()
+    ctx.reporter = reporter
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate step names in {title}: {names}")
+    deps = {}
+    for i, s in enumerate(steps):
+        explicit = s.needs is not None
+        deps[s.name] = (tuple(s.needs) if explicit else tuple(names[i - 1:i]), explicit)
+        unknown = [n for n in deps[s.name][0] if n not in names]
+        if unknown:
+            raise ValueError(f"step {s.name!r} needs unknown step(s) {unknown}")
+    outcomes: dict[str, Outcome] = {}
+    blocked: set[str] = set()  # failed, or skipped because something they needed failed
+    pending = list(steps)
+    running: dict = {}
+    start = time.monotonic()
+    interrupted = False
+    with reporter, ThreadPoolExecutor(max_workers=max_parallel) as pool:
+        try:
+            while pending or running:
+                for s in list(pending):
+                    needed, explicit = deps[s.name]
+                    if any(n not in outcomes for n in needed):
+                        continue
+                    pending.remove(s)
+                    # Explicit needs also wait on a skipped part (no function to invoke
+                    # without its build); the implicit "step before" only on a failure.
+                    stop = [n for n in needed if n in blocked
+                            or (explicit and outcomes[n].status == "skipped")]
+                    if stop:
+                        what = "failed" if outcomes[stop[0]].status == "failed" else "was skipped"
+                        outcomes[s.name] = Outcome(s.name, "skipped", 0.0, f"needs {stop[0]}, which {what}")
+                        if stop[0] in blocked:
+                            blocked.add(s.name)
+                        reporter.finished(outcomes[s.name])
+                        continue
+                    reporter.started(s.name)
+                    running[pool.submit(run_step, s, ctx.for_step(s.name), check_mode=check_mode,
+                                        sleep=sleep)] = s
+                if not running:
+                    if pending and all(any(n not in outcomes for n in deps[p.name][0]) for p in pending):
+                        raise ValueError(f"steps wait on each other in a cycle: {[p.name for p in pending]}")
+                    continue
+                done, _ = wait_futures(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    s = running.pop(fut)
+                    outcomes[s.name] = fut.result()
+                    if outcomes[s.name].status == "failed":
+                        blocked.add(s.name)
+                    reporter.finished(outcomes[s.name])
+        except KeyboardInterrupt:
+            interrupted = True
+            ctx.sh.close()
+            for fut, s in running.items():
+                fut.cancel()
+                outcomes[s.name] = Outcome(s.name, "failed", time.monotonic() - start, "interrupted (Ctrl-C)")
+            pool.shutdown(wait=False, cancel_futures=True)
+    ordered = [outcomes[n] for n in names if n in outcomes]
+    reporter.recap(title, ordered, time.monotonic() - start)
+    if interrupted:
+        reporter.note("interrupted: rerun the same command to continue where it stopped")
+        raise KeyboardInterrupt
+    if any(o.status == "failed" for o in ordered):
+        raise PlayFailed(ordered)
+    return ordered

@@ -1,0 +1,73 @@
+"""The nginx play: a Deployment and a NodePort Service, scaled, verified at localhost."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from . import probes
+from .core.resources import absent, applied
+from .core.settings import Lab
+from .core.steps import Step, StepFailed, change, ok
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+NAMESPACE = "default"
+
+
+def documents(lab: Lab) -> list[dict]:
+    deploy = yaml.safe_load((MANIFESTS / "nginx-deploy.yaml").read_text())
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = lab.nginx_image
+    service = yaml.safe_load((MANIFESTS / "nginx-svc.yaml").read_text())
+    service["spec"]["ports"][0]["nodePort"] = 30080  # the node side of the kind port mapping
+    return [deploy, service]
+
+
+def _wait_rollout(lab: Lab):
+    return lambda ctx: ctx.kube.wait_deployment(NAMESPACE, "nginx", timeout=lab.timeout, say=ctx.say)
+
+
+def deploy_steps(lab: Lab) -> list[Step]:
+    return [applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
+
+
+def scale_steps(lab: Lab, replicas: int) -> list[Step]:
+    def check(ctx):
+        dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
+        if dep.spec.replicas == replicas:
+            return ok(f"nginx has {replicas} replica(s)")
+        return change(f"scale nginx {dep.spec.replicas} -> {replicas}")
+
+    def scale(ctx):
+        ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,
+                    "-n", NAMESPACE, "scale", "deployment", "nginx", f"--replicas={replicas}"])
+
+    return [Step(f"nginx scaled to {replicas}", check, scale, wait=_wait_rollout(lab))]
+
+
+def verify_steps(lab: Lab) -> list[Step]:
+    def verify(ctx):
+        dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
+        want = dep.spec.replicas or 0
+        if lab.provider == "kwok":
+            ready = ctx.kube.ready_endpoints(NAMESPACE, "nginx")
+            if ready != want:
+                raise StepFailed(f"service nginx has {ready} ready endpoint(s), want {want}: "
+                                 "check `invoke nginx.deploy` and `invoke nginx.scale`")
+            return (f"service nginx: {ready}/{want} ready endpoints (a simulated cluster runs no "
+                    "containers, so no HTTP request was made)")
+        url = f"http://{lab.listen_address}:{lab.nginx_port}/"
+        try:
+            status, body = probes.http_get(url, timeout=5, attempts=8, backoff=1.0)
+        except probes.HttpGetError as exc:
+            raise StepFailed(f"nginx not reachable at {url}: {exc}; is the kind port mapping in place "
+                             "(`invoke cluster.status`)?") from None
+        text = body.decode("utf-8", "replace")
+        if status != 200 or not probes.nginx_welcome_ok(text):
+            raise StepFailed(f"{url} answered {status} without the nginx welcome page")
+        return f"{url} serves the nginx welcome page ({want} replicas)"
+
+    return [Step("nginx answers", lambda ctx: ok(), wait=verify)]
+
+
+def delete_steps(lab: Lab) -> list[Step]:
+    return [absent("nginx deployment and service absent", lab, lambda: documents(lab))]

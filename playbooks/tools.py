@@ -1,0 +1,63 @@
+"""The tools play: pinned kind, kubectl, helm, faas-cli (and the testbed) in kindlab's cache.
+
+What to install and how lives in playbooks/toolchain.py; this module turns
+each tool into an idempotent step (present at the pinned version -> ok).
+"""
+from __future__ import annotations
+
+from rich.table import Table
+
+from . import toolchain
+from .core.cli import console
+from .core.settings import Lab
+from .core.steps import Step, StepFailed, change, ok
+
+
+def selected(testbed: bool, only: str) -> list[str]:
+    names = list(toolchain.LAB_TOOLS) + (list(toolchain.TESTBED_TOOLS) if testbed else [])
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in toolchain.TOOLS]
+        if unknown:
+            from invoke.exceptions import Exit
+            raise Exit(f"error: unknown tool(s) {', '.join(unknown)}; kindlab installs "
+                       f"{', '.join(toolchain.TOOLS)}", code=2)
+        names = wanted
+    return names
+
+
+def install_steps(lab: Lab, names: list[str], source: str) -> list[Step]:
+    if source not in ("auto", "go", "release"):
+        from invoke.exceptions import Exit
+        raise Exit(f"error: --source must be go, release or auto, not {source!r}", code=2)
+    return [_tool_step(lab, name, source) for name in names]
+
+
+def _tool_step(lab: Lab, name: str, source: str) -> Step:
+    pinned = toolchain.TOOLS[name].version
+
+    def check(ctx):
+        have = toolchain.installed_version(name, lab.tools_dir)
+        if have == pinned:
+            return ok(f"{name} {pinned}")
+        return change(f"install {name} {pinned}" + (f" (found {have})" if have else ""))
+
+    def apply(ctx):
+        try:
+            toolchain.install(name, lab.tools_dir, source=source, log=ctx.say)
+        except toolchain.ToolInstallError as exc:
+            raise StepFailed(str(exc)) from None
+        return f"installed {name} {pinned} in {lab.tools_dir}"
+
+    return Step(f"{name} {pinned}", check, apply)
+
+
+def print_table(lab: Lab) -> None:
+    table = Table("tool", "pinned", "installed", "part of")
+    for name, spec in toolchain.TOOLS.items():
+        have = toolchain.installed_version(name, lab.tools_dir) or "-"
+        style = "green" if have == spec.version else "red"
+        table.add_row(name, spec.version, f"[{style}]{have}[/{style}]",
+                      "testbed" if name in toolchain.TESTBED_TOOLS else "lab")
+    console.print(table)
+    console.print(f"cache: {lab.tools_dir}")

@@ -1,0 +1,102 @@
+"""Commands: argument lists, secrets masked, failures named, remote via a Fabric stand-in."""
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from playbooks.core.commands import MASK, CommandError, LocalShell, RemoteShell, mask_argv
+
+
+def test_mask_argv_hides_secret_flag_values_and_known_secrets():
+    argv = ["faas-cli", "login", "--password", "s3cret", "--token=abc", "--gateway", "http://x"]
+    assert mask_argv(argv) == ("faas-cli", "login", "--password", MASK, f"--token={MASK}",
+                               "--gateway", "http://x")
+    assert mask_argv(["curl", "http://admin:hunter2@host"], ["hunter2"]) == ("curl", f"http://admin:{MASK}@host")
+
+
+def test_local_run_passes_arguments_verbatim_without_a_shell(tmp_path):
+    shell = LocalShell()
+    tricky = ["$(whoami)", "a b", "`id`", "; rm -rf /", "|", "%PATH%"]
+    res = shell.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *tricky])
+    import json
+    assert json.loads(res.stdout) == tricky
+
+
+def test_secret_via_stdin_never_in_error_message():
+    shell = LocalShell()
+    with pytest.raises(CommandError) as err:
+        shell.run([sys.executable, "-c",
+                   "import sys; pw=sys.stdin.read(); print('login failed for', pw, file=sys.stderr); sys.exit(3)"],
+                  input="hunter2", secrets=["hunter2"])
+    text = str(err.value)
+    assert "hunter2" not in text and MASK in text
+    assert "exited 3" in text and "login failed" in text
+
+
+def test_failure_names_command_and_last_lines_of_output():
+    shell = LocalShell()
+    code = "import sys\nfor i in range(50): print('line', i, file=sys.stderr)\nsys.exit(1)"
+    with pytest.raises(CommandError) as err:
+        shell.run([sys.executable, "-c", code])
+    msg = str(err.value)
+    assert "line 49" in msg and "line 10" not in msg  # only the tail
+    assert err.value.returncode == 1
+
+
+def test_missing_tool_says_how_to_install(tmp_path):
+    shell = LocalShell(tmp_path)
+    with pytest.raises(CommandError, match="invoke tools.install"):
+        shell.run(["kindlab-no-such-tool-xyz", "version"])
+
+
+def test_bin_dir_comes_first_on_path(tmp_path):
+    fake = tmp_path / "kubectl"
+    fake.write_text("#!/bin/sh\necho fake-kubectl \"$@\"\n")
+    fake.chmod(0o755)
+    if sys.platform == "win32":
+        pytest.skip("shell script stand-in")
+    res = LocalShell(tmp_path).run(["kubectl", "version"])
+    assert res.stdout.strip() == "fake-kubectl version"
+
+
+def test_verbose_streams_lines_live_and_keeps_output(tmp_path):
+    lines = []
+    shell = LocalShell(verbose=True, echo=lines.append)
+    res = shell.run([sys.executable, "-c", "print('hello'); print('pw=s3cret')"], secrets=["s3cret"])
+    assert res.stdout.splitlines() == ["hello", "pw=s3cret"]
+    assert any("hello" in l for l in lines) and not any("s3cret" in l for l in lines)
+
+
+class FakeConnection:
+    """Stands in for fabric.Connection: records what would run over SSH."""
+
+    def __init__(self, code=0, stdout="", stderr=""):
+        self.calls = []
+        self.result = SimpleNamespace(return_code=code, stdout=stdout, stderr=stderr)
+
+    def run(self, command, **kwargs):
+        self.calls.append((command, kwargs))
+        return self.result
+
+
+def test_remote_shell_quotes_arguments_and_sends_secrets_on_stdin():
+    conn = FakeConnection(stdout="ok\n")
+    shell = RemoteShell(conn, "~/.cache/kindlab/bin")
+    res = shell.run(["faas-cli", "login", "--password-stdin", "-g", "http://127.0.0.1:8080"],
+                    input="s3cret", secrets=["s3cret"])
+    command, kwargs = conn.calls[0]
+    assert command == "faas-cli login --password-stdin -g http://127.0.0.1:8080"
+    assert "s3cret" not in command
+    assert kwargs["in_stream"].read() == "s3cret"
+    assert kwargs["warn"] is True and kwargs["hide"] is True
+    assert kwargs["env"]["PATH"].startswith("~/.cache/kindlab/bin")
+    assert res.stdout == "ok\n"
+
+
+def test_remote_shell_failure_is_a_command_error_with_masking():
+    conn = FakeConnection(code=1, stderr="bad password s3cret\n")
+    shell = RemoteShell(conn)
+    with pytest.raises(CommandError) as err:
+        shell.run(["kubectl", "apply", "-f", "a file.yaml"], secrets=["s3cret"])
+    assert "'a file.yaml'" in conn.calls[0][0]  # quoted for the remote POSIX shell
+    assert "s3cret" not in str(err.value)

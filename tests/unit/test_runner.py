@@ -1,0 +1,190 @@
+"""The step engine: order, idempotency, check mode, retries, recap, dependencies."""
+import io
+import time
+
+import pytest
+from rich.console import Console
+
+from playbooks.core.commands import CommandError
+from playbooks.core.runner import PlayFailed, Reporter, StepContext, run_play
+from playbooks.core.settings import Lab
+from playbooks.core.steps import Step, StepFailed, change, ok, skip
+
+
+class FakeShell:
+    def __init__(self):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def make(lab=None):
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, width=200, highlight=False), live=False)
+    ctx = StepContext(lab or Lab(retry_attempts=4, retry_initial=1.0, retry_max=8.0), FakeShell(),
+                      reporter=reporter)
+    return ctx, out
+
+
+def recorder():
+    calls = []
+
+    def step(name, state, apply=True, wait=True):
+        return Step(name,
+                    check=lambda ctx: (calls.append(f"check {name}"), state)[1],
+                    apply=(lambda ctx: calls.append(f"apply {name}")) if apply else None,
+                    wait=(lambda ctx: calls.append(f"wait {name}")) if wait else None)
+    return calls, step
+
+
+def test_check_then_apply_then_wait_in_order():
+    calls, step = recorder()
+    ctx, out = make()
+    outcomes = run_play("t", [step("a", change("make a")), step("b", change("make b"))], ctx)
+    assert calls == ["check a", "apply a", "wait a", "check b", "apply b", "wait b"]
+    assert [o.status for o in outcomes] == ["changed", "changed"]
+
+
+def test_converged_step_is_not_applied_but_still_waited():
+    calls, step = recorder()
+    ctx, out = make()
+    outcomes = run_play("t", [step("a", ok("already there"))], ctx)
+    assert calls == ["check a", "wait a"]
+    assert outcomes[0].status == "ok"
+
+
+def test_check_mode_runs_only_checks_and_reports_would_change():
+    calls, step = recorder()
+    ctx, out = make()
+    outcomes = run_play("t", [step("a", change("create x")), step("b", ok())], ctx, check_mode=True)
+    assert calls == ["check a", "check b"]
+    assert outcomes[0].status == "changed" and "would change: create x" in outcomes[0].detail
+    assert outcomes[1].status == "ok"
+
+
+def test_check_mode_check_failing_after_a_would_change_is_reported_as_change():
+    def needs_cluster(ctx):
+        raise CommandError(["kubectl", "get", "nodes"], 1, "context not found")
+    ctx, out = make()
+    outcomes = run_play("t", [Step("create", lambda c: change("create cluster")),
+                              Step("nodes", needs_cluster)], ctx, check_mode=True)
+    assert [o.status for o in outcomes] == ["changed", "changed"]
+    assert "cannot be checked before" in outcomes[1].detail
+
+
+def test_skip_is_reported_and_dependents_with_explicit_needs_skip_too():
+    calls, step = recorder()
+    ctx, out = make()
+    steps = [step("build", skip("a simulated cluster runs no containers")),
+             Step("invoke", lambda c: change("call"), needs=("build",)),
+             step("other", change("x"))]
+    outcomes = run_play("t", steps, ctx)
+    by = {o.step: o for o in outcomes}
+    assert by["build"].status == "skipped" and "no containers" in by["build"].detail
+    assert by["invoke"].status == "skipped" and "needs build" in by["invoke"].detail
+    assert by["other"].status == "changed"  # implicit order only stops on a failure
+
+
+def test_permanent_failure_is_not_retried_and_later_steps_are_skipped():
+    sleeps, attempts = [], []
+
+    def apply(ctx):
+        attempts.append(1)
+        raise CommandError(["kubectl", "apply", "-f", "-"], 1, "error: error converting YAML to JSON")
+    ctx, out = make()
+    with pytest.raises(PlayFailed) as err:
+        run_play("t", [Step("bad", lambda c: change("x"), apply), Step("next", lambda c: ok())],
+                 ctx, sleep=sleeps.append)
+    assert len(attempts) == 1 and sleeps == []
+    statuses = {o.step: o.status for o in err.value.outcomes}
+    assert statuses == {"bad": "failed", "next": "skipped"}
+    text = out.getvalue()
+    assert "error converting YAML" in text and "kubectl apply" in text
+    assert "ok=0  changed=0  failed=1  skipped=1" in text
+
+
+def test_transient_failure_is_retried_with_exponential_backoff_on_a_fake_clock():
+    sleeps, attempts = [], []
+
+    def apply(ctx):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise CommandError(["kubectl", "apply"], 1,
+                               "The connection to the server 127.0.0.1:6443 was refused - "
+                               "did you specify the right host or port? connection refused")
+        return "applied"
+    ctx, out = make()
+    start = time.monotonic()
+    outcomes = run_play("t", [Step("flaky", lambda c: change("x"), apply)], ctx, sleep=sleeps.append)
+    assert time.monotonic() - start < 1.0  # the fake clock never really slept
+    assert len(attempts) == 3 and outcomes[0].status == "changed"
+    assert sleeps == [1.0, 2.0]  # 1 s, then doubled
+
+
+def test_transient_failure_gives_up_after_the_bounded_attempts():
+    sleeps = []
+
+    def apply(ctx):
+        raise CommandError(["helm", "upgrade"], 1,
+                           "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress")
+    ctx, out = make()
+    with pytest.raises(PlayFailed) as err:
+        run_play("t", [Step("helm", lambda c: change("x"), apply)], ctx, sleep=sleeps.append)
+    assert sleeps == [1.0, 2.0, 4.0]  # 4 attempts, 3 sleeps, capped growth
+    assert err.value.outcomes[0].status == "failed"
+
+
+def test_recap_counts_each_step_once():
+    calls, step = recorder()
+    ctx, out = make()
+    sleeps = []
+    flaky = {"n": 0}
+
+    def wait(ctx):
+        flaky["n"] += 1
+        if flaky["n"] == 1:
+            raise ConnectionResetError("connection reset by peer")
+    steps = [step("a", ok()), step("b", change("x")), step("c", skip("no")),
+             Step("d", lambda c: ok(), wait=wait)]
+    outcomes = run_play("t", steps, ctx, sleep=sleeps.append)
+    assert len(outcomes) == 4
+    assert "ok=2  changed=1  failed=0  skipped=1" in out.getvalue()
+
+
+def test_independent_steps_run_concurrently_and_dependents_wait():
+    import threading
+    barrier = threading.Barrier(2, timeout=5)
+    order = []
+
+    def both(name):
+        def wait(ctx):
+            barrier.wait()  # deadlocks (BrokenBarrierError) unless both run at once
+            order.append(name)
+        return wait
+    steps = [Step("cluster", lambda c: ok()),
+             Step("monitoring", lambda c: ok(), wait=both("monitoring"), needs=("cluster",)),
+             Step("faas", lambda c: ok(), wait=both("faas"), needs=("cluster",)),
+             Step("invoke", lambda c: ok(), wait=lambda c: order.append("invoke"),
+                  needs=("monitoring", "faas"))]
+    ctx, out = make()
+    outcomes = run_play("t", steps, ctx)
+    assert all(o.status == "ok" for o in outcomes)
+    assert order[-1] == "invoke" and set(order[:2]) == {"monitoring", "faas"}
+
+
+def test_step_failed_message_reaches_the_output():
+    def wait(ctx):
+        raise StepFailed("nginx: 2/3 pods Ready; nginx-abc: ImagePullBackOff (not found); check the image")
+    ctx, out = make()
+    with pytest.raises(PlayFailed):
+        run_play("t", [Step("nginx", lambda c: ok(), wait=wait)], ctx)
+    assert "nginx-abc: ImagePullBackOff" in out.getvalue()
+
+
+def test_unknown_need_and_cycles_are_rejected():
+    ctx, out = make()
+    with pytest.raises(ValueError, match="unknown"):
+        run_play("t", [Step("a", lambda c: ok(), needs=("zzz",))], ctx)
+    with pytest.raises(ValueError, match="cycle"):
+        run_play("t", [Step("a", lambda c: ok(), needs=("b",)), Step("b", lambda c: ok(), needs=("a",))], ctx)

@@ -1,0 +1,61 @@
+"""The nginx play on the kwok testbed."""
+import time
+from dataclasses import replace
+
+import pytest
+
+from playbooks import nginx
+from playbooks.core.runner import PlayFailed
+
+
+@pytest.fixture
+def lab(testbed):
+    yield testbed
+    from tests.conftest import PlayRun
+    PlayRun(testbed)(nginx.delete_steps(testbed))
+
+
+def statuses(outcomes):
+    return [o.status for o in outcomes]
+
+
+def test_deploy_scale_rerun_scale_to_zero_and_back(play, lab, kube):
+    assert statuses(play(nginx.deploy_steps(lab))) == ["changed"]
+    dep = kube.apps.read_namespaced_deployment("nginx", "default")
+    assert dep.status.ready_replicas == 1 and dep.spec.template.spec.containers[0].image == lab.nginx_image
+
+    assert statuses(play(nginx.scale_steps(lab, 3))) == ["changed"]
+    assert kube.apps.read_namespaced_deployment("nginx", "default").status.ready_replicas == 3
+
+    start = time.monotonic()
+    again = play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 3) + nginx.verify_steps(lab))
+    assert statuses(again) == ["ok", "ok", "ok"], play.output  # deploy does not undo the scale
+    assert time.monotonic() - start < 5
+    assert "3/3 ready endpoints" in play.output and "no HTTP request" in play.output
+
+    assert statuses(play(nginx.scale_steps(lab, 0))) == ["changed"]
+    assert not kube.core.list_namespaced_pod("default", label_selector="app=nginx").items or all(
+        p.metadata.deletion_timestamp for p in kube.core.list_namespaced_pod("default", label_selector="app=nginx").items)
+    assert statuses(play(nginx.scale_steps(lab, 3))) == ["changed"]
+    assert kube.apps.read_namespaced_deployment("nginx", "default").status.ready_replicas == 3
+
+
+def test_verify_counts_endpoints_and_fails_when_they_are_short(play, lab, kube):
+    play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 2))
+    assert statuses(play(nginx.verify_steps(lab))) == ["ok"]
+    assert "2/2 ready endpoints" in play.output
+    # pretend a scale happened behind kindlab's back and no pod is Ready yet
+    kube.apps.patch_namespaced_deployment_scale("nginx", "default", {"spec": {"replicas": 3}})
+    with pytest.raises(PlayFailed):
+        play(nginx.verify_steps(lab))
+    assert "ready endpoint(s), want 3" in play.output
+
+
+def test_a_missing_image_fails_fast_naming_pod_and_reason(play, lab):
+    bad = replace(lab, nginx_image="missing.kindlab.invalid/nginx:0.0", timeout=120)
+    start = time.monotonic()
+    with pytest.raises(PlayFailed):
+        play(nginx.deploy_steps(bad), lab=bad)
+    assert time.monotonic() - start < 20
+    assert "nginx-" in play.output and "ImagePullBackOff" in play.output
+    assert 'missing.kindlab.invalid/nginx:0.0' in play.output

@@ -78,8 +78,14 @@ def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
     return found
 
 
+def own_kubeconfig(lab: Lab) -> Path:
+    """A kubeconfig only kind/kwokctl write to, so they never touch the user's current context."""
+    path = lab.home / "kubeconfigs" / f"{lab.context}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def kind_create_steps(lab: Lab) -> list[Step]:
-    own_kubeconfig = lab.home / "kubeconfigs" / f"kind-{lab.cluster}.yaml"
     config_path = lab.home / "kind" / f"{lab.cluster}.yaml"
 
     def check_exists(ctx):
@@ -96,9 +102,8 @@ def kind_create_steps(lab: Lab) -> list[Step]:
                              "or choose other ports in invoke.yaml (kindlab.ports)")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        own_kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         ctx.sh.run(["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
-                    "--kubeconfig", str(own_kubeconfig), "--wait", "0s"], timeout=lab.timeout * 2)
+                    "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"], timeout=lab.timeout * 2)
         return f"created kind cluster {lab.cluster}"
 
     def check_running(ctx):
@@ -167,15 +172,15 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(render_kwok_config(lab))
         argv = ["kwokctl", "create", "cluster", "--name", lab.cluster, "--runtime", "binary",
-                "--config", str(config_path), "--kubeconfig", "", "--wait", "60s"]
+                "--config", str(config_path), "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "60s"]
         for flag, name in KWOK_BINARIES.items():
             argv += [flag, str(lab.tools_dir / name)]
         try:
             ctx.sh.run(argv, timeout=lab.timeout)
         except CommandError:
             # A half-made cluster would make the next run think all is well.
-            ctx.sh.run(["kwokctl", "delete", "cluster", "--name", lab.cluster, "--kubeconfig", ""],
-                       check=False)
+            ctx.sh.run(["kwokctl", "delete", "cluster", "--name", lab.cluster,
+                        "--kubeconfig", str(own_kubeconfig(lab))], check=False)
             raise
         ctx.reset_kube()
         return f"created kwok cluster {lab.cluster}"
@@ -265,21 +270,17 @@ def delete_steps(lab: Lab) -> list[Step]:
         return [Step(f"context {lab.context}",
                      lambda ctx: ok("an existing cluster is not kindlab's to delete; "
                                     "use `invoke down` to remove the lab's parts"))]
-    tool = lab.provider
-    lister = _kind_clusters if tool == "kind" else _kwok_clusters
+    kind = lab.provider == "kind"
+    tool, lister = ("kind", _kind_clusters) if kind else ("kwokctl", _kwok_clusters)
 
     def check(ctx):
         if lab.cluster in lister(ctx):
-            return change(f"delete {tool} cluster {lab.cluster}")
-        return ok(f"no {tool} cluster {lab.cluster}")
+            return change(f"delete {lab.provider} cluster {lab.cluster}")
+        return ok(f"no {lab.provider} cluster {lab.cluster}")
 
     def delete(ctx):
-        argv = [tool, "delete", "cluster", "--name", lab.cluster]
-        if tool == "kind":
-            argv += ["--kubeconfig", str(lab.home / "kubeconfigs" / f"kind-{lab.cluster}.yaml")]
-        else:
-            argv += ["--kubeconfig", ""]
-        ctx.sh.run(argv, timeout=lab.timeout)
+        ctx.sh.run([tool, "delete", "cluster", "--name", lab.cluster, "--kubeconfig", str(own_kubeconfig(lab))],
+                   timeout=lab.timeout)
         ctx.reset_kube()
 
     def check_context(ctx):
@@ -287,7 +288,7 @@ def delete_steps(lab: Lab) -> list[Step]:
             return change(f"remove context {lab.context} from {lab.kubeconfig}")
         return ok(f"no context {lab.context}")
 
-    return [Step(f"{tool} cluster {lab.cluster} absent", check, delete),
+    return [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
             Step(f"context {lab.context} absent", check_context,
                  lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
 

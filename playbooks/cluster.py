@@ -303,7 +303,7 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
         ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
         alloc = node.status.allocatable or {}
         rows.append((f"node {node.metadata.name}",
-                     f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version}, "
+                     f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "
                      f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
     if lab.provider == "kind":
         for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:

@@ -1,0 +1,637 @@
+"""The command-line tools the lab and its testbed run, pinned and installed.
+
+The lab shells out to kind, kubectl, helm and faas-cli; the kwok testbed runs
+kwok, kwokctl, etcd and the Kubernetes control-plane binaries. Each tool is
+pinned here to one version and is installed into one bin directory, either by
+building it from Go source through the Go module proxy (always possible where
+Go is) or by downloading a release binary (only where a sha256 published by
+the project has been checked and recorded below).
+
+Building from source: tools whose own module builds cleanly are installed with
+`go install module/cmd@version`. The rest are built from the small wrapper
+modules in the repository's `tools/` folder, which pin the published library
+modules a plain `go install` cannot resolve (etcd's and Kubernetes' go.mod files
+replace their siblings with local paths). Versions are stamped with -ldflags -X
+so that `--version` reports the pin: kwokctl reads the control plane's version
+to choose flags, and an unstamped Kubernetes build claims to be v0.0.0.
+
+A build goes to a temporary folder inside the bin directory and is renamed into
+place only after the new binary has answered its version command, so an
+interrupted or failed install never leaves a broken tool behind.
+
+This module decides and does nothing at import time; the step engine calls
+`installed_version` (the read-only check) and `install` (the change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+LAB_TOOLS = ("kind", "kubectl", "helm", "faas-cli")
+TESTBED_TOOLS = (
+    "kwok",
+    "kwokctl",
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+)
+
+# One Kubernetes minor for kubectl and the testbed's control plane: kind v0.29.0
+# runs 1.33 nodes, and kubectl is supported within one minor of the server.
+KUBE_VERSION = "v1.33.13"
+KIND_VERSION = "v0.29.0"
+HELM_VERSION = "v3.22.0"
+FAAS_CLI_VERSION = "0.18.11"  # faas-cli tags carry no "v"
+KWOK_VERSION = "v0.8.0"
+ETCD_VERSION = "v3.5.35"
+
+GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
+VERSION_TIMEOUT_S = 30
+BUILD_TIMEOUT_S = 3600
+DOWNLOAD_TIMEOUT_S = 60
+OUTPUT_LINES_IN_ERRORS = 12
+
+TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+
+
+class ToolInstallError(RuntimeError):
+    """A tool could not be installed; the message says which, why and what to do."""
+
+
+@dataclass(frozen=True)
+class GoBuild:
+    """How a tool is built from Go source.
+
+    `module_query` set: `go install package@module_query` (the package's module
+    is fetched at that version). `wrapper` set: `go build -o ... package` inside
+    tools/<wrapper>, whose go.mod pins every module.
+    """
+
+    package: str
+    module_query: str | None = None
+    wrapper: str | None = None
+    stamps: tuple[tuple[str, str], ...] = ()  # (Go variable, value) for -ldflags -X
+    cgo: bool = False
+
+    def ldflags(self) -> str:
+        # -s -w drop the symbol table and DWARF: a third of the size, no runtime cost.
+        return " ".join(["-s", "-w", *(f"-X {var}={value}" for var, value in self.stamps)])
+
+
+@dataclass(frozen=True)
+class ReleaseDownload:
+    """A prebuilt release binary: where it is and the sha256 it must have.
+
+    `url` and `member` are templates over {version} (the release tag), {os},
+    {arch}, {exe} (".exe" on Windows) and {archive} ("zip" or "tar.gz").
+    `sha256` maps "os/arch" to the checksum the project publishes for that
+    file; a platform missing from it is never downloaded.
+    """
+
+    url: str
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    member: str | None = None  # path inside a .tar.gz or .zip; None: the file is the binary
+    zip_on: tuple[str, ...] = ("windows",)  # OSes whose archive is a .zip ({archive})
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    version: str  # always "v" + semver, the form installed_version returns
+    version_args: tuple[str, ...]
+    go: GoBuild
+    release: ReleaseDownload | None = None
+    tag: str | None = None  # release tag spelling when it differs from version
+
+    @property
+    def release_tag(self) -> str:
+        return self.tag or self.version
+
+
+def _kube_stamps(version: str) -> tuple[tuple[str, str], ...]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamps = []
+    # component-base feeds `--version` and the apiserver's /version;
+    # client-go's copy feeds `kubectl version --client`.
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        stamps += [
+            (f"{package}.gitVersion", version),
+            (f"{package}.gitMajor", major),
+            (f"{package}.gitMinor", minor),
+            (f"{package}.gitTreeState", "clean"),
+        ]
+    return tuple(stamps)
+
+
+def _kube_release(binary: str) -> ReleaseDownload:
+    return ReleaseDownload(url="https://dl.k8s.io/release/{version}/bin/{os}/{arch}/" + binary + "{exe}")
+
+
+def _control_plane(name: str) -> ToolSpec:
+    return ToolSpec(
+        name=name,
+        version=KUBE_VERSION,
+        version_args=("--version",),
+        go=GoBuild(
+            package=f"k8s.io/kubernetes/cmd/{name}",
+            wrapper="kube-control-plane",
+            stamps=_kube_stamps(KUBE_VERSION),
+        ),
+        release=_kube_release(name),
+    )
+
+
+def _kwok_tool(name: str) -> ToolSpec:
+    return ToolSpec(
+        name=name,
+        version=KWOK_VERSION,
+        version_args=("--version",),
+        go=GoBuild(
+            package=f"sigs.k8s.io/kwok/cmd/{name}",
+            module_query=KWOK_VERSION,
+            # kwokctl's default Kubernetes version (1.36 at v0.8.0) would not
+            # match the control plane the testbed gives it.
+            stamps=(("sigs.k8s.io/kwok/pkg/consts.KubeVersion", KUBE_VERSION.lstrip("v")),),
+        ),
+        release=ReleaseDownload(
+            url="https://github.com/kubernetes-sigs/kwok/releases/download/{version}/"
+            + name
+            + "-{os}-{arch}{exe}"
+        ),
+    )
+
+
+_HELM_INTERNAL = "helm.sh/helm/v3/internal/version"
+_KUBE_MINOR = KUBE_VERSION.lstrip("v").split(".")[1]
+
+TOOLS: dict[str, ToolSpec] = {
+    "kind": ToolSpec(
+        name="kind",
+        version=KIND_VERSION,
+        version_args=("version",),
+        go=GoBuild(package="sigs.k8s.io/kind", module_query=KIND_VERSION),
+        release=ReleaseDownload(
+            url="https://github.com/kubernetes-sigs/kind/releases/download/{version}/kind-{os}-{arch}{exe}"
+        ),
+    ),
+    "kubectl": ToolSpec(
+        name="kubectl",
+        version=KUBE_VERSION,
+        version_args=("version", "--client"),
+        go=GoBuild(package=".", wrapper="kubectl", stamps=_kube_stamps(KUBE_VERSION)),
+        release=_kube_release("kubectl"),
+    ),
+    "helm": ToolSpec(
+        name="helm",
+        version=HELM_VERSION,
+        version_args=("version", "--short"),
+        go=GoBuild(
+            package="helm.sh/helm/v3/cmd/helm",
+            module_query=HELM_VERSION,
+            stamps=(
+                (f"{_HELM_INTERNAL}.version", HELM_VERSION),
+                (f"{_HELM_INTERNAL}.gitTreeState", "clean"),
+                # Without these, templates see Kubernetes 1.20 under `helm template`
+                # and lint checks deprecations against 1.20.
+                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor", "1"),
+                ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor", _KUBE_MINOR),
+                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor", "1"),
+                ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor", _KUBE_MINOR),
+            ),
+        ),
+        release=ReleaseDownload(
+            url="https://get.helm.sh/helm-{version}-{os}-{arch}.{archive}", member="{os}-{arch}/helm{exe}"
+        ),
+    ),
+    "faas-cli": ToolSpec(
+        name="faas-cli",
+        version="v" + FAAS_CLI_VERSION,
+        tag=FAAS_CLI_VERSION,
+        # Plain `faas-cli version` also asks a gateway for its version.
+        version_args=("version", "--short-version"),
+        go=GoBuild(
+            package="github.com/openfaas/faas-cli",
+            module_query=FAAS_CLI_VERSION,
+            stamps=(("github.com/openfaas/faas-cli/version.Version", FAAS_CLI_VERSION),),
+        ),
+        # Release assets are named per platform without a pattern (faas-cli,
+        # faas-cli-darwin, faas-cli.exe, ...): no template until checksums exist.
+        release=None,
+    ),
+    "kwok": _kwok_tool("kwok"),
+    "kwokctl": _kwok_tool("kwokctl"),
+    "etcd": ToolSpec(
+        name="etcd",
+        version=ETCD_VERSION,
+        version_args=("--version",),
+        go=GoBuild(package=".", wrapper="etcd"),
+        release=ReleaseDownload(
+            url="https://github.com/etcd-io/etcd/releases/download/{version}/"
+            "etcd-{version}-{os}-{arch}.{archive}",
+            member="etcd-{version}-{os}-{arch}/etcd{exe}",
+            zip_on=("windows", "darwin"),
+        ),
+    ),
+    "kube-apiserver": _control_plane("kube-apiserver"),
+    "kube-controller-manager": _control_plane("kube-controller-manager"),
+    "kube-scheduler": _control_plane("kube-scheduler"),
+}
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- locations
+
+
+def _on_windows() -> bool:
+    return os.name == "nt"
+
+
+def exe_name(name: str) -> str:
+    """The file name of tool `name` on this OS (`kubectl.exe` on Windows)."""
+    return name + ".exe" if _on_windows() else name
+
+
+def default_bin_dir() -> Path:
+    """Where kindlab keeps its tools: $KINDLAB_BIN_DIR, else a per-user cache folder."""
+    override = os.environ.get("KINDLAB_BIN_DIR")
+    if override:
+        return Path(override).expanduser()
+    if _on_windows():
+        local = os.environ.get("LOCALAPPDATA")
+        base = Path(local) if local else Path.home() / "AppData" / "Local"
+        return base / "kindlab" / "bin"
+    return Path.home() / ".cache" / "kindlab" / "bin"
+
+
+def tool_path(name: str, bin_dir: Path) -> Path:
+    return Path(bin_dir) / exe_name(_spec(name).name)
+
+
+def current_platform() -> str:
+    """This machine as Go names it, e.g. "linux/amd64", "darwin/arm64", "windows/amd64"."""
+    system = platform.system().lower()
+    goos = {"linux": "linux", "darwin": "darwin", "windows": "windows"}.get(system, system)
+    machine = platform.machine().lower()
+    goarch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    return f"{goos}/{goarch}"
+
+
+# ---------------------------------------------------------------- checking
+
+# A version that stands alone: not the tail of "go1.26.8" or of a longer number.
+_VERSION_RE = re.compile(r"(?<![\w.])v?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)(?![\w.])")
+
+
+def parse_version(output: str) -> str | None:
+    """The first standalone semantic version in a tool's version output, as "vX.Y.Z"."""
+    match = _VERSION_RE.search(output)
+    return "v" + match.group(1) if match else None
+
+
+def _run_version(path: Path, spec: ToolSpec) -> str | None:
+    try:
+        completed = subprocess.run(
+            [str(path), *spec.version_args],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=VERSION_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if completed.returncode != 0:
+        return None
+    return parse_version(completed.stdout + "\n" + completed.stderr)
+
+
+def installed_version(name: str, bin_dir: Path) -> str | None:
+    """The version tool `name` in `bin_dir` reports ("v1.33.13"), or None if it is
+    missing, does not run, or prints no version."""
+    spec = _spec(name)
+    path = tool_path(name, bin_dir)
+    if not path.is_file():
+        return None
+    return _run_version(path, spec)
+
+
+def is_current(name: str, bin_dir: Path) -> bool:
+    """True when tool `name` in `bin_dir` reports exactly the pinned version."""
+    return installed_version(name, bin_dir) == _spec(name).version
+
+
+# ---------------------------------------------------------------- installing
+
+
+def install(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> None:
+    """Install the pinned version of tool `name` into `bin_dir`, replacing any other.
+
+    source "go" builds from Go source; "release" downloads a release binary whose
+    sha256 is recorded here; "auto" downloads when a checksum is recorded for this
+    platform and the download works, and builds from source otherwise.
+    """
+    spec = _spec(name)
+    if source not in ("auto", "go", "release"):
+        raise ValueError(f"source must be 'auto', 'go' or 'release', not {source!r}")
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+
+    if source in ("auto", "release"):
+        reason = _release_unavailable(spec)
+        if reason is None:
+            try:
+                _install_release(spec, bin_dir, log)
+                return
+            except _NetworkError as error:
+                if source == "release":
+                    raise ToolInstallError(
+                        f"{spec.name}: could not download {error.url}: {error.reason}; "
+                        "check the network or install from source with source='go'"
+                    ) from None
+                log(f"{spec.name}: download failed ({error.reason}); building from source instead")
+        elif source == "release":
+            raise ToolInstallError(f"{spec.name}: {reason}; install it from source with source='go'")
+    _install_from_go(spec, bin_dir, log)
+
+
+def ensure(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> bool:
+    """Install tool `name` unless the pinned version is already there; True if it changed."""
+    if is_current(name, bin_dir):
+        return False
+    install(name, bin_dir, source=source, log=log)
+    return True
+
+
+def _spec(name: str) -> ToolSpec:
+    try:
+        return TOOLS[name]
+    except KeyError:
+        known = ", ".join(TOOLS)
+        raise ValueError(f"unknown tool {name!r}; kindlab installs: {known}") from None
+
+
+# ------------------------------------------------------------ from Go source
+
+
+def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log) -> None:
+    go = shutil.which("go")
+    if go is None:
+        raise ToolInstallError(
+            f"{spec.name}: building it needs the Go toolchain, and `go` is not on PATH; "
+            f"install Go {GO_MIN_VERSION} or newer and run again"
+        )
+    build = spec.go
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=bin_dir))
+    try:
+        built = staging / exe_name(spec.name)
+        argv, cwd, env = _go_command(go, spec, staging)
+        where = f" in {cwd}" if cwd else ""
+        log(f"{spec.name}: building {spec.version} from Go source{where} (a few minutes on a cold cache)")
+        _run_build(spec, argv, cwd, env)
+        if not built.is_file():
+            # `go install` names the binary after the package's last element.
+            produced = staging / exe_name(build.package.rstrip("/").rsplit("/", 1)[-1])
+            if produced.is_file():
+                produced.rename(built)
+            else:
+                raise ToolInstallError(
+                    f"{spec.name}: `{_show(argv)}` succeeded but left no {built.name}; "
+                    "this is a bug in kindlab's tool table"
+                )
+        _check_and_place(spec, built, bin_dir)
+        log(f"{spec.name}: installed {spec.version} in {bin_dir}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _go_command(go: str, spec: ToolSpec, staging: Path) -> tuple[list[str], Path | None, dict[str, str]]:
+    build = spec.go
+    env = dict(os.environ)
+    env["CGO_ENABLED"] = "1" if build.cgo else "0"
+    flags = ["-trimpath", "-buildvcs=false", "-ldflags", build.ldflags()]
+    if build.wrapper:
+        cwd = TOOLS_DIR / build.wrapper
+        if not (cwd / "go.mod").is_file():
+            raise ToolInstallError(
+                f"{spec.name}: the wrapper module {cwd} is missing; restore the repository's tools/ folder"
+            )
+        # -mod=readonly: the committed go.mod/go.sum are the pin; never rewrite them.
+        argv = [go, "build", *flags, "-mod=readonly", "-o", str(staging / exe_name(spec.name)), build.package]
+        env.pop("GOFLAGS", None)
+        return argv, cwd, env
+    if not build.module_query:
+        raise ToolInstallError(f"{spec.name}: kindlab's tool table gives no module version; this is a bug")
+    env["GOBIN"] = str(staging)
+    # A cross-compiling GOOS/GOARCH in the environment would make go install refuse GOBIN.
+    for variable in ("GOOS", "GOARCH", "GOFLAGS"):
+        env.pop(variable, None)
+    argv = [go, "install", *flags, f"{build.package}@{build.module_query}"]
+    return argv, None, env
+
+
+def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str, str]) -> None:
+    try:
+        completed = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolInstallError(
+            f"{spec.name}: `{_show(argv)}` did not finish in {BUILD_TIMEOUT_S}s; "
+            "run it again (the Go caches keep what was done) or check the network"
+        ) from None
+    except OSError as error:
+        raise ToolInstallError(
+            f"{spec.name}: could not start `{_show(argv)}`: {error}; check your Go installation"
+        ) from None
+    if completed.returncode != 0:
+        raise ToolInstallError(
+            f"{spec.name}: `{_show(argv)}` failed with exit code {completed.returncode}:\n"
+            f"{_tail(completed.stdout)}\n{_go_advice(completed.stdout)}"
+        )
+
+
+def _go_advice(output: str) -> str:
+    if re.search(r"requires go >= |go: downloading go1\.|toolchain not available", output):
+        return f"Install Go {GO_MIN_VERSION} or newer and run again."
+    if re.search(r"403 Forbidden|404 Not Found|410 Gone|not available|unknown revision|invalid version", output):
+        return "The Go module proxy did not serve that module version; check GOPROXY and the network."
+    if re.search(r"dial tcp|i/o timeout|no such host|connection refused|TLS handshake", output):
+        return "The Go module proxy could not be reached; check the network or GOPROXY and run again."
+    return f"Check the output above; building needs Go {GO_MIN_VERSION} or newer and the Go module proxy."
+
+
+# ------------------------------------------------------------ release binary
+
+
+class _NetworkError(Exception):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def _release_unavailable(spec: ToolSpec) -> str | None:
+    """Why tool `spec` cannot be downloaded here, or None if it can."""
+    here = current_platform()
+    if spec.release is None:
+        return f"no release download is recorded for {spec.name} {spec.version}"
+    if here not in spec.release.sha256:
+        return (
+            f"kindlab has no verified sha256 for the {spec.name} {spec.version} release "
+            f"binary for {here}, so it will not download one"
+        )
+    return None
+
+
+def _release_fields(spec: ToolSpec) -> dict[str, str]:
+    goos, goarch = current_platform().split("/")
+    assert spec.release is not None
+    return {
+        "version": spec.release_tag,
+        "os": goos,
+        "arch": goarch,
+        "exe": ".exe" if goos == "windows" else "",
+        "archive": "zip" if goos in spec.release.zip_on else "tar.gz",
+    }
+
+
+def _install_release(spec: ToolSpec, bin_dir: Path, log: Log) -> None:
+    release = spec.release
+    assert release is not None
+    fields = _release_fields(spec)
+    url = release.url.format(**fields)
+    expected = release.sha256[current_platform()].lower()
+    log(f"{spec.name}: downloading {spec.version} ({url})")
+    payload = _download(url)
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise ToolInstallError(
+            f"{spec.name}: the download from {url} has sha256 {actual}, not the recorded {expected}; "
+            "it was discarded. Retry later, or install from source with source='go'"
+        )
+    binary = _extract(spec, payload, release.member.format(**fields) if release.member else None, url)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=bin_dir))
+    try:
+        built = staging / exe_name(spec.name)
+        built.write_bytes(binary)
+        built.chmod(0o755)
+        _check_and_place(spec, built, bin_dir)
+        log(f"{spec.name}: installed {spec.version} in {bin_dir}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310 (fixed URLs)
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise _NetworkError(url, f"HTTP {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise _NetworkError(url, str(reason)) from None
+
+
+def _extract(spec: ToolSpec, payload: bytes, member: str | None, url: str) -> bytes:
+    if member is None:
+        return payload
+    try:
+        if url.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+                return archive.read(member)
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
+            extracted = archive.extractfile(member)
+            if extracted is None:
+                raise KeyError(member)
+            return extracted.read()
+    except (KeyError, tarfile.TarError, zipfile.BadZipFile) as error:
+        raise ToolInstallError(
+            f"{spec.name}: the archive from {url} has no {member} ({error}); "
+            "kindlab's tool table is out of date, install from source with source='go'"
+        ) from None
+
+
+# ------------------------------------------------------------ both ways
+
+
+def _check_and_place(spec: ToolSpec, built: Path, bin_dir: Path) -> None:
+    """Run the new binary's version command, then rename it over the old one."""
+    reported = _run_version(built, spec)
+    if reported != spec.version:
+        shown = reported or "no version"
+        raise ToolInstallError(
+            f"{spec.name}: the new binary reports {shown}, not {spec.version} "
+            f"(`{spec.name} {' '.join(spec.version_args)}`), so it was not installed; "
+            "kindlab's tool table (version stamp or release URL) for it needs fixing"
+        )
+    # Same folder, so the rename is atomic: readers see the old binary or the new one.
+    os.replace(built, tool_path(spec.name, bin_dir))
+
+
+def _tail(output: str, lines: int = OUTPUT_LINES_IN_ERRORS) -> str:
+    kept = [line for line in output.splitlines() if line.strip()][-lines:]
+    return "\n".join("  " + line for line in kept) if kept else "  (no output)"
+
+
+def _show(argv: list[str]) -> str:
+    """A command for a message: go's path shortened to `go`, arguments quoted."""
+    shown = ["go" if i == 0 else arg for i, arg in enumerate(argv)]
+    if _on_windows():
+        return subprocess.list2cmdline(shown)
+    return shlex.join(shown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m playbooks.toolchain [--source go|release|auto] [TOOL ...]`: install
+    missing tools (all by default) and print each one's version."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("tools", nargs="*", default=list(TOOLS), metavar="TOOL")
+    parser.add_argument("--source", choices=("auto", "go", "release"), default="auto")
+    parser.add_argument("--bin-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    bin_dir = args.bin_dir or default_bin_dir()
+    failed = 0
+    for name in args.tools:
+        started = time.monotonic()
+        try:
+            changed = ensure(name, bin_dir, source=args.source)
+        except (ToolInstallError, ValueError) as error:
+            print(f"failed  {error}", file=sys.stderr)
+            failed += 1
+            continue
+        state = "changed" if changed else "ok"
+        print(f"{state:<7} {name} {TOOLS[name].version} ({time.monotonic() - started:.1f}s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The tool installer, without building anything: a fake `go` stands in for Go."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from playbooks import toolchain
+from playbooks.toolchain import ToolInstallError
+
+# What the real binaries printed on linux/amd64 (built by this installer).
+REAL_VERSION_OUTPUTS = {
+    "kind": ("kind v0.29.0 go1.26.8 linux/amd64\n", "v0.29.0"),
+    "kubectl": ("Client Version: v1.33.13\nKustomize Version: v5.6.0\n", "v1.33.13"),
+    "helm": ("v3.22.0\n", "v3.22.0"),
+    "helm-long": (
+        'version.BuildInfo{Version:"v3.22.0", GitCommit:"", GitTreeState:"clean", GoVersion:"go1.26.8"}\n',
+        "v3.22.0",
+    ),
+    "kwok": ("kwok version v0.8.0 go1.26.8 (linux/amd64)\n", "v0.8.0"),
+    "kwokctl": ("kwokctl version v0.8.0 go1.26.8 (linux/amd64)\n", "v0.8.0"),
+    "etcd": (
+        "etcd Version: 3.5.35\nGit SHA: Not provided (use ./build instead of go build)\n"
+        "Go Version: go1.26.8\nGo OS/Arch: linux/amd64\n",
+        "v3.5.35",
+    ),
+    "kube-apiserver": ("Kubernetes v1.33.13\n", "v1.33.13"),
+    "faas-cli": ("0.18.11\n", "v0.18.11"),
+}
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="the fake go and tools are shebang scripts")
+
+
+@pytest.mark.parametrize("sample", sorted(REAL_VERSION_OUTPUTS))
+def test_parse_version_reads_each_tools_real_output(sample):
+    output, expected = REAL_VERSION_OUTPUTS[sample]
+    assert toolchain.parse_version(output) == expected
+
+
+@pytest.mark.parametrize("output", ["", "go1.26.8 linux/amd64", "error: unknown flag: --client", "1.33"])
+def test_parse_version_finds_nothing_in_output_without_a_version(output):
+    assert toolchain.parse_version(output) is None
+
+
+def test_an_unstamped_kubernetes_build_does_not_pass_for_the_pinned_one():
+    # Kubernetes' default gitVersion, what a build without -ldflags -X reports.
+    assert toolchain.parse_version("Kubernetes v0.0.0-master+$Format:%H$") == "v0.0.0-master"
+
+
+def test_every_tool_the_lab_and_testbed_use_is_pinned_once():
+    assert set(toolchain.LAB_TOOLS) | set(toolchain.TESTBED_TOOLS) == set(toolchain.TOOLS)
+    for name, spec in toolchain.TOOLS.items():
+        assert spec.name == name
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", spec.version), name
+
+
+def test_kubectl_and_control_plane_share_one_kubernetes_version():
+    kube_tools = ("kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    versions = {toolchain.TOOLS[n].version for n in kube_tools}
+    assert versions == {toolchain.KUBE_VERSION}
+
+
+def _required(go_mod: Path, module: str) -> str:
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} (\S+)", go_mod.read_text(), re.MULTILINE)
+    assert match, f"{go_mod} does not require {module}"
+    return match.group(1)
+
+
+def test_wrapper_modules_pin_the_versions_the_tool_table_stamps():
+    tools = toolchain.TOOLS_DIR
+    kube_minor_series = "v0." + toolchain.KUBE_VERSION.split(".", 1)[1]  # v1.33.13 -> v0.33.13
+    assert _required(tools / "kubectl" / "go.mod", "k8s.io/kubectl") == kube_minor_series
+    assert _required(tools / "kube-control-plane" / "go.mod", "k8s.io/kubernetes") == toolchain.KUBE_VERSION
+    assert _required(tools / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3") == toolchain.ETCD_VERSION
+    control_plane = (tools / "kube-control-plane" / "go.mod").read_text()
+    for staging in ("k8s.io/api", "k8s.io/apiserver", "k8s.io/client-go", "k8s.io/kube-scheduler"):
+        assert f"{staging} => {staging} {kube_minor_series}" in control_plane
+    for spec in toolchain.TOOLS.values():
+        if spec.go.wrapper:
+            assert (tools / spec.go.wrapper / "go.sum").is_file(), spec.name
+
+
+def test_exe_name_adds_exe_only_on_windows(monkeypatch):
+    monkeypatch.setattr(toolchain, "_on_windows", lambda: False)
+    assert toolchain.exe_name("kubectl") == "kubectl"
+    monkeypatch.setattr(toolchain, "_on_windows", lambda: True)
+    assert toolchain.exe_name("kubectl") == "kubectl.exe"
+
+
+def test_default_bin_dir_honours_the_environment_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("KINDLAB_BIN_DIR", str(tmp_path / "tools"))
+    assert toolchain.default_bin_dir() == tmp_path / "tools"
+    monkeypatch.setenv("KINDLAB_BIN_DIR", "~/lab-bin")
+    assert toolchain.default_bin_dir() == Path.home() / "lab-bin"
+
+
+def test_default_bin_dir_is_a_per_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("KINDLAB_BIN_DIR", raising=False)
+    monkeypatch.setattr(toolchain, "_on_windows", lambda: False)
+    assert toolchain.default_bin_dir() == Path.home() / ".cache" / "kindlab" / "bin"
+    monkeypatch.setattr(toolchain, "_on_windows", lambda: True)
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path))
+    assert toolchain.default_bin_dir() == tmp_path / "kindlab" / "bin"
+
+
+# ---------------------------------------------------------------- fake go
+
+FAKE_GO = textwrap.dedent(
+    """\
+    #!{python}
+    # Records how it was called, then behaves like `go build`/`go install`.
+    import json, os, sys
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_GO_RECORD"], "a") as record:
+        record.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(),
+                                 "GOBIN": os.environ.get("GOBIN"),
+                                 "CGO_ENABLED": os.environ.get("CGO_ENABLED")}}) + "\\n")
+    if os.environ.get("FAKE_GO_FAIL"):
+        print("go: downloading example.com/dep v1.0.0")
+        print(os.environ["FAKE_GO_FAIL"])
+        sys.exit(1)
+    if "-o" in args:
+        out = args[args.index("-o") + 1]
+    else:
+        package = args[-1].split("@")[0]
+        out = os.path.join(os.environ["GOBIN"], package.rsplit("/", 1)[-1])
+    with open(out, "w") as tool:
+        tool.write("#!{python}\\nprint(%r)\\n" % os.environ["FAKE_TOOL_PRINTS"])
+    os.chmod(out, 0o755)
+    """
+)
+
+
+@pytest.fixture
+def fake_go(tmp_path, monkeypatch):
+    """A `go` on PATH that records each call; returns a reader of those calls."""
+    go_dir = tmp_path / "fake-go"
+    go_dir.mkdir()
+    go = go_dir / "go"
+    go.write_text(FAKE_GO.format(python=sys.executable))
+    go.chmod(go.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / "go-calls.jsonl"
+    monkeypatch.setenv("PATH", str(go_dir) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("FAKE_GO_RECORD", str(record))
+    monkeypatch.delenv("FAKE_GO_FAIL", raising=False)
+
+    def calls():
+        if not record.exists():
+            return []
+        return [json.loads(line) for line in record.read_text().splitlines()]
+
+    return calls
+
+
+def _leftovers(bin_dir: Path) -> list[str]:
+    return sorted(p.name for p in bin_dir.iterdir() if p.name.startswith("."))
+
+
+@posix_only
+def test_install_runs_go_install_with_the_pinned_module_version(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "kind v0.29.0 go1.26.8 linux/amd64")
+    bin_dir = tmp_path / "bin"
+    messages = []
+
+    toolchain.install("kind", bin_dir, source="go", log=messages.append)
+
+    (call,) = fake_go()
+    argv = call["argv"]
+    assert isinstance(argv, list)
+    assert argv[1] == "install"
+    assert argv[-1] == "sigs.k8s.io/kind@v0.29.0"
+    assert "-trimpath" in argv
+    assert argv[argv.index("-ldflags") + 1].startswith("-s -w")
+    assert call["CGO_ENABLED"] == "0"
+    # Built into a folder beside the final binary, so the last move is a rename.
+    assert Path(call["GOBIN"]).parent == bin_dir
+    assert toolchain.installed_version("kind", bin_dir) == "v0.29.0"
+    assert _leftovers(bin_dir) == []
+    assert any("installed v0.29.0" in m for m in messages)
+
+
+@posix_only
+def test_install_stamps_the_kubernetes_version_into_the_control_plane(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "Kubernetes v1.33.13")
+    bin_dir = tmp_path / "bin"
+
+    toolchain.install("kube-apiserver", bin_dir, source="go", log=lambda _: None)
+
+    (call,) = fake_go()
+    argv = call["argv"]
+    assert argv[1] == "build"
+    assert argv[-1] == "k8s.io/kubernetes/cmd/kube-apiserver"
+    assert Path(call["cwd"]) == toolchain.TOOLS_DIR / "kube-control-plane"
+    assert Path(argv[argv.index("-o") + 1]).parent.parent == bin_dir
+    ldflags = argv[argv.index("-ldflags") + 1]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"-X {package}.gitVersion=v1.33.13" in ldflags
+        assert f"-X {package}.gitMajor=1" in ldflags
+        assert f"-X {package}.gitMinor=33" in ldflags
+    assert toolchain.installed_version("kube-apiserver", bin_dir) == "v1.33.13"
+
+
+@posix_only
+def test_install_stamps_helm_version_and_kubernetes_capabilities(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "v3.22.0")
+    toolchain.install("helm", tmp_path / "bin", source="go", log=lambda _: None)
+    argv = fake_go()[0]["argv"]
+    ldflags = argv[argv.index("-ldflags") + 1]
+    assert "-X helm.sh/helm/v3/internal/version.version=v3.22.0" in ldflags
+    assert "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=33" in ldflags
+    assert argv[-1] == "helm.sh/helm/v3/cmd/helm@v3.22.0"
+
+
+@posix_only
+def test_install_moves_the_new_binary_in_with_one_rename(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "etcd Version: 3.5.35")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "etcd").write_text("old")
+    renames = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(toolchain.os, "replace", recording_replace)
+    toolchain.install("etcd", bin_dir, source="go", log=lambda _: None)
+
+    ((src, dst),) = renames
+    assert dst == bin_dir / "etcd"
+    assert src.parent.parent == bin_dir and src.parent.name.startswith(".etcd-")
+    assert toolchain.installed_version("etcd", bin_dir) == "v3.5.35"
+    assert _leftovers(bin_dir) == []
+
+
+@posix_only
+def test_a_failed_build_names_tool_command_and_output_and_keeps_the_old_binary(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_GO_FAIL", "reading proxy/@v/0.18.11.info: 403 Forbidden")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "faas-cli").write_text("old")
+
+    with pytest.raises(ToolInstallError) as raised:
+        toolchain.install("faas-cli", bin_dir, source="go", log=lambda _: None)
+
+    message = str(raised.value)
+    assert message.startswith("faas-cli: ")
+    assert "go install" in message and "github.com/openfaas/faas-cli@0.18.11" in message
+    assert "exit code 1" in message
+    assert "403 Forbidden" in message
+    assert "module proxy did not serve" in message
+    assert (bin_dir / "faas-cli").read_text() == "old"
+    assert _leftovers(bin_dir) == []
+
+
+@posix_only
+def test_a_binary_reporting_the_wrong_version_is_not_installed(fake_go, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "kind v0.28.0 go1.26.8 linux/amd64")
+    bin_dir = tmp_path / "bin"
+    with pytest.raises(ToolInstallError, match=r"kind: the new binary reports v0\.28\.0, not v0\.29\.0"):
+        toolchain.install("kind", bin_dir, source="go", log=lambda _: None)
+    assert not (bin_dir / "kind").exists()
+    assert _leftovers(bin_dir) == []
+
+
+def test_missing_go_is_a_clear_error(monkeypatch, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(ToolInstallError, match=r"^kubectl: .*`go` is not on PATH; install Go 1\.26 or newer"):
+        toolchain.install("kubectl", tmp_path / "bin", source="go", log=lambda _: None)
+
+
+def test_unknown_tool_and_source_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown tool 'minikube'"):
+        toolchain.install("minikube", tmp_path)
+    with pytest.raises(ValueError, match="source must be"):
+        toolchain.install("kind", tmp_path, source="apt")
+
+
+# ---------------------------------------------------------------- version checks
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text(f"#!{sys.executable}\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+@posix_only
+def test_installed_version_is_none_for_missing_failing_or_hanging_tools(monkeypatch, tmp_path):
+    assert toolchain.installed_version("kubectl", tmp_path) is None
+    _script(tmp_path / "kubectl", "import sys; print('Client Version: v1.33.13'); sys.exit(1)")
+    assert toolchain.installed_version("kubectl", tmp_path) is None
+    monkeypatch.setattr(toolchain, "VERSION_TIMEOUT_S", 0.5)
+    _script(tmp_path / "kubectl", "import time; time.sleep(5)")
+    assert toolchain.installed_version("kubectl", tmp_path) is None
+
+
+@posix_only
+def test_installed_version_passes_the_client_only_flags(tmp_path):
+    _script(
+        tmp_path / "faas-cli",
+        "import sys; print('0.18.11' if sys.argv[1:] == ['version', '--short-version'] else 'x')",
+    )
+    assert toolchain.installed_version("faas-cli", tmp_path) == "v0.18.11"
+    assert toolchain.is_current("faas-cli", tmp_path)
+
+
+# ---------------------------------------------------------------- release downloads
+
+
+def test_release_without_a_verified_checksum_is_refused(tmp_path):
+    spec = toolchain.TOOLS["kubectl"]
+    assert toolchain.current_platform() not in spec.release.sha256
+    with pytest.raises(ToolInstallError, match=r"^kubectl: kindlab has no verified sha256 .*source='go'"):
+        toolchain.install("kubectl", tmp_path, source="release", log=lambda _: None)
+
+
+def _with_release(monkeypatch, name: str, payload_file: Path, sha256: str) -> None:
+    spec = toolchain.TOOLS[name]
+    release = toolchain.ReleaseDownload(
+        url=payload_file.as_uri(), sha256={toolchain.current_platform(): sha256}
+    )
+    monkeypatch.setitem(toolchain.TOOLS, name, toolchain.ToolSpec(
+        name=spec.name, version=spec.version, version_args=spec.version_args, go=spec.go, release=release
+    ))
+
+
+@posix_only
+def test_release_download_is_verified_then_installed(monkeypatch, tmp_path):
+    asset = _script(tmp_path / "kind-asset", "print('kind v0.29.0 go1.24.2 linux/amd64')")
+    _with_release(monkeypatch, "kind", asset, hashlib.sha256(asset.read_bytes()).hexdigest())
+    monkeypatch.setenv("PATH", str(tmp_path / "no-go-here"))
+    bin_dir = tmp_path / "bin"
+
+    toolchain.install("kind", bin_dir, source="release", log=lambda _: None)
+
+    assert toolchain.installed_version("kind", bin_dir) == "v0.29.0"
+    assert _leftovers(bin_dir) == []
+
+
+@posix_only
+def test_release_with_a_wrong_checksum_is_discarded(monkeypatch, tmp_path):
+    asset = _script(tmp_path / "kind-asset", "print('kind v0.29.0')")
+    _with_release(monkeypatch, "kind", asset, "0" * 64)
+    bin_dir = tmp_path / "bin"
+    with pytest.raises(ToolInstallError, match=r"kind: the download from .* has sha256 [0-9a-f]{64}, not the recorded"):
+        toolchain.install("kind", bin_dir, source="auto", log=lambda _: None)
+    assert not (bin_dir / "kind").exists()
+
+
+@posix_only
+def test_auto_builds_from_source_when_the_download_fails(fake_go, monkeypatch, tmp_path):
+    _with_release(monkeypatch, "kind", tmp_path / "does-not-exist", "0" * 64)
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "kind v0.29.0 go1.26.8 linux/amd64")
+    messages = []
+
+    toolchain.install("kind", tmp_path / "bin", source="auto", log=messages.append)
+
+    assert len(fake_go()) == 1
+    assert any("download failed" in m and "building from source" in m for m in messages)
+    assert toolchain.installed_version("kind", tmp_path / "bin") == "v0.29.0"

@@ -86,14 +86,16 @@ def nginx_delete(c, provider=None, name=None, context=None, check=False, verbose
 
 
 # --- tools and doctor ------------------------------------------------------
-@task(help={"testbed": "also kwok, kwokctl, etcd and the Kubernetes control plane (for tests)",
+@task(help={"testbed": "the simulated-cluster testbed and the tools the tests use "
+                        "(kind, kubectl, helm, kwok, kwokctl, etcd, kube-apiserver, ...)",
+            "all": "every tool: the lab's and the testbed's",
             "source": "go (build from Go modules), release (download, SHA-256 checked) or auto",
-            "only": "comma-separated tool names to install (default: all)",
+            "only": "comma-separated tool names to install",
             **h("check verbose")})
-def tools_install(c, testbed=False, source="auto", only="", check=False, verbose=False):
-    """Install pinned kind, kubectl, helm, faas-cli (and the testbed) into kindlab's cache."""
+def tools_install(c, testbed=False, all=False, source="auto", only="", check=False, verbose=False):
+    """Install pinned kind, kubectl, helm, faas-cli (--testbed: the test cluster) into kindlab's cache."""
     lab = lab_for(c, check=check, verbose=verbose)
-    names = tools_play.selected(testbed, only)
+    names = tools_play.selected(testbed, all, only)
     play(lab, "tools.install", tools_play.install_steps(lab, names, source), lock=False)
 
 

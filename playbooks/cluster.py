@@ -37,6 +37,7 @@ def render_kind_config(lab: Lab) -> dict:
     mappings = {m["containerPort"]: m for m in control_plane["extraPortMappings"]}
     mappings[30080]["hostPort"] = lab.nginx_port
     mappings[80]["hostPort"] = lab.http_port
+    mappings[31112]["hostPort"] = lab.gateway_port
     for mapping in control_plane["extraPortMappings"]:
         mapping["listenAddress"] = lab.listen_address
     config["nodes"] = [control_plane] + [{"role": "worker"} for _ in range(lab.workers)]

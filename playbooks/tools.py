@@ -13,8 +13,19 @@ from .core.settings import Lab
 from .core.steps import Step, StepFailed, change, ok
 
 
-def selected(testbed: bool, only: str) -> list[str]:
-    names = list(toolchain.LAB_TOOLS) + (list(toolchain.TESTBED_TOOLS) if testbed else [])
+# What the test suite drives: the simulated cluster plus the lab tools it calls for
+# real. faas-cli is faked in the tests (and some module proxies refuse to serve it).
+TEST_TOOLS = ("kind", "kubectl", "helm", *toolchain.TESTBED_TOOLS)
+
+
+def selected(testbed: bool, everything: bool, only: str) -> list[str]:
+    """The tools to install: the lab's (default), the testbed's, all, or a named few."""
+    if everything:
+        names = list(toolchain.TOOLS)
+    elif testbed:
+        names = list(TEST_TOOLS)
+    else:
+        names = list(toolchain.LAB_TOOLS)
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in toolchain.TOOLS]

@@ -60,6 +60,7 @@ class Lab:
     listen_address: str = "127.0.0.1"
     nginx_port: int = 30080
     http_port: int = 8080
+    gateway_port: int = 31112
     workers: int = 0
     timeout: float = 300.0
     nginx_image: str = "nginx:1.27.5"
@@ -95,7 +96,8 @@ class Lab:
             raise SettingsError(
                 f"invalid cluster name {self.cluster!r}: use lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (e.g. cloud-hw)")
-        for label, port in (("nginx port", self.nginx_port), ("http port", self.http_port)):
+        for label, port in (("nginx port", self.nginx_port), ("http port", self.http_port),
+                            ("gateway port", self.gateway_port)):
             if not 1 <= port <= 65535:
                 raise SettingsError(f"{label} {port} is not a TCP port (1-65535)")
         if self.workers < 0:
@@ -182,6 +184,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         listen_address=str(cfg.get("listen_address", "127.0.0.1")),
         nginx_port=int(ports.get("nginx", 30080)),
         http_port=int(ports.get("http", 8080)),
+        gateway_port=int(ports.get("gateway", 31112)),
         workers=int(cfg.get("workers", 0)),
         timeout=float(flags.get("timeout") or cfg.get("timeout", 300)),
         nginx_image=str(nginx.get("image", "nginx:1.27.5")),

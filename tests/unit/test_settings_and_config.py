@@ -50,13 +50,15 @@ def test_kind_config_puts_port_mappings_under_the_control_plane_node():
     assert cp["role"] == "control-plane" and [w["role"] for w in workers] == ["worker", "worker"]
     mappings = {(m["containerPort"], m["hostPort"], m["listenAddress"], m["protocol"])
                 for m in cp["extraPortMappings"]}
-    assert mappings == {(30080, 30080, "127.0.0.1", "TCP"), (80, 8080, "127.0.0.1", "TCP")}
+    assert mappings == {(30080, 30080, "127.0.0.1", "TCP"), (80, 8080, "127.0.0.1", "TCP"),
+                        (31112, 31112, "127.0.0.1", "TCP")}
+    assert 'config_path = "/etc/containerd/certs.d"' in config["containerdConfigPatches"][0]
 
 
 def test_kind_config_follows_settings():
     config = cluster.render_kind_config(Lab(nginx_port=31000, http_port=9090, listen_address="0.0.0.0"))
     hosts = {m["containerPort"]: (m["hostPort"], m["listenAddress"]) for m in config["nodes"][0]["extraPortMappings"]}
-    assert hosts == {30080: (31000, "0.0.0.0"), 80: (9090, "0.0.0.0")}
+    assert hosts == {30080: (31000, "0.0.0.0"), 80: (9090, "0.0.0.0"), 31112: (31112, "0.0.0.0")}
 
 
 def test_kwok_config_has_loopback_binding_all_stages_and_the_configured_delay():

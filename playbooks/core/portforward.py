@@ -1,0 +1,166 @@
+"""`kubectl port-forward`: short-lived (a context manager) or kept alive until Ctrl-C (Supervisor)."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .steps import StepFailed
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def forwarded(ctx, namespace: str, target: str, remote_port: int, local_port: int | None = None,
+              timeout: float = 30.0) -> Iterator[str]:
+    """Forward 127.0.0.1:local_port to `target` (e.g. svc/raylab-head-svc); yields the URL base."""
+    lab = ctx.lab
+    local_port = local_port or free_port()
+    if not port_free(local_port):
+        raise StepFailed(f"local port {local_port} is already in use: stop what listens there "
+                         "(another port-forward?) or choose another port")
+    proc = ctx.sh.spawn(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,
+                         "-n", namespace, "port-forward", "--address", "127.0.0.1", target,
+                         f"{local_port}:{remote_port}"])
+    try:
+        deadline = time.monotonic() + timeout
+        while not _accepts(local_port):
+            if proc.poll() is not None:
+                raise StepFailed(f"port-forward to {namespace}/{target}:{remote_port} exited: "
+                                 f"{(proc.stderr.read() or '').strip()[-300:]}")
+            if time.monotonic() > deadline:
+                raise StepFailed(f"port-forward to {namespace}/{target} not open after {timeout:.0f}s")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{local_port}"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except Exception:
+                proc.kill()
+
+
+# --- kept alive until Ctrl-C -----------------------------------------------------
+def port_free(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether kubectl could listen there (it sets SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Forward:
+    """One `kubectl port-forward` the supervisor keeps running."""
+
+    name: str
+    argv: list[str]
+    local_port: int
+    proc: object = None
+    started: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    output: deque = field(default_factory=lambda: deque(maxlen=20))
+
+    def spawn(self, shell, now: float) -> None:
+        self.proc = shell.spawn(self.argv)
+        self.started = now
+        # kubectl prints a line per connection: drain its pipes so it never blocks on a full one
+        for stream in (getattr(self.proc, "stdout", None), getattr(self.proc, "stderr", None)):
+            if stream is not None:
+                threading.Thread(target=_drain, args=(stream, self.output), daemon=True).start()
+
+    def last_words(self) -> str:
+        lines = [ln for ln in list(self.output) if ln and not ln.startswith("Handling connection")]
+        return lines[-1] if lines else "no message"
+
+
+def _drain(stream, sink: deque) -> None:
+    try:
+        for line in stream:
+            sink.append(line.strip())
+    except (OSError, ValueError):
+        pass
+
+
+class Supervisor:
+    """Keeps port-forwards running: one that exits (its pod was replaced) is started again."""
+
+    def __init__(self, shell, forwards: list[Forward], say: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic, backoff: float = 1.0, backoff_max: float = 10.0,
+                 healthy_after: float = 30.0):
+        self.shell, self.forwards, self.say, self.clock = shell, forwards, say, clock
+        self.backoff, self.backoff_max, self.healthy_after = backoff, backoff_max, healthy_after
+
+    def start(self) -> None:
+        busy = [f for f in self.forwards if not port_free(f.local_port)]
+        if busy:
+            names = ", ".join(f"{f.local_port} ({f.name})" for f in busy)
+            raise StepFailed(f"local port(s) {names} already in use: stop what listens there "
+                             "(an earlier `invoke monitoring.dashboards`?) and run this again")
+        for forward in self.forwards:
+            forward.spawn(self.shell, self.clock())
+
+    def tick(self) -> None:
+        """Look at every forward once; restart the ones that exited, with a growing pause."""
+        now = self.clock()
+        for f in self.forwards:
+            if f.proc is None:
+                if now >= f.next_start:
+                    f.spawn(self.shell, now)
+                continue
+            code = f.proc.poll()
+            if code is None:
+                continue
+            if now - f.started >= self.healthy_after:
+                f.restarts = 0  # it had been running fine: a fresh failure, not a loop
+            delay = min(self.backoff * (2 ** f.restarts), self.backoff_max)
+            f.restarts += 1
+            time.sleep(0.05)  # let the drain threads take its last words
+            self.say(f"{f.name} port-forward exited (code {code}: {f.last_words()}); "
+                     f"restarting in {delay:.0f}s")
+            f.proc, f.next_start = None, now + delay
+
+    def stop(self) -> None:
+        for f in self.forwards:
+            proc, f.proc = f.proc, None
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Until `stop` is set or Ctrl-C; the children are always ended."""
+        try:
+            while not stop.is_set():
+                self.tick()
+                stop.wait(interval)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+

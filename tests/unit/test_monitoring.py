@@ -1,0 +1,301 @@
+"""The monitoring play without a cluster: its values, the admin secret, verify and the port-forward supervisor."""
+import base64
+import io
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from playbooks import monitoring
+from playbooks.core.runner import StepContext
+from playbooks.core.settings import Lab
+from playbooks.core.steps import StepFailed
+
+VALUES = yaml.safe_load(monitoring.VALUES.read_text())
+
+
+# --- the values file ------------------------------------------------------------
+@pytest.mark.parametrize("component", ["kubeEtcd", "kubeControllerManager", "kubeScheduler", "kubeProxy"])
+def test_control_plane_scrapers_kind_cannot_reach_are_disabled(component):
+    assert VALUES[component]["enabled"] is False
+
+
+def test_grafana_reads_its_admin_from_the_secret_kindlab_makes():
+    admin = VALUES["grafana"]["admin"]
+    assert admin == {"existingSecret": monitoring.ADMIN_SECRET, "userKey": monitoring.ADMIN_USER_KEY,
+                     "passwordKey": monitoring.ADMIN_PASSWORD_KEY}
+    assert "adminPassword" not in VALUES["grafana"]  # no password in a file or in helm's argv
+
+
+def test_service_names_and_ports_match_what_dashboards_and_verify_use():
+    assert VALUES["prometheus"]["service"]["port"] == monitoring.PROMETHEUS_PORT == 9090
+    assert VALUES["grafana"]["service"]["port"] == monitoring.GRAFANA_PORT == 80
+    assert f"{VALUES['fullnameOverride']}-prometheus" == monitoring.PROMETHEUS_SERVICE
+    assert VALUES["grafana"]["fullnameOverride"] == monitoring.GRAFANA_SERVICE
+
+
+def test_every_workload_asks_for_modest_resources():
+    requests = [VALUES["prometheus"]["prometheusSpec"]["resources"]["requests"],
+                VALUES["alertmanager"]["alertmanagerSpec"]["resources"]["requests"],
+                VALUES["prometheusOperator"]["resources"]["requests"],
+                VALUES["grafana"]["resources"]["requests"],
+                VALUES["kube-state-metrics"]["resources"]["requests"],
+                VALUES["prometheus-node-exporter"]["resources"]["requests"]]
+    for request in requests:
+        assert set(request) == {"cpu", "memory"}
+        assert int(request["memory"].removesuffix("Mi")) <= 256
+
+
+def test_the_release_pins_the_chart_and_applies_crds_itself():
+    rel = monitoring.release(Lab())
+    assert (rel.name, rel.namespace, rel.chart) == ("monitoring", "monitoring",
+                                                    "prometheus-community/kube-prometheus-stack")
+    assert rel.version == monitoring.CHART_VERSION and rel.version.split(".")[0] in ("79", "80")
+    assert rel.repo_url == "https://prometheus-community.github.io/helm-charts"
+    assert rel.crds_from_chart and rel.values_files == (monitoring.VALUES,)
+
+
+def test_a_local_chart_replaces_the_repository():
+    rel = monitoring.release(Lab(), chart="/charts/kube-prometheus-stack-79.9.0.tgz")
+    assert rel.chart == "/charts/kube-prometheus-stack-79.9.0.tgz" and rel.repo_name is None
+    configured = monitoring.release(replace(Lab(), charts=(("monitoring", "/c/kps.tgz"),)))
+    assert configured.chart == "/c/kps.tgz" and configured.version is None
+    names = [s.name for s in monitoring.install_steps(Lab(), configured)]
+    assert names == ["monitoring namespace monitoring", "monitoring grafana admin secret", "monitoring CRDs",
+                     "monitoring release", "monitoring Prometheus and Grafana serving"]
+
+
+# --- the admin secret -------------------------------------------------------------
+class FakeCore:
+    def __init__(self, secret_data=None):
+        self.secret_data = secret_data  # None: no secret
+        self.created, self.patched = [], []
+
+    def read_namespaced_secret(self, name, namespace):
+        if self.secret_data is None:
+            raise ApiException(status=404)
+        return type("Secret", (), {"data": dict(self.secret_data)})()
+
+    def create_namespaced_secret(self, namespace, body):
+        self.created.append((namespace, body))
+        self.secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in body["stringData"].items()}
+
+    def patch_namespaced_secret(self, name, namespace, body):
+        self.patched.append(body)
+        for key, value in body["stringData"].items():
+            self.secret_data[key] = base64.b64encode(value.encode()).decode()
+
+    def read_namespaced_service(self, name, namespace):
+        return object()
+
+
+class FakeKube:
+    def __init__(self, core):
+        self.core = core
+
+
+def secret_ctx(core):
+    ctx = StepContext(Lab(), shell=None, kube_factory=lambda: FakeKube(core))
+    return ctx
+
+
+def test_the_secret_is_created_once_with_a_random_password_never_shown():
+    core = FakeCore()
+    step = monitoring.admin_secret_step(Lab())
+    ctx = secret_ctx(core)
+    assert step.check(ctx).needs_change
+    detail = step.apply(ctx)
+    (namespace, body), = core.created
+    password = body["stringData"]["admin-password"]
+    assert namespace == "monitoring" and body["metadata"]["name"] == "grafana-admin"
+    assert body["stringData"]["admin-user"] == "admin" and len(password) >= 24
+    assert password not in detail and password not in step.check(ctx).detail
+    assert step.check(ctx).state == "ok"  # a rerun never rotates it
+    assert monitoring.password(Lab(), kube=FakeKube(core)) == password
+
+
+def test_two_labs_get_different_passwords():
+    first, second = FakeCore(), FakeCore()
+    monitoring.admin_secret_step(Lab()).apply(secret_ctx(first))
+    monitoring.admin_secret_step(Lab()).apply(secret_ctx(second))
+    assert first.secret_data["admin-password"] != second.secret_data["admin-password"]
+
+
+def test_a_secret_missing_its_password_key_gets_only_that_key():
+    core = FakeCore({"admin-user": base64.b64encode(b"root").decode()})
+    step = monitoring.admin_secret_step(Lab())
+    assert step.check(secret_ctx(core)).detail == "add admin-password to secret monitoring/grafana-admin"
+    step.apply(secret_ctx(core))
+    assert list(core.patched[0]["stringData"]) == ["admin-password"]
+    assert base64.b64decode(core.secret_data["admin-user"]) == b"root"
+
+
+def test_password_without_the_secret_says_to_install_first():
+    with pytest.raises(StepFailed, match="run `invoke monitoring.install` first"):
+        monitoring.password(Lab(), kube=FakeKube(FakeCore()))
+
+
+# --- verify -----------------------------------------------------------------------
+def test_on_kwok_the_http_checks_are_skipped_with_the_reason():
+    lab = Lab(provider="kwok", cluster="t")
+    steps = monitoring.verify_steps(lab)
+    checks = [s.check(StepContext(lab, None)) for s in steps[1:]]
+    assert [c.state for c in checks] == ["skip", "skip"]
+    assert "runs no containers" in checks[0].detail and "need a real cluster" in checks[0].detail
+    assert monitoring.verify_steps(Lab())[1].check(StepContext(Lab(), None)).state == "ok"  # kind: they run
+
+
+def test_poll_until_healthy_asks_again_until_the_problems_are_gone():
+    answers = iter([(["target x has unknown health; it has not been scraped yet"], ""), ([], "all 3 up")])
+    said = []
+    assert monitoring.poll_until_healthy(lambda: next(answers), 60, said.append, "Prometheus targets",
+                                         sleep=lambda s: None) == "all 3 up"
+    assert "1 problem(s)" in said[0]
+
+
+def test_poll_until_healthy_fails_naming_the_problems_at_the_deadline():
+    with pytest.raises(StepFailed, match=r"Prometheus targets: 6 problem\(s\) after 0s: p0; p1; p2; p3; p4; and 1 more"):
+        monitoring.poll_until_healthy(lambda: ([f"p{i}" for i in range(6)], ""), 0, lambda m: None,
+                                      "Prometheus targets", sleep=lambda s: None)
+
+
+# --- dashboards: the supervisor ------------------------------------------------------
+class FakeProc:
+    def __init__(self, exits_after=None, code=1, message=""):
+        self.polls = 0
+        self.exits_after = exits_after
+        self.code = code
+        self.stdout = io.StringIO("Forwarding from 127.0.0.1:3000 -> 3000\n")
+        self.stderr = io.StringIO(message)
+        self.terminated = False
+
+    def poll(self):
+        self.polls += 1
+        if self.terminated or (self.exits_after is not None and self.polls > self.exits_after):
+            return self.code
+        return None
+
+    def terminate(self):
+        self.terminated = True
+
+    def wait(self, timeout=None):
+        return self.code
+
+    def kill(self):
+        self.terminated = True
+
+
+class FakeShell:
+    def __init__(self, procs_by_port):
+        self.procs_by_port = procs_by_port
+        self.spawned = []
+
+    def spawn(self, argv):
+        port = int(argv[-1].split(":")[0])
+        proc = self.procs_by_port[port].pop(0)
+        self.spawned.append((argv, proc))
+        return proc
+
+    def close(self):
+        pass
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_forward_that_exits_is_restarted_and_all_are_ended_at_stop():
+    lab = Lab(provider="kind", kubeconfig=Path("/k/config"))
+    g, p = free_port(), free_port()
+    dropped = FakeProc(exits_after=1, message="error: lost connection to pod\n")
+    replacement, prometheus = FakeProc(), FakeProc()
+    shell = FakeShell({g: [dropped, replacement], p: [prometheus]})
+    clock = [0.0]
+    said = []
+    sup = monitoring.Supervisor(shell, monitoring.dashboard_forwards(lab, grafana_port=g, prometheus_port=p),
+                                said.append, clock=lambda: clock[0], backoff=1.0)
+    sup.start()
+    sup.tick()  # both alive
+    sup.tick()  # grafana's kubectl exited
+    assert "Grafana port-forward exited (code 1: error: lost connection to pod); restarting in 1s" in said
+    clock[0] = 0.5
+    sup.tick()
+    assert len(shell.spawned) == 2  # not yet: it waits its pause
+    clock[0] = 1.5
+    sup.tick()
+    assert [proc for _, proc in shell.spawned] == [dropped, prometheus, replacement]
+    argv = shell.spawned[0][0]
+    assert argv[:5] == ["kubectl", "--kubeconfig", "/k/config", "--context", lab.context]
+    assert argv[-3:] == ["127.0.0.1", "svc/kps-grafana", f"{g}:80"]
+    sup.stop()
+    assert replacement.terminated and prometheus.terminated
+
+
+def test_the_pause_between_restarts_grows_while_a_forward_keeps_failing():
+    lab = Lab(provider="kind")
+    g, p = free_port(), free_port()
+    shell = FakeShell({g: [FakeProc(exits_after=0) for _ in range(10)], p: [FakeProc()]})
+    clock = [0.0]
+    said = []
+    sup = monitoring.Supervisor(shell, monitoring.dashboard_forwards(lab, grafana_port=g, prometheus_port=p),
+                                said.append, clock=lambda: clock[0], backoff=1.0, backoff_max=3.0)
+    sup.start()
+    for _ in range(8):
+        sup.tick()
+        clock[0] += 5
+    delays = [m.split("restarting in ")[1] for m in said if "restarting" in m]
+    assert delays[:3] == ["1s", "2s", "3s"]
+
+
+def test_a_busy_local_port_is_a_clear_error_before_anything_starts():
+    lab = Lab(provider="kind")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        shell = FakeShell({})
+        with pytest.raises(StepFailed, match=rf"local port\(s\) {port} \(Grafana\) already in use"):
+            monitoring.dashboards(lab, shell=shell, kube=FakeKube(FakeCore()), out=lambda m: None,
+                                  grafana_port=port, prometheus_port=free_port())
+        assert shell.spawned == []
+
+
+def test_dashboards_run_until_stopped_and_end_their_children():
+    lab = Lab(provider="kind")
+    g, p = free_port(), free_port()
+    procs = {g: [FakeProc()], p: [FakeProc()]}
+    shell = FakeShell(procs)
+    stop = threading.Event()
+    printed = []
+
+    def out(message):
+        printed.append(message)
+        if message.startswith("forwarding until"):
+            stop.set()
+
+    monitoring.dashboards(lab, shell=shell, kube=FakeKube(FakeCore()), out=out, stop=stop,
+                          grafana_port=g, prometheus_port=p)
+    assert printed[0].startswith(f"Grafana     http://127.0.0.1:{g}  (user admin")
+    assert printed[1] == f"Prometheus  http://127.0.0.1:{p}" and printed[-1] == "port-forwards stopped"
+    assert all(proc.terminated for _, proc in shell.spawned)
+
+
+def test_dashboards_on_kwok_say_there_is_nothing_to_forward_to():
+    with pytest.raises(StepFailed, match="runs no containers"):
+        monitoring.dashboards(Lab(provider="kwok", cluster="t"), shell=FakeShell({}), out=lambda m: None)
+
+
+def test_dashboards_before_install_name_the_missing_service():
+    class NoServices(FakeCore):
+        def read_namespaced_service(self, name, namespace):
+            raise ApiException(status=404)
+
+    with pytest.raises(StepFailed, match="service monitoring/kps-grafana not found"):
+        monitoring.dashboards(Lab(provider="kind"), shell=FakeShell({}), kube=FakeKube(NoServices()),
+                              out=lambda m: None)

@@ -5,12 +5,19 @@ hands the steps of one play (playbooks/<part>.py) to the runner.
 """
 from invoke import Collection, task
 
+from invoke.exceptions import Exit
+
 from playbooks import cluster as cluster_play
 from playbooks import doctor as doctor_play
+from playbooks import faas as faas_play
+from playbooks import lab as lab_play
+from playbooks import monitoring as monitoring_play
 from playbooks import nginx as nginx_play
+from playbooks import ray as ray_play
 from playbooks import tools as tools_play
 from playbooks.core.cli import COMMON_HELP, console, lab_for, make_context, play
-from playbooks.core.settings import forget_lab, parse_count, remember_lab
+from playbooks.core.settings import SettingsError, forget_lab, parse_count, remember_lab
+from playbooks.core.steps import StepFailed
 
 PLAY_FLAGS = "provider name context check verbose host timeout"
 
@@ -85,6 +92,185 @@ def nginx_delete(c, provider=None, name=None, context=None, check=False, verbose
     play(lab, "nginx.delete", nginx_play.delete_steps(lab))
 
 
+# --- monitoring ------------------------------------------------------------
+@task(help=h())
+def monitoring_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                       timeout=None):
+    """Install kube-prometheus-stack (Prometheus, Grafana) with Helm and wait until both serve."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "monitoring.install", monitoring_play.install_steps(lab))
+
+
+@task(help=h("provider name context verbose"))
+def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False):
+    """Forward Grafana to http://127.0.0.1:3000 and Prometheus to http://127.0.0.1:9090 until Ctrl-C."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    _user_error(monitoring_play.dashboards, lab, out=console.print)
+
+
+@task(help=h("provider name context"))
+def monitoring_password(c, provider=None, name=None, context=None):
+    """Print Grafana's admin password (user admin), read from Secret monitoring/grafana-admin."""
+    lab = lab_for(c, provider=provider, name=name, context=context)
+    print(_user_error(monitoring_play.password, lab))
+
+
+@task(help=h("provider name context verbose host timeout"))
+def monitoring_verify(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None):
+    """Check every Prometheus target is up and Grafana is healthy (on kwok: the services' endpoints)."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host,
+                  timeout=timeout)
+    play(lab, "monitoring.verify", monitoring_play.verify_steps(lab))
+
+
+@task(help=h())
+def monitoring_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                         timeout=None):
+    """Uninstall the monitoring release and delete its namespace (the CRDs stay)."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "monitoring.uninstall", monitoring_play.uninstall_steps(lab))
+
+
+# --- faas --------------------------------------------------------------------
+@task(help=h())
+def faas_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                 timeout=None):
+    """Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "faas.install", faas_play.install_steps(lab))
+
+
+@task(help=h())
+def faas_login(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+               timeout=None):
+    """Log faas-cli in to the gateway (the password goes through stdin, never printed)."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "faas.login", faas_play.login_steps(lab))
+
+
+@task(help=h())
+def faas_deploy(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                timeout=None):
+    """Build, push and deploy the reverse function (skipped when its code is unchanged)."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "faas.deploy", faas_play.deploy_steps(lab))
+
+
+@task(help=h("provider name context verbose host timeout", data="text to send (default: Hello World)"))
+def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, verbose=False, host=None,
+                timeout=None):
+    """Call the reverse function: --data "Hello World" prints dlroW olleH."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host,
+                  timeout=timeout)
+    play(lab, "faas.invoke", faas_play.invoke_steps(lab, data))
+
+
+@task(help=h())
+def faas_remove(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                timeout=None):
+    """Remove the reverse function (absent is fine)."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "faas.remove", faas_play.remove_steps(lab))
+
+
+@task(help=h())
+def faas_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                   timeout=None):
+    """Remove the function, uninstall OpenFaaS and delete its namespaces."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "faas.uninstall", faas_play.uninstall_steps(lab))
+
+
+# --- ray ---------------------------------------------------------------------
+@task(help=h())
+def ray_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                timeout=None):
+    """Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "ray.install", ray_play.install_steps(lab))
+
+
+@task(iterable=["url"], help=h("provider name context verbose timeout",
+                               url="start URL (repeat for several; default the Ray docs)",
+                               prefix="only follow links under this URL prefix (default: each start URL's folder)",
+                               depth="link hops to follow from a start URL (default 2)",
+                               max_pages="stop after this many pages (default 200)",
+                               concurrency="parallel fetches (default 8)",
+                               address="a Ray dashboard / Jobs API address instead of the lab's "
+                                       "(e.g. http://127.0.0.1:8265 from `ray start --head`)"))
+def ray_crawl(c, url=None, prefix="", depth="2", max_pages="200", concurrency="8", address="",
+              provider=None, name=None, context=None, verbose=False, timeout=None):
+    """Run the web crawler as a Ray job (Jobs API, its own runtime env) and print a summary."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout)
+    args = ray_play.crawl_args(url or lab_play.DEFAULT_CRAWL, prefix, _count(depth, "--depth"),
+                               _count(max_pages, "--max-pages"), _count(concurrency, "--concurrency"))
+    play(lab, "ray.crawl", ray_play.crawl_steps(lab, args, address, show=console.print), lock=not address)
+
+
+@task(help=h("provider name context verbose"))
+def ray_dashboard(c, provider=None, name=None, context=None, verbose=False):
+    """Forward the Ray dashboard and Jobs API to http://127.0.0.1:8265 until Ctrl-C."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    _user_error(ray_play.dashboard, lab, out=console.print)
+
+
+@task(help=h())
+def ray_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
+                  timeout=None):
+    """Uninstall the RayCluster and the KubeRay operator."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    play(lab, "ray.uninstall", ray_play.uninstall_steps(lab))
+
+
+# --- the whole lab -------------------------------------------------------------
+PARTS_HELP = {"only": "comma-separated parts: nginx, monitoring, faas, ray (default: all)",
+              "skip": "comma-separated parts to leave out"}
+
+
+@task(name="all", help=h(**PARTS_HELP))
+def all_(c, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False, host=None,
+         timeout=None):
+    """The whole lab: cluster, nginx x3, then monitoring, faas and ray side by side, function, crawl."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    try:
+        parts = lab_play.choose_parts(only, skip)
+    except SettingsError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
+    lab_play.print_addresses(lab, parts)
+
+
+@task(help=h("provider name context verbose host"))
+def status(c, provider=None, name=None, context=None, verbose=False, host=None):
+    """One table for the lab: nodes, releases, Ready pods, endpoints, the function, the Ray cluster."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
+    ctx = make_context(lab)
+    console.print(_user_error(lambda: lab_play.status_table(lab, ctx.kube, ctx.sh)))
+
+
+@task(help=h(cluster="delete the whole cluster instead of removing the parts one by one", **PARTS_HELP))
+def down(c, cluster=False, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False,
+         host=None, timeout=None):
+    """Tear the lab down in reverse order (--cluster: delete the cluster); absent parts are fine."""
+    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                  host=host, timeout=timeout)
+    try:
+        parts = lab_play.choose_parts(only, skip)
+    except SettingsError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    play(lab, "down", lab_play.down_steps(lab, parts, cluster), after=forget_lab if cluster else None)
+
+
 # --- tools and doctor ------------------------------------------------------
 @task(help={"testbed": "the simulated-cluster testbed and the tools the tests use "
                         "(kind, kubectl, helm, kwok, kwokctl, etcd, kube-apiserver, ...)",
@@ -114,12 +300,18 @@ def doctor(c, provider=None, parts=""):
 
 
 def _count(value, flag):
-    from invoke.exceptions import Exit
-    from playbooks.core.settings import SettingsError
     try:
         return parse_count(value, flag)
     except SettingsError as exc:
         raise Exit(f"error: {exc}", code=2) from None
+
+
+def _user_error(fn, *args, **kwargs):
+    """Run an interactive helper; a StepFailed is a one-line error and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except StepFailed as exc:
+        raise Exit(f"error: {exc}", code=1) from None
 
 
 def _namespace(name, **tasks):
@@ -133,5 +325,13 @@ ns = Collection()
 ns.add_collection(_namespace("cluster", create=cluster_create, delete=cluster_delete, status=cluster_status))
 ns.add_collection(_namespace("nginx", deploy=nginx_deploy, scale=nginx_scale, verify=nginx_verify,
                              delete=nginx_delete))
+ns.add_collection(_namespace("monitoring", install=monitoring_install, dashboards=monitoring_dashboards,
+                             password=monitoring_password, verify=monitoring_verify,
+                             uninstall=monitoring_uninstall))
+ns.add_collection(_namespace("faas", install=faas_install, login=faas_login, deploy=faas_deploy,
+                             invoke=faas_invoke, remove=faas_remove, uninstall=faas_uninstall))
+ns.add_collection(_namespace("ray", install=ray_install, crawl=ray_crawl, dashboard=ray_dashboard,
+                             uninstall=ray_uninstall))
 ns.add_collection(_namespace("tools", install=tools_install, list=tools_list))
-ns.add_task(doctor)
+for top in (all_, status, down, doctor):
+    ns.add_task(top)

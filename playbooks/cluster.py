@@ -7,13 +7,13 @@ Three providers behind the same steps: `kind` (real nodes in Docker), `kwok`
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import yaml
 
 from .core import kubeconfig
 from .core.commands import CommandError
+from .core.portforward import port_free
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, change, ok
 
@@ -42,16 +42,6 @@ def render_kind_config(lab: Lab) -> dict:
         mapping["listenAddress"] = lab.listen_address
     config["nodes"] = [control_plane] + [{"role": "worker"} for _ in range(lab.workers)]
     return config
-
-
-def port_in_use(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return True
-    return False
 
 
 def _kind_clusters(ctx) -> list[str]:
@@ -97,7 +87,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
     def create(ctx):
         config = render_kind_config(lab)
         busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
-                if port_in_use(m["listenAddress"], m["hostPort"])]
+                if not port_free(m["hostPort"], m["listenAddress"])]
         if busy:
             raise StepFailed(f"host port {', '.join(busy)} already in use: stop what listens there "
                              "or choose other ports in invoke.yaml (kindlab.ports)")

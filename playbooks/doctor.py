@@ -10,7 +10,8 @@ from invoke.exceptions import Exit
 from rich.table import Table
 
 from . import toolchain
-from .cluster import port_in_use, render_kind_config
+from .cluster import render_kind_config
+from .core.portforward import port_free
 from .core.cli import console
 from .core.commands import CommandError, LocalShell
 from .core.settings import Lab
@@ -72,7 +73,7 @@ def _ports(lab: Lab) -> list[Finding]:
     found = []
     for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
         where = f"{m['listenAddress']}:{m['hostPort']}"
-        if port_in_use(m["listenAddress"], m["hostPort"]):
+        if not port_free(m["hostPort"], m["listenAddress"]):
             found.append(Finding(f"port {where}", "warn",
                                  "in use (fine if it is this lab's cluster)",
                                  "stop what listens there, or change kindlab.ports in invoke.yaml"))

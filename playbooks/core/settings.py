@@ -69,6 +69,9 @@ class Lab:
     retry_attempts: int = 5
     retry_initial: float = 1.0
     retry_max: float = 20.0
+    # part -> a local chart (directory or .tgz) used instead of the chart repository,
+    # for machines without access to the repositories (and for the tests' fixture charts)
+    charts: tuple[tuple[str, str], ...] = ()
     host: str = ""
     check_mode: bool = False
     verbose: bool = False
@@ -79,6 +82,9 @@ class Lab:
         if self.provider == "existing":
             return self.existing_context
         return f"{self.provider}-{self.cluster}"
+
+    def local_chart(self, part: str) -> str | None:
+        return dict(self.charts).get(part)
 
     @property
     def tools_dir(self) -> Path:
@@ -196,6 +202,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         retry_attempts=int(retries.get("attempts", 5)),
         retry_initial=float(retries.get("initial", 1.0)),
         retry_max=float(retries.get("max", 20.0)),
+        charts=tuple(sorted((str(k), str(v)) for k, v in (cfg.get("charts") or {}).items() if v)),
         host=flags.get("host") or "",
         check_mode=bool(flags.get("check")),
         verbose=bool(flags.get("verbose")),

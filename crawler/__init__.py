@@ -1,0 +1,27 @@
+"""kindlab's web crawler: breadth-first, one visited set, fetches in threads or Ray tasks.
+
+`python -m crawler --help` for the command line; crawler.jobs submits a crawl
+to a Ray cluster through the Jobs API. Only the standard library is needed,
+plus Ray for --ray.
+"""
+
+from .crawl import Crawl, CrawlConfig, CrawlError, crawl
+from .fetch import FetchOptions, FetchResult, fetch_batch, fetch_page
+from .parse import extract_links
+from .report import summarize
+from .urls import normalize, resolve
+
+__all__ = [
+    "Crawl",
+    "CrawlConfig",
+    "CrawlError",
+    "FetchOptions",
+    "FetchResult",
+    "crawl",
+    "extract_links",
+    "fetch_batch",
+    "fetch_page",
+    "normalize",
+    "resolve",
+    "summarize",
+]

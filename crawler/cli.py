@@ -1,0 +1,117 @@
+"""python -m crawler URL [URL ...] --prefix P --depth N --max-pages M --concurrency C --json OUT [--ray | --local]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from .crawl import Crawl, CrawlConfig, CrawlError
+from .fetch import FetchOptions
+from .joblog import result_lines
+from .report import Progress, summarize
+from .urls import host_of
+
+
+def _number(kind: type, low: float, strict: bool = False):
+    """An argparse type: a `kind` (int or float) of at least `low`, or more than `low` when strict."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if strict else 'at least'} {low}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
+_positive_int = _number(int, 1)
+_non_negative_int = _number(int, 0)
+_positive_float = _number(float, 0, strict=True)
+_non_negative_float = _number(float, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m crawler",
+        description="Crawl the pages under a URL prefix, breadth-first, each URL fetched at most once.",
+    )
+    parser.add_argument("urls", nargs="+", metavar="URL", help="start URLs (depth 0)")
+    parser.add_argument("--prefix", help="only URLs starting with this are crawled (default: each start URL's directory)")
+    parser.add_argument("--depth", type=_non_negative_int, default=2,
+                        help="link hops from a start URL; pages at this depth are fetched, their links not followed (default 2)")
+    parser.add_argument("--max-pages", type=_positive_int, default=1000, help="fetch at most this many URLs (default 1000)")
+    parser.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight, at most (default 16)")
+    parser.add_argument("--per-host", type=_positive_int, default=8, help="requests in flight to one host, at most (default 8)")
+    parser.add_argument("--delay", type=_non_negative_float, default=0.0,
+                        help="seconds between requests to one host (default 0; robots.txt Crawl-delay raises it)")
+    parser.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--retries", type=_non_negative_int, default=2, help="retries of a transient failure (default 2)")
+    parser.add_argument("--no-robots", action="store_true", help="ignore robots.txt (for local test sites)")
+    parser.add_argument("--user-agent", default=FetchOptions.user_agent)
+    parser.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--ray", action="store_true", help="fetch in Ray tasks (joins RAY_ADDRESS, or starts a local Ray)")
+    mode.add_argument("--local", action="store_true", help="fetch in threads in this process (the default)")
+    parser.add_argument("--ray-address", help="Ray cluster to join in --ray mode (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="URLs per Ray task (default 16)")
+    parser.add_argument("--emit-result", action="store_true",
+                        help="print the result on stdout in marked lines, for crawler.jobs to read from a Ray job log")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CrawlConfig:
+    return CrawlConfig(
+        starts=tuple(args.urls),
+        prefix=args.prefix,
+        max_depth=args.depth,
+        max_pages=args.max_pages,
+        concurrency=args.concurrency,
+        per_host=args.per_host,
+        delay_s=args.delay,
+        respect_robots=not args.no_robots,
+        fetch=FetchOptions(timeout_s=args.timeout, retries=args.retries, user_agent=args.user_agent),
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    progress = None if args.quiet else Progress()
+    try:
+        crawl = Crawl(config, on_progress=progress)
+    except CrawlError as exc:
+        print(f"crawler: {exc}", file=sys.stderr)
+        return 2
+    hosts = {host_of(url) for url in config.prefixes()}
+    if len(hosts) == 1 and config.per_host < config.concurrency:
+        print(f"crawler: one host, so --per-host {config.per_host} caps --concurrency {config.concurrency}",
+              file=sys.stderr)
+
+    if args.ray:
+        from .executors import RayExecutor
+
+        executor = RayExecutor(batch_size=args.batch_size, address=args.ray_address)
+    else:
+        from .executors import ThreadExecutor
+
+        executor = ThreadExecutor(config.concurrency)
+    try:
+        result = crawl.run(executor)
+    finally:
+        executor.close()
+        if progress is not None:
+            progress.finish()
+    result["config"]["mode"] = "ray" if args.ray else "local"
+
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(result, out, indent=1)
+    if args.emit_result:
+        for line in result_lines(result):
+            print(line, flush=True)
+    print(summarize(result), file=sys.stderr)
+    return 0

@@ -1,0 +1,254 @@
+"""The Ray Jobs side of the crawler, without Ray: entrypoint, runtime_env, log streaming, result transport."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import zipfile
+from dataclasses import dataclass
+from enum import Enum
+
+import pytest
+
+from crawler import jobs
+from crawler.cli import build_parser, config_from_args, main
+from crawler.jobs import CrawlJobError, crawl_entrypoint, crawl_runtime_env, summarize
+from crawler.joblog import ResultMissing, parse_result, result_lines
+
+RESULT = {
+    "config": {"starts": ["http://a.test/", "http://a.test/b/"]},
+    "pages": [
+        {"url": "http://a.test/", "final_url": "http://a.test/", "status": 200, "depth": 0, "start": "http://a.test/",
+         "links": ["http://a.test/x"]},
+        {"url": "http://a.test/x", "final_url": "http://a.test/x/", "status": 200, "depth": 1,
+         "start": "http://a.test/", "links": []},
+        {"url": "http://a.test/b/", "final_url": "http://a.test/b/", "status": 200, "depth": 0,
+         "start": "http://a.test/b/", "links": []},
+    ],
+    "broken": [{"url": "http://a.test/gone", "status": 404, "error": "HTTP 404", "found_on": "http://a.test/",
+                "depth": 1, "start": "http://a.test/"}],
+    "stats": {"fetched": 4, "unique": 3, "failed": 1, "wall_s": 0.5, "pages_per_s": 6.0, "requests": 5},
+}
+
+
+# -- the result through the job log -------------------------------------------------
+
+
+def big_result(pages: int = 3000) -> dict:
+    """A result too large for one log line: page URLs that do not compress away."""
+    urls = [f"http://a.test/{hashlib.sha256(str(n).encode()).hexdigest()}" for n in range(pages)]
+    return dict(RESULT, pages=[dict(RESULT["pages"][0], url=url, final_url=url) for url in urls])
+
+
+def test_result_survives_the_log_with_other_lines_interleaved():
+    big = big_result()
+    lines = result_lines(big)
+    assert len(lines) > 2
+    log = ["(fetch_batch pid=1) a worker line"]
+    for line in lines:
+        log += [line, "2026-01-01 INFO something else"]
+    assert parse_result(reversed(log)) == big
+
+
+def test_a_missing_result_line_is_an_error_not_a_partial_result():
+    lines = result_lines(big_result())
+    with pytest.raises(ResultMissing, match="lacks 1 of"):
+        parse_result(lines[:1] + lines[2:])
+    with pytest.raises(ResultMissing, match="no crawl result"):
+        parse_result(["just a log"])
+
+
+# -- the job it submits ----------------------------------------------------------------
+
+
+def test_entrypoint_runs_the_crawl_in_ray_mode_and_prints_the_result():
+    argv = shlex.split(crawl_entrypoint(["http://a.test/", "--depth", "2", "--prefix", "http://a.test/ x"]))
+    assert argv[:4] == ["python", "-m", "crawler", "http://a.test/"]
+    assert "http://a.test/ x" in argv  # quoted for the shell
+    assert {"--ray", "--emit-result", "--json"} <= set(argv)
+    build_parser().parse_args(argv[3:])  # the crawler accepts what the job runs
+
+
+def test_entrypoint_keeps_a_callers_json_path_and_refuses_local_mode():
+    argv = shlex.split(crawl_entrypoint(["http://a.test/", "--json", "/data/out.json"]))
+    assert argv.count("--json") == 1 and "/data/out.json" in argv
+    with pytest.raises(ValueError, match="--local"):
+        crawl_entrypoint(["http://a.test/", "--local"])
+
+
+def test_runtime_env_ships_the_crawler_package_and_nothing_else(tmp_path):
+    env = crawl_runtime_env()
+    assert env["working_dir"] == str(jobs.PACKAGE_DIR.parent)
+    assert "pip" not in env  # the crawler needs nothing beyond the standard library and Ray
+    # Zip it the way Ray does, to see exactly what a job would upload.
+    from ray._private.runtime_env.packaging import create_package
+
+    create_package(env["working_dir"], tmp_path / "job.zip", excludes=env["excludes"])
+    names = zipfile.ZipFile(tmp_path / "job.zip").namelist()
+    assert "crawler/__main__.py" in names and "crawler/jobs.py" in names
+    assert [name for name in names if not name.startswith("crawler/")] == []
+    assert not [name for name in names if "__pycache__" in name]
+
+
+def test_runtime_env_pip_list_comes_from_the_caller_when_given():
+    assert crawl_runtime_env(pip=["lxml==5.3.0"])["pip"] == ["lxml==5.3.0"]
+
+
+# -- following a job, with a fake Jobs API client ---------------------------------------
+
+
+class Status(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    def is_terminal(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.STOPPED)
+
+
+@dataclass
+class Info:
+    message: str
+
+
+class FakeJobs:
+    """Plays a job's life: each status poll moves one step through `steps` (status, log so far)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.polls = 0
+        self.stopped = []
+        self.submitted = {}
+
+    def submit_job(self, **kwargs):
+        self.submitted = kwargs
+        return "raysubmit_fake"
+
+    def get_job_status(self, job_id):
+        self.polls = min(self.polls + 1, len(self.steps))
+        return self.steps[self.polls - 1][0]
+
+    def get_job_logs(self, job_id):
+        return self.steps[self.polls - 1][1]
+
+    def get_job_info(self, job_id):
+        return Info("Job entrypoint command failed with exit code 2")
+
+    def stop_job(self, job_id):
+        self.stopped.append(job_id)
+
+
+@pytest.fixture
+def fake_jobs(monkeypatch):
+    """Installs a FakeJobs as ray.job_submission.JobSubmissionClient; returns a setter."""
+    import ray.job_submission
+
+    holder = {}
+
+    def install(steps):
+        holder["client"] = FakeJobs(steps)
+        monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda address: holder["client"])
+        return holder["client"]
+
+    monkeypatch.setattr(jobs, "_POLL_S", 0.0)
+    return install
+
+
+def test_submit_crawl_streams_new_lines_once_and_returns_the_result(fake_jobs):
+    done = "starting\ncrawling\n" + "\n".join(result_lines(RESULT)) + "\nTotal: 3 pages\n"
+    client = fake_jobs(
+        [
+            (Status.PENDING, ""),
+            (Status.RUNNING, "starting\ncrawl"),  # a line still being written is held back
+            (Status.RUNNING, "starting\ncrawling\n"),
+            (Status.SUCCEEDED, done),
+        ]
+    )
+    seen = []
+    result = jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=seen.append, timeout_s=30)
+    assert seen[0].startswith("submitted Ray job raysubmit_fake: python -m crawler http://a.test/")
+    assert seen[1:] == ["starting", "crawling", "Total: 3 pages"]
+    assert result["pages"] == RESULT["pages"]
+    assert result["job"] == {"id": "raysubmit_fake", "address": "http://127.0.0.1:8265"}
+    assert client.submitted["runtime_env"]["working_dir"] == str(jobs.PACKAGE_DIR.parent)
+
+
+def test_failed_job_raises_with_id_status_reason_and_last_lines(fake_jobs):
+    fake_jobs([(Status.RUNNING, "a\n"), (Status.FAILED, "a\ncrawler: start URL is outside the prefix\n")])
+    with pytest.raises(CrawlJobError) as caught:
+        jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None)
+    error = caught.value
+    assert (error.job_id, error.status) == ("raysubmit_fake", "FAILED")
+    assert "exit code 2" in str(error) and "outside the prefix" in str(error)
+
+
+def test_job_that_outlives_the_timeout_is_stopped(fake_jobs):
+    client = fake_jobs([(Status.RUNNING, "still going\n")])
+    with pytest.raises(CrawlJobError, match="still RUNNING after 0s; stopped it"):
+        jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None, timeout_s=0)
+    assert client.stopped == ["raysubmit_fake"]
+
+
+def test_succeeded_job_without_a_result_is_an_error(fake_jobs):
+    fake_jobs([(Status.SUCCEEDED, "no result here\n")])
+    with pytest.raises(CrawlJobError, match="no crawl result"):
+        jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None)
+
+
+def test_unreachable_dashboard_says_what_to_check():
+    with pytest.raises(CrawlJobError, match="no Ray dashboard answered at http://127.0.0.1:9"):
+        jobs.submit_crawl("http://127.0.0.1:9", ["http://a.test/"], on_log=lambda line: None)
+
+
+# -- what a person reads ------------------------------------------------------------------
+
+
+def test_summary_is_per_start_url():
+    text = summarize(RESULT)
+    lines = text.splitlines()
+    assert lines[1] == "  http://a.test/  2 pages (depth 0: 1, depth 1: 1), 1 broken"
+    assert lines[2] == "      broken: http://a.test/gone (HTTP 404) on http://a.test/"
+    assert lines[3] == "  http://a.test/b/  1 pages (depth 0: 1), 0 broken"
+    assert "Total: 3 unique pages, 4 URLs fetched, 1 failed" in text
+
+
+def test_cli_options_become_the_crawl_config():
+    args = build_parser().parse_args(
+        ["http://a.test/", "http://a.test/b/", "--prefix", "http://a.test/", "--depth", "3", "--max-pages", "50",
+         "--concurrency", "4", "--per-host", "2", "--no-robots", "--timeout", "1.5", "--retries", "0", "--local"]
+    )
+    config = config_from_args(args)
+    assert config.starts == ("http://a.test/", "http://a.test/b/")
+    assert (config.max_depth, config.max_pages, config.concurrency, config.per_host) == (3, 50, 4, 2)
+    assert (config.respect_robots, config.fetch.timeout_s, config.fetch.retries) == (False, 1.5, 0)
+
+
+@pytest.mark.parametrize("argv", [["http://a.test/", "--ray", "--local"], ["http://a.test/", "--depth", "-1"],
+                                  ["http://a.test/", "--concurrency", "0"], []])
+def test_cli_rejects_bad_options(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+
+
+def test_cli_start_outside_prefix_exits_2_with_a_sentence(capsys):
+    assert main(["http://a.test/blog/", "--prefix", "http://a.test/docs/", "--quiet"]) == 2
+    assert "start URL http://a.test/blog/ is outside the prefix http://a.test/docs/" in capsys.readouterr().err
+
+
+def test_progress_in_a_log_is_a_line_per_depth_not_per_page():
+    import io
+
+    from crawler.report import Progress
+
+    stream = io.StringIO()
+    progress = Progress(stream, log_every_s=60)
+    for depth, fetched in [(0, 1), (1, 2), (1, 3), (1, 4), (2, 5)]:
+        progress({"depth": depth, "fetched": fetched, "pending": 10 - fetched, "pages": fetched, "broken": 0})
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert [line.split("]")[1].split()[:4] for line in lines] == [
+        ["depth", "0", "fetched", "1"], ["depth", "1", "fetched", "2"], ["depth", "2", "fetched", "5"],
+    ]

@@ -1,0 +1,110 @@
+"""Which links a page yields, and how they are written: the crawler's visited set depends on it."""
+
+import pytest
+
+from crawler.parse import extract_links
+from crawler.urls import default_prefix, in_scope, looks_binary, normalize, resolve
+
+PAGE = "http://docs.test/guide/install/index.html"
+
+
+def links(*hrefs: str, page: str = PAGE) -> list[str]:
+    body = "".join(f'<a href="{href}">x</a>' for href in hrefs)
+    return extract_links(f"<html><body>{body}</body></html>", page)
+
+
+@pytest.mark.parametrize(
+    "href, expected",
+    [
+        ("linux.html", "http://docs.test/guide/install/linux.html"),  # relative
+        ("./linux.html", "http://docs.test/guide/install/linux.html"),
+        ("../index.html", "http://docs.test/guide/index.html"),  # parent
+        ("../../about/", "http://docs.test/about/"),
+        ("../../../../../../top.html", "http://docs.test/top.html"),  # ".." cannot climb above the root
+        ("/api/index.html", "http://docs.test/api/index.html"),  # absolute path
+        ("http://docs.test/api/x.html", "http://docs.test/api/x.html"),  # full URL
+        ("//cdn.test/lib.html", "http://cdn.test/lib.html"),  # scheme-relative
+        ("linux.html#requirements", "http://docs.test/guide/install/linux.html"),  # fragment dropped
+        ("search.html?q=ray&page=2", "http://docs.test/guide/install/search.html?q=ray&page=2"),  # query kept
+        ("?page=2", "http://docs.test/guide/install/index.html?page=2"),
+        ("https://other.test/", "https://other.test/"),  # external host: extracted, scope decides
+        ("  linux.html\n", "http://docs.test/guide/install/linux.html"),  # whitespace around href
+        ("HTTP://DOCS.TEST:80/A.html", "http://docs.test/A.html"),  # scheme, host, default port
+        ("https://docs.test:443/x", "https://docs.test/x"),
+        ("http://docs.test:8080/x/../y", "http://docs.test:8080/y"),  # dot segments in a full URL
+        ("a.html?x=1&amp;y=2", "http://docs.test/guide/install/a.html?x=1&y=2"),  # HTML entities decoded
+    ],
+)
+def test_link_is_resolved(href, expected):
+    assert links(href) == [expected]
+
+
+@pytest.mark.parametrize(
+    "href",
+    ["mailto:docs@docs.test", "javascript:void(0)", "JavaScript:alert(1)", "tel:+123", "data:text/html,hi",
+     "ftp://docs.test/file", "#top", "#", "", "   ", "http://:80/nohost", "http://docs.test:99999/bad-port"],
+)
+def test_link_that_is_not_a_page_is_dropped(href):
+    assert links(href) == []
+
+
+def test_each_link_once_in_page_order():
+    assert links("b.html", "a.html", "b.html#x", "a.html") == [
+        "http://docs.test/guide/install/b.html",
+        "http://docs.test/guide/install/a.html",
+    ]
+
+
+def test_base_href_changes_what_relative_links_mean():
+    html = '<html><head><base href="/v2/"></head><body><a href="page.html">p</a><a href="/abs">a</a></body></html>'
+    assert extract_links(html, PAGE) == ["http://docs.test/v2/page.html", "http://docs.test/abs"]
+
+
+def test_area_and_self_closing_anchor_count_but_other_tags_do_not():
+    html = (
+        '<map><area href="map.html"></map><a href="self-closed.html"/>'
+        '<link href="style.html"><img src="img.html"><script src="s.html"></script><a name="no-href">x</a>'
+    )
+    assert extract_links(html, PAGE) == [
+        "http://docs.test/guide/install/map.html",
+        "http://docs.test/guide/install/self-closed.html",
+    ]
+
+
+def test_broken_markup_still_yields_its_links():
+    html = '<div><a href="one.html">one<p><a href=two.html>two</div><a href="three.html'
+    assert extract_links(html, PAGE)[:2] == [
+        "http://docs.test/guide/install/one.html",
+        "http://docs.test/guide/install/two.html",
+    ]
+
+
+def test_normalize_gives_one_spelling_of_a_url():
+    assert normalize("HTTP://Docs.Test") == "http://docs.test/"
+    assert normalize("http://docs.test/a/b/..") == "http://docs.test/a/"
+    assert normalize("http://docs.test/a/./b#frag") == "http://docs.test/a/b"
+    assert normalize("http://[::1]:8080/x") == "http://[::1]:8080/x"
+    assert normalize("mailto:a@b") is None
+    assert resolve("#only-a-fragment", PAGE) is None
+
+
+def test_default_prefix_is_the_start_urls_directory():
+    assert default_prefix("http://docs.test/guide/index.html") == "http://docs.test/guide/"
+    assert default_prefix("http://docs.test/guide") == "http://docs.test/"
+    assert default_prefix("http://docs.test") == "http://docs.test/"
+
+
+def test_scope_is_a_string_prefix_of_the_normalized_url():
+    prefixes = ["http://docs.test/guide/"]
+    assert in_scope("http://docs.test/guide/a.html", prefixes)
+    assert not in_scope("http://docs.test/guide-old/a.html", prefixes)
+    assert not in_scope("http://docs.test/", prefixes)
+    assert not in_scope("https://docs.test/guide/a.html", prefixes)  # another scheme is another site
+
+
+def test_binary_extensions_are_recognised_without_a_request():
+    assert looks_binary("http://docs.test/manual.PDF")
+    assert looks_binary("http://docs.test/logo.png?v=3")
+    assert not looks_binary("http://docs.test/page.html")
+    assert not looks_binary("http://docs.test/v1.2/")
+    assert not looks_binary("http://docs.test/api")

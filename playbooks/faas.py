@@ -80,8 +80,9 @@ def basic_auth(kube) -> tuple[str, str]:
 
 
 # --- install ---------------------------------------------------------------------
-def _namespaces() -> list[dict]:
-    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in (NAMESPACE, FN_NAMESPACE)]
+def _fn_namespace() -> list[dict]:
+    """The functions' namespace: the chart no longer creates it (the release step makes `openfaas`)."""
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FN_NAMESPACE}}]
 
 
 def registry_steps(lab: Lab) -> list[Step]:
@@ -163,15 +164,15 @@ def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
             return ok(f"note: {LICENSE_NOTE}")
         return ok("licence noted before")
 
-    namespaces = applied("openfaas namespaces", lab, _namespaces)
-    return [Step("OpenFaaS CE licence", license_note), namespaces, *registry_steps(lab),
+    namespace = applied(f"namespace {FN_NAMESPACE}", lab, _fn_namespace)
+    return [Step("OpenFaaS CE licence", license_note), namespace, *registry_steps(lab),
             *release_steps(lab, release)]
 
 
 def uninstall_steps(lab: Lab) -> list[Step]:
     from .core.resources import absent
-    return [*remove_steps(lab), *helm_uninstall_steps(lab, openfaas_release(lab)),
-            absent("openfaas namespaces absent", lab, _namespaces)]
+    return [*remove_steps(lab), *helm_uninstall_steps(lab, openfaas_release(lab), delete_namespace=True),
+            absent(f"namespace {FN_NAMESPACE} absent", lab, _fn_namespace)]
 
 
 # --- the function ------------------------------------------------------------------

@@ -22,12 +22,15 @@ DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]
 
 
 def chain(steps: Sequence[Step], after: str | None) -> list[Step]:
-    """The steps one after another, the first only after `after` (None: at once)."""
-    chained, previous = [], after
-    for step in steps:
-        chained.append(replace(step, needs=(previous,) if previous else ()))
-        previous = step.name
-    return chained
+    """The steps in order (each after the one before it), the first only after `after`.
+
+    Only the first gets explicit needs: inside a part, a step that is skipped
+    (the local registry on kwok) does not skip the steps after it; a failure does.
+    """
+    steps = list(steps)
+    if not steps:
+        return []
+    return [replace(steps[0], needs=(after,) if after else ()), *steps[1:]]
 
 
 def choose_parts(only: str, skip: str) -> list[str]:

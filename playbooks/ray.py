@@ -48,7 +48,8 @@ def install_steps(lab: Lab) -> list[Step]:
 
 def uninstall_steps(lab: Lab) -> list[Step]:
     operator, cluster = releases(lab)
-    return [*helm_uninstall_steps(lab, cluster), *helm_uninstall_steps(lab, operator)]
+    return [*helm_uninstall_steps(lab, cluster, delete_namespace=True),
+            *helm_uninstall_steps(lab, operator, delete_namespace=True)]
 
 
 def crawl_args(urls: list[str], prefix: str, depth: int, max_pages: int, concurrency: int) -> list[str]:
@@ -70,8 +71,11 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     def submit(ctx):
         def run(url: str) -> str:
             start = time.monotonic()
-            result = jobs.submit_crawl(url, args, on_log=lambda line: ctx.say(line[-160:]),
-                                       timeout_s=lab.timeout * 6)
+            try:
+                result = jobs.submit_crawl(url, args, on_log=lambda line: ctx.say(line[-160:]),
+                                           timeout_s=lab.timeout * 6)
+            except jobs.CrawlJobError as exc:
+                raise StepFailed(str(exc)) from None
             show(jobs.summarize(result))
             stats = result.get("stats", {})
             return (f"job finished in {time.monotonic() - start:.0f}s: {stats.get('unique', '?')} pages, "

@@ -183,3 +183,23 @@ def test_failing_crawl_job_raises_with_its_id_and_reason(ray_head):
     error = caught.value
     assert error.status == "FAILED" and error.job_id.startswith("raysubmit_")
     assert "is outside the prefix" in str(error)
+
+
+def test_invoke_ray_crawl_with_an_address_submits_and_prints_the_summary(ray_head, tmp_path):
+    """The user's path: `invoke ray.crawl --address ...` against a local Ray head."""
+    site = docs_site(sections=2, pages_per_section=3, children_per_page=2, latency_s=0.005)
+    env = {**os.environ, "KINDLAB_HOME": str(tmp_path / "home"), "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    repo = Path(__file__).resolve().parents[2]
+    with SiteServer(site) as server:
+        home = server.url("/docs/index.html")
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", "ray.crawl", "--address", ray_head, "--url", home,
+             "--prefix", server.url("/docs/"), "--depth", "3", "--max-pages", "100"],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+        requests = server.requests
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    pages = len(site.depth_of)
+    assert f"{home}  {pages} pages" in out  # the per-start-URL summary
+    assert f"job finished" in out and f"{pages} pages, 0 failed" in out
+    assert "failed=0" in out and max(requests.values()) == 1

@@ -1,0 +1,99 @@
+"""`invoke all`, `status` and `down` on the kwok testbed, with the fixture charts standing in."""
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from playbooks import lab as lab_play
+from playbooks import nginx
+from playbooks.core.cli import cluster_lock, make_context
+
+REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO / "tests" / "fixtures" / "charts"
+OFFLINE = (("faas", str(CHARTS / "openfaas-stub")), ("kuberay-operator", str(CHARTS / "kuberay-operator-stub")),
+           ("monitoring", str(CHARTS / "kps-stub")), ("ray-cluster", str(CHARTS / "ray-cluster-stub")))
+
+
+@pytest.fixture(scope="module")
+def offline_lab(testbed):
+    lab = replace(testbed, charts=OFFLINE)
+    yield lab
+    from tests.conftest import PlayRun
+    PlayRun(lab)(lab_play.down_steps(lab, list(lab_play.PARTS), delete_cluster=False))
+
+
+def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchanged(play, offline_lab):
+    first = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
+    assert not [o for o in first if o.status == "failed"], play.output
+    by = {o.step: o for o in first}
+    for release in ("monitoring release", "openfaas release", "kuberay-operator release", "raylab release"):
+        assert by[release].status == "changed", play.output
+    skipped = {o.step: o.detail for o in first if o.status == "skipped"}
+    assert "no containers" in skipped["function reverse deployed"]
+    assert "no containers" in skipped["invoke reverse"]
+    assert "no containers" in skipped["crawler job on Ray"]
+    assert "kind clusters" in skipped["registry kind-registry running"]
+
+    start = time.monotonic()
+    again = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
+    took = time.monotonic() - start
+    assert [o.step for o in again if o.status == "changed"] == [], play.output
+    assert not [o for o in again if o.status == "failed"]
+    assert took < 10
+
+
+def test_status_shows_nodes_releases_and_ready_pods(play, offline_lab):
+    play(lab_play.all_steps(offline_lab, ["nginx", "monitoring"]), lab=offline_lab)
+    ctx = make_context(offline_lab)
+    from io import StringIO
+    from rich.console import Console
+    out = StringIO()
+    Console(file=out, width=200).print(lab_play.status_table(offline_lab, ctx.kube, ctx.sh))
+    text = out.getvalue()
+    assert "release monitoring" in text and "deployed" in text
+    assert "pods in monitoring" in text and "nginx endpoints" in text
+
+
+def test_parts_can_be_chosen_and_unknown_ones_are_refused():
+    assert lab_play.choose_parts("nginx,ray", "") == ["nginx", "ray"]
+    assert lab_play.choose_parts("", "ray,faas") == ["nginx", "monitoring"]
+    from playbooks.core.settings import SettingsError
+    with pytest.raises(SettingsError, match="unknown part"):
+        lab_play.choose_parts("grafana", "")
+
+
+def test_a_second_run_on_the_same_cluster_exits_instead_of_interleaving(testbed):
+    env = {**os.environ, "KINDLAB_HOME": str(testbed.home), "KUBECONFIG": str(testbed.kubeconfig),
+           "KINDLAB_BIN_DIR": str(testbed.tools_dir)}
+    with cluster_lock(testbed):
+        proc = subprocess.run([sys.executable, "-m", "invoke", "nginx.deploy", "--provider", "kwok",
+                               "--name", testbed.cluster], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "another kindlab run" in proc.stderr and "kwok-kindlab-it" in proc.stderr
+    assert not (testbed.home / "locks" / "kwok-kindlab-it.lock").exists()  # released afterwards
+
+
+def test_a_stale_lock_from_a_dead_run_is_taken_over(testbed):
+    path = testbed.home / "locks" / f"{testbed.context}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(f"{dead.pid}\ninvoke all\n12:00:00\n")
+    with cluster_lock(testbed):
+        assert str(os.getpid()) in path.read_text()
+    assert not path.exists()
+
+
+def test_down_removes_parts_in_reverse_order_and_is_idempotent(play, testbed):
+    play(nginx.deploy_steps(testbed))
+    first = play(lab_play.down_steps(testbed, ["nginx"], delete_cluster=False))
+    assert [o.status for o in first] == ["changed"]
+    assert [o.status for o in play(lab_play.down_steps(testbed, ["nginx"], delete_cluster=False))] == ["ok"]
+    order = [s.name for s in lab_play.down_steps(testbed, list(lab_play.PARTS), delete_cluster=False)]
+    assert order.index("raylab release absent") < order.index("openfaas release absent") \
+        < order.index("monitoring release absent") < order.index("nginx deployment and service absent")

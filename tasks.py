@@ -8,6 +8,7 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from playbooks import cluster as cluster_play
+from playbooks import compare as compare_play
 from playbooks import doctor as doctor_play
 from playbooks import faas as faas_play
 from playbooks import lab as lab_play
@@ -271,6 +272,39 @@ def down(c, cluster=False, only="", skip="", provider=None, name=None, context=N
     play(lab, "down", lab_play.down_steps(lab, parts, cluster), after=forget_lab if cluster else None)
 
 
+@task(help=h("provider name context verbose", calls="warm calls per system (default 20)",
+             gateway="OpenFaaS gateway URL (default: the lab's, http://127.0.0.1:31112)",
+             address="Ray dashboard URL (default: the lab's head, port-forwarded)"))
+def compare(c, calls="20", gateway="", address="", provider=None, name=None, context=None, verbose=False):
+    """Measure OpenFaaS function latency and Ray task latency in this lab, side by side."""
+    from rich.table import Table
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    if lab.provider == "kwok" and not (gateway and address):
+        raise Exit("error: a simulated (kwok) cluster runs no containers, so there is nothing to time; "
+                   "use the kind lab, or pass --gateway and --address of running systems", code=2)
+    n = _count(calls, "--calls")
+    ctx = make_context(lab)
+
+    def measure():
+        rows = [compare_play.faas_latency(gateway or faas_play.gateway_url(lab), n)]
+        if address:
+            rows.append(compare_play.ray_latency(address, n))
+        else:
+            from playbooks.core.portforward import forwarded
+            with forwarded(ctx, ray_play.NAMESPACE, f"svc/{ray_play.HEAD_SERVICE}", ray_play.DASHBOARD_PORT) as url:
+                rows.append(compare_play.ray_latency(url, n))
+        return rows
+
+    try:
+        rows = _user_error(measure)
+    finally:
+        ctx.sh.close()
+    table = Table(*compare_play.HEADERS, title=f"OpenFaaS vs Ray on {lab.context}", title_justify="left")
+    for row in rows:
+        table.add_row(*row.row())
+    console.print(table)
+
+
 # --- tools and doctor ------------------------------------------------------
 @task(help={"testbed": "the simulated-cluster testbed and the tools the tests use "
                         "(kind, kubectl, helm, kwok, kwokctl, etcd, kube-apiserver, ...)",
@@ -333,5 +367,5 @@ ns.add_collection(_namespace("faas", install=faas_install, login=faas_login, dep
 ns.add_collection(_namespace("ray", install=ray_install, crawl=ray_crawl, dashboard=ray_dashboard,
                              uninstall=ray_uninstall))
 ns.add_collection(_namespace("tools", install=tools_install, list=tools_list))
-for top in (all_, status, down, doctor):
+for top in (all_, status, down, compare, doctor):
     ns.add_task(top)

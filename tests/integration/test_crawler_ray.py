@@ -203,3 +203,34 @@ def test_invoke_ray_crawl_with_an_address_submits_and_prints_the_summary(ray_hea
     assert f"{home}  {pages} pages" in out  # the per-start-URL summary
     assert f"job finished" in out and f"{pages} pages, 0 failed" in out
     assert "failed=0" in out and max(requests.values()) == 1
+
+
+def test_compare_measures_function_and_ray_task_latency(ray_head, tmp_path):
+    """`invoke compare` against a local Ray head and the reverse handler served on loopback."""
+    from tests.unit.test_reverse_http import load_handler, make_app
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+    server = make_server("127.0.0.1", 0, make_app(load_handler()), handler_class=Quiet)
+    import threading
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "KINDLAB_HOME": str(tmp_path / "home"), "KUBECONFIG": str(tmp_path / "kubeconfig"),
+           "COLUMNS": "200"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", "compare", "--calls", os.environ.get("KINDLAB_COMPARE_CALLS", "5"),
+             "--provider", "kwok",
+             "--gateway", f"http://127.0.0.1:{server.server_port}", "--address", ray_head],
+            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        server.shutdown()
+    out = proc.stdout + proc.stderr
+    print(out)  # the table, for `pytest -s`
+    assert proc.returncode == 0, out
+    assert "OpenFaaS function (HTTP via gateway)" in out and "Ray task (inside the cluster)" in out
+    rows = [line for line in out.splitlines() if "OpenFaaS function" in line or "Ray task" in line]
+    for row in rows:  # first call, warm median, warm p95 are numbers; 5 warm calls each
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        assert all(float(v) >= 0 for v in cells[1:4]) and cells[4] == os.environ.get("KINDLAB_COMPARE_CALLS", "5")

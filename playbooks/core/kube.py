@@ -136,6 +136,8 @@ class Kube:
         except config.ConfigException as exc:
             raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
                              "create the cluster first (invoke cluster.create)") from None
+        self.cancel = threading.Event()  # set by interrupt(): Ctrl-C ends every wait at once
+        self._waiting: set[queue.Queue] = set()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
@@ -147,6 +149,7 @@ class Kube:
                  recheck: float = 2.0) -> str:
         """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`."""
         events: queue.Queue = queue.Queue()
+        self._waiting.add(events)
         stop = threading.Event()
         threads = [threading.Thread(target=self._pump, args=(fn, kw, events, stop), daemon=True)
                    for fn, kw in watches]
@@ -156,6 +159,8 @@ class Kube:
         verdict = Verdict(False, "starting")
         try:
             while True:
+                if self.cancel.is_set():
+                    raise StepFailed(f"{what}: interrupted (Ctrl-C) while waiting")
                 verdict = evaluate()
                 if verdict.done:
                     return verdict.progress
@@ -173,6 +178,13 @@ class Kube:
                     pass
         finally:
             stop.set()
+            self._waiting.discard(events)
+
+    def interrupt(self) -> None:
+        """Wake every wait now and make it fail as interrupted."""
+        self.cancel.set()
+        for events in list(self._waiting):
+            events.put(1)
 
     def _pump(self, list_fn, kwargs, events: queue.Queue, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -118,7 +118,8 @@ class StepContext:
         self._kube_factory = kube_factory
         self.reporter = reporter
         self.step = step
-        self.shared = shared if shared is not None else {"lock": threading.Lock()}
+        self.shared = shared if shared is not None else {"lock": threading.Lock(),
+                                                         "cancel": threading.Event()}
 
     @property
     def kube(self):
@@ -133,6 +134,10 @@ class StepContext:
         """Forget the client (the cluster was just created or deleted)."""
         with self.shared["lock"]:
             self.shared.pop("kube", None)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        return self.shared["cancel"]
 
     def say(self, message: str) -> None:
         if self.reporter:
@@ -149,6 +154,10 @@ class PlayFailed(Exception):
         super().__init__("; ".join(f"{o.step}: {o.detail}" for o in failed) or "play failed")
 
 
+class Interrupted(StepFailed):
+    """The play was interrupted (Ctrl-C) while this step ran."""
+
+
 def _retrying(lab: Lab, ctx: StepContext, sleep: Callable[[float], None]) -> tenacity.Retrying:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()
@@ -160,7 +169,17 @@ def _retrying(lab: Lab, ctx: StepContext, sleep: Callable[[float], None]) -> ten
         stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)),
         wait=tenacity.wait_exponential(multiplier=lab.retry_initial, max=lab.retry_max),
         retry=tenacity.retry_if_exception(is_transient),
-        sleep=sleep, reraise=True, before_sleep=before_sleep)
+        sleep=lambda seconds: _sleep_unless_cancelled(ctx, sleep, seconds), reraise=True,
+        before_sleep=before_sleep)
+
+
+def _sleep_unless_cancelled(ctx: StepContext, sleep: Callable[[float], None], seconds: float) -> None:
+    if sleep is time.sleep:
+        ctx.cancelled.wait(seconds)
+    else:
+        sleep(seconds)
+    if ctx.cancelled.is_set():
+        raise Interrupted("interrupted (Ctrl-C)")
 
 
 def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
@@ -225,7 +244,8 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
     running: dict = {}
     start = time.monotonic()
     interrupted = False
-    with reporter, ThreadPoolExecutor(max_workers=max_parallel) as pool:
+    pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="kindlab-step")
+    with reporter:
         try:
             while pending or running:
                 for s in list(pending):
@@ -251,7 +271,9 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                     if pending and all(any(n not in outcomes for n in deps[p.name][0]) for p in pending):
                         raise ValueError(f"steps wait on each other in a cycle: {[p.name for p in pending]}")
                     continue
-                done, _ = wait_futures(list(running), return_when=FIRST_COMPLETED)
+                # A short timeout keeps the main thread responsive to Ctrl-C (Windows
+                # does not interrupt a blocked wait).
+                done, _ = wait_futures(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
                     s = running.pop(fut)
                     outcomes[s.name] = fut.result()
@@ -260,11 +282,17 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                     reporter.finished(outcomes[s.name])
         except KeyboardInterrupt:
             interrupted = True
-            ctx.sh.close()
+            ctx.cancelled.set()  # retry sleeps return at once
+            if hasattr(ctx.shared.get("kube"), "interrupt"):
+                ctx.shared["kube"].interrupt()  # and so do the waits
+            ctx.sh.close()       # child processes (helm, kubectl, port-forwards) end
             for fut, s in running.items():
                 fut.cancel()
                 outcomes[s.name] = Outcome(s.name, "failed", time.monotonic() - start, "interrupted (Ctrl-C)")
-            pool.shutdown(wait=False, cancel_futures=True)
+                reporter.finished(outcomes[s.name])
+        finally:
+            # Running steps notice the cancel within a moment; never wait long for them.
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
     ordered = [outcomes[n] for n in names if n in outcomes]
     reporter.recap(title, ordered, time.monotonic() - start)
     if interrupted:

@@ -188,3 +188,32 @@ def test_unknown_need_and_cycles_are_rejected():
         run_play("t", [Step("a", lambda c: ok(), needs=("zzz",))], ctx)
     with pytest.raises(ValueError, match="cycle"):
         run_play("t", [Step("a", lambda c: ok(), needs=("b",)), Step("b", lambda c: ok(), needs=("a",))], ctx)
+
+
+def test_ctrl_c_ends_children_prints_the_recap_and_returns_promptly():
+    """Ctrl-C while a step runs a tool: the child is ended, the recap still prints."""
+    import _thread
+    import subprocess
+    import sys
+
+    from playbooks.core.commands import LocalShell
+
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, width=200, highlight=False), live=False)
+    ctx = StepContext(Lab(), LocalShell(), reporter=reporter)
+    started = {}
+
+    def long_tool(ctx):
+        threading.Timer(0.5, _thread.interrupt_main).start()  # the user presses Ctrl-C
+        started["t"] = time.monotonic()
+        ctx.sh.run([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    import threading
+    with pytest.raises(KeyboardInterrupt):
+        run_play("t", [Step("ok first", lambda c: ok()), Step("long", lambda c: change("x"), long_tool),
+                       Step("never", lambda c: change("y"))], ctx)
+    assert time.monotonic() - started["t"] < 10  # not the child's 60 s
+    text = out.getvalue()
+    assert "interrupted (Ctrl-C)" in text and "PLAY RECAP" in text
+    assert "ok=1" in text and "failed=1" in text
+    assert "rerun the same command to continue" in text

@@ -146,7 +146,7 @@ class Kube:
     # --- generic wait -----------------------------------------------------
     def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
                  *, timeout: float, say: Callable[[str], None] = lambda m: None,
-                 recheck: float = 2.0) -> str:
+                 recheck: float = 2.0, events_of: Callable[[], list[str]] | None = None) -> str:
         """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`."""
         events: queue.Queue = queue.Queue()
         self._waiting.add(events)
@@ -168,7 +168,9 @@ class Kube:
                 if verdict.failure:
                     raise StepFailed(f"{verdict.failure} (after {elapsed:.0f}s)")
                 if elapsed >= timeout:
-                    raise WaitTimeout(f"{what}: not ready after {timeout:.0f}s: {verdict.progress}")
+                    recent = events_of() if events_of else []
+                    raise WaitTimeout(f"{what}: not ready after {timeout:.0f}s: {verdict.progress}"
+                                      + (f"; recent warnings: {'; '.join(recent)}" if recent else ""))
                 say(f"{verdict.progress} ({elapsed:.0f}s)")
                 try:
                     events.get(timeout=min(recheck, max(0.05, timeout - elapsed)))
@@ -223,11 +225,16 @@ class Kube:
                 return Verdict(True, f"{name}: {want}/{want} pods Ready")
             return Verdict(False, f"{name}: {progress}", failure)
 
+        def events_of() -> list[str]:
+            dep = self.apps.read_namespaced_deployment(name, namespace)
+            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
+            return self.pod_warnings(namespace, selector)
+
         return self.wait_for(what, evaluate, [
             (self.apps.list_namespaced_deployment, {"namespace": namespace,
                                                     "field_selector": f"metadata.name={name}"}),
             (self.core.list_namespaced_pod, {"namespace": namespace}),
-        ], timeout=timeout, say=say)
+        ], timeout=timeout, say=say, events_of=events_of)
 
     def wait_namespace_ready(self, namespace: str, *, timeout: float, what: str = "",
                              say: Callable[[str], None] = lambda m: None, min_pods: int = 1) -> str:
@@ -261,7 +268,7 @@ class Kube:
         return self.wait_for(what, evaluate, [
             (self.core.list_namespaced_pod, {"namespace": namespace}),
             (self.apps.list_namespaced_deployment, {"namespace": namespace}),
-        ], timeout=timeout, say=say)
+        ], timeout=timeout, say=say, events_of=lambda: self.pod_warnings(namespace, ""))
 
     def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
         def evaluate() -> Verdict:
@@ -299,11 +306,16 @@ class Kube:
         return sum(1 for s in slices for ep in (s.endpoints or [])
                    if ep.conditions is None or ep.conditions.ready is not False)
 
-    def warning_events(self, namespace: str, name: str, limit: int = 3) -> list[str]:
-        events = self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name},type=Warning").items
-        events.sort(key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
-        return [f"{e.reason}: {e.message}" for e in events[-limit:]]
+    def pod_warnings(self, namespace: str, selector: str, limit: int = 3) -> list[str]:
+        """The latest Warning events of the pods that are not Ready (FailedScheduling, BackOff...)."""
+        waiting = {p.metadata.name for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
+                   if not pod_state(p).ready}
+        if not waiting:
+            return []
+        events = [e for e in self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
+                  if e.involved_object.kind == "Pod" and e.involved_object.name in waiting]
+        events.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        return [f"{e.involved_object.name}: {e.reason}: {(e.message or '').strip()}" for e in events[-limit:]]
 
 
 def node_ready(node) -> bool:

@@ -74,6 +74,7 @@ def test_unschedulable_pod_is_explained_with_the_scheduler_message(play, testbed
     out = play.output
     assert "too-big" in out and "Unschedulable" in out and "Insufficient cpu" in out
     assert "not ready after 4s" in out
+    assert "recent warnings:" in out and "FailedScheduling" in out  # the scheduler's own event
 
 
 def test_image_pull_backoff_fails_fast_naming_pod_and_reason(play, testbed):

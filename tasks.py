@@ -28,23 +28,27 @@ def h(names=PLAY_FLAGS, **extra):
     return {**{n: COMMON_HELP[n] for n in names.split()}, **extra}
 
 
+def play_task(title, steps, doc, after=None):
+    """A task that runs one play with the common flags; `doc` is its help line."""
+    def run(c, provider=None, name=None, context=None, check=False, verbose=False, host=None, timeout=None):
+        lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                      host=host, timeout=timeout)
+        play(lab, title, steps(lab), after=after)
+
+    run.__doc__ = doc
+    run.__name__ = title.replace(".", "_")
+    return task(run, help=h())
+
+
 # --- cluster ---------------------------------------------------------------
-@task(help=h())
-def cluster_create(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                   timeout=None):
-    """Create the lab's cluster (kind; kwok simulates one) and wait for Ready nodes."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "cluster.create", cluster_play.create_steps(lab), after=remember_lab)
-
-
-@task(help=h())
-def cluster_delete(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                   timeout=None):
-    """Delete the lab's cluster and its kubeconfig context (absent is fine)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "cluster.delete", cluster_play.delete_steps(lab), after=forget_lab)
+cluster_create = play_task(
+    "cluster.create", cluster_play.create_steps,
+    "Create the lab's cluster (kind; kwok simulates one) and wait for Ready nodes.",
+    after=remember_lab)
+cluster_delete = play_task(
+    "cluster.delete", cluster_play.delete_steps,
+    "Delete the lab's cluster and its kubeconfig context (absent is fine).",
+    after=forget_lab)
 
 
 @task(help=h("provider name context verbose host"))
@@ -57,13 +61,12 @@ def cluster_status(c, provider=None, name=None, context=None, verbose=False, hos
 
 
 # --- nginx -----------------------------------------------------------------
-@task(help=h())
-def nginx_deploy(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                 timeout=None):
-    """Apply the nginx Deployment and NodePort Service and wait for the rollout."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "nginx.deploy", nginx_play.deploy_steps(lab))
+nginx_deploy = play_task(
+    "nginx.deploy", nginx_play.deploy_steps,
+    "Apply the nginx Deployment and NodePort Service and wait for the rollout.")
+nginx_delete = play_task(
+    "nginx.delete", nginx_play.delete_steps,
+    "Delete the nginx Deployment and Service (absent is fine).")
 
 
 @task(help=h(replicas="how many nginx pods (default 3)"))
@@ -84,23 +87,13 @@ def nginx_verify(c, provider=None, name=None, context=None, verbose=False, host=
     play(lab, "nginx.verify", nginx_play.verify_steps(lab))
 
 
-@task(help=h())
-def nginx_delete(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                 timeout=None):
-    """Delete the nginx Deployment and Service (absent is fine)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "nginx.delete", nginx_play.delete_steps(lab))
-
-
 # --- monitoring ------------------------------------------------------------
-@task(help=h())
-def monitoring_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                       timeout=None):
-    """Install kube-prometheus-stack (Prometheus, Grafana) with Helm and wait until both serve."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "monitoring.install", monitoring_play.install_steps(lab))
+monitoring_install = play_task(
+    "monitoring.install", monitoring_play.install_steps,
+    "Install kube-prometheus-stack (Prometheus, Grafana) with Helm and wait until both serve.")
+monitoring_uninstall = play_task(
+    "monitoring.uninstall", monitoring_play.uninstall_steps,
+    "Uninstall the monitoring release and delete its namespace (the CRDs stay).")
 
 
 @task(help=h("provider name context verbose"))
@@ -125,41 +118,22 @@ def monitoring_verify(c, provider=None, name=None, context=None, verbose=False, 
     play(lab, "monitoring.verify", monitoring_play.verify_steps(lab))
 
 
-@task(help=h())
-def monitoring_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                         timeout=None):
-    """Uninstall the monitoring release and delete its namespace (the CRDs stay)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "monitoring.uninstall", monitoring_play.uninstall_steps(lab))
-
-
 # --- faas --------------------------------------------------------------------
-@task(help=h())
-def faas_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                 timeout=None):
-    """Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "faas.install", faas_play.install_steps(lab))
-
-
-@task(help=h())
-def faas_login(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-               timeout=None):
-    """Log faas-cli in to the gateway (the password goes through stdin, never printed)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "faas.login", faas_play.login_steps(lab))
-
-
-@task(help=h())
-def faas_deploy(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                timeout=None):
-    """Build, push and deploy the reverse function (skipped when its code is unchanged)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "faas.deploy", faas_play.deploy_steps(lab))
+faas_install = play_task(
+    "faas.install", faas_play.install_steps,
+    "Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway.")
+faas_login = play_task(
+    "faas.login", faas_play.login_steps,
+    "Log faas-cli in to the gateway (the password goes through stdin, never printed).")
+faas_deploy = play_task(
+    "faas.deploy", faas_play.deploy_steps,
+    "Build, push and deploy the reverse function (skipped when its code is unchanged).")
+faas_remove = play_task(
+    "faas.remove", faas_play.remove_steps,
+    "Remove the reverse function (absent is fine).")
+faas_uninstall = play_task(
+    "faas.uninstall", faas_play.uninstall_steps,
+    "Remove the function, uninstall OpenFaaS and delete its namespaces.")
 
 
 @task(help=h("provider name context verbose host timeout", data="text to send (default: Hello World)"))
@@ -171,32 +145,13 @@ def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, v
     play(lab, "faas.invoke", faas_play.invoke_steps(lab, data))
 
 
-@task(help=h())
-def faas_remove(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                timeout=None):
-    """Remove the reverse function (absent is fine)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "faas.remove", faas_play.remove_steps(lab))
-
-
-@task(help=h())
-def faas_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                   timeout=None):
-    """Remove the function, uninstall OpenFaaS and delete its namespaces."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "faas.uninstall", faas_play.uninstall_steps(lab))
-
-
 # --- ray ---------------------------------------------------------------------
-@task(help=h())
-def ray_install(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                timeout=None):
-    """Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "ray.install", ray_play.install_steps(lab))
+ray_install = play_task(
+    "ray.install", ray_play.install_steps,
+    "Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.")
+ray_uninstall = play_task(
+    "ray.uninstall", ray_play.uninstall_steps,
+    "Uninstall the RayCluster and the KubeRay operator.")
 
 
 @task(iterable=["url"], help=h("provider name context verbose timeout",
@@ -221,15 +176,6 @@ def ray_dashboard(c, provider=None, name=None, context=None, verbose=False):
     """Forward the Ray dashboard and Jobs API to http://127.0.0.1:8265 until Ctrl-C."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
     _user_error(ray_play.dashboard, lab, out=console.print)
-
-
-@task(help=h())
-def ray_uninstall(c, provider=None, name=None, context=None, check=False, verbose=False, host=None,
-                  timeout=None):
-    """Uninstall the RayCluster and the KubeRay operator."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
-    play(lab, "ray.uninstall", ray_play.uninstall_steps(lab))
 
 
 # --- the whole lab -------------------------------------------------------------

@@ -44,9 +44,18 @@ def render_kind_config(lab: Lab) -> dict:
     return config
 
 
-def _kind_clusters(ctx) -> list[str]:
-    out = ctx.sh.run(["kind", "get", "clusters"]).stdout
+def _clusters(ctx, tool: str) -> list[str]:
+    """Cluster names `kind get clusters` or `kwokctl get clusters` lists."""
+    out = ctx.sh.run([tool, "get", "clusters"]).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _exists_check(lab: Lab, tool: str):
+    def check(ctx):
+        if lab.cluster in _clusters(ctx, tool):
+            return ok(f"{lab.provider} cluster {lab.cluster} exists")
+        return change(f"create {lab.provider} cluster {lab.cluster}")
+    return check
 
 
 def _kind_nodes(ctx) -> dict[str, str]:
@@ -78,11 +87,6 @@ def own_kubeconfig(lab: Lab) -> Path:
 
 def kind_create_steps(lab: Lab) -> list[Step]:
     config_path = lab.home / "kind" / f"{lab.cluster}.yaml"
-
-    def check_exists(ctx):
-        if lab.cluster in _kind_clusters(ctx):
-            return ok(f"kind cluster {lab.cluster} exists")
-        return change(f"create kind cluster {lab.cluster}")
 
     def create(ctx):
         config = render_kind_config(lab)
@@ -119,7 +123,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return ctx.sh.run(["kind", "get", "kubeconfig", "--name", lab.cluster]).stdout
 
     return [
-        Step(f"kind cluster {lab.cluster}", check_exists, create),
+        Step(f"kind cluster {lab.cluster}", _exists_check(lab, "kind"), create),
         Step(f"kind nodes of {lab.cluster} running", check_running, start_nodes),
         _context_step(lab, merged_context),
         _nodes_ready_step(lab, want=1 + lab.workers, system_pods=True),
@@ -142,18 +146,8 @@ def render_kwok_config(lab: Lab) -> str:
     return yaml.safe_dump_all([options, *stages], sort_keys=False)
 
 
-def _kwok_clusters(ctx) -> list[str]:
-    out = ctx.sh.run(["kwokctl", "get", "clusters"]).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
 def kwok_create_steps(lab: Lab) -> list[Step]:
     config_path = lab.home / "kwok" / f"{lab.cluster}.yaml"
-
-    def check_exists(ctx):
-        if lab.cluster in _kwok_clusters(ctx):
-            return ok(f"kwok cluster {lab.cluster} exists")
-        return change(f"create kwok cluster {lab.cluster}")
 
     def create(ctx):
         missing = [name for name in KWOK_BINARIES.values() if not (lab.tools_dir / name).exists()]
@@ -205,7 +199,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         return (kwok_dir(lab) / "kubeconfig.yaml").read_text()
 
     return [
-        Step(f"kwok cluster {lab.cluster}", check_exists, create),
+        Step(f"kwok cluster {lab.cluster}", _exists_check(lab, "kwokctl"), create),
         Step(f"kwok control plane of {lab.cluster} running", check_running, start),
         _context_step(lab, read_kubeconfig),
         Step(f"simulated nodes of {lab.cluster}", check_nodes, scale),
@@ -262,10 +256,10 @@ def delete_steps(lab: Lab) -> list[Step]:
                      lambda ctx: ok("an existing cluster is not kindlab's to delete; "
                                     "use `invoke down` to remove the lab's parts"))]
     kind = lab.provider == "kind"
-    tool, lister = ("kind", _kind_clusters) if kind else ("kwokctl", _kwok_clusters)
+    tool = "kind" if kind else "kwokctl"
 
     def check(ctx):
-        if lab.cluster in lister(ctx):
+        if lab.cluster in _clusters(ctx, tool):
             return change(f"delete {lab.provider} cluster {lab.cluster}")
         return ok(f"no {lab.provider} cluster {lab.cluster}")
 

@@ -124,6 +124,16 @@ def parse_count(value: Any, what: str) -> int:
     return number
 
 
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"--timeout must be a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise SettingsError(f"--timeout must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
 def _state_file(home: Path) -> Path:
     return home / "current-lab.json"
 
@@ -192,7 +202,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         http_port=int(ports.get("http", 8080)),
         gateway_port=int(ports.get("gateway", 31112)),
         workers=int(cfg.get("workers", 0)),
-        timeout=float(flags.get("timeout") or cfg.get("timeout", 300)),
+        timeout=_seconds(flags.get("timeout") or cfg.get("timeout", 300)),
         nginx_image=str(nginx.get("image", "nginx:1.27.5")),
         replicas=int(nginx.get("replicas", 3)),
         kwok=KwokSettings(

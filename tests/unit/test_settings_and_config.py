@@ -107,3 +107,9 @@ def test_merge_keeps_the_users_current_context_and_other_entries(tmp_path):
     assert not kubeconfig.remove_context(dest, "kind-t1")
     data = yaml.safe_load(dest.read_text())
     assert [c["name"] for c in data["clusters"]] == ["work"] and data["current-context"] == "work"
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0"])
+def test_bad_timeouts_are_refused(tmp_path, value):
+    with pytest.raises(SettingsError, match="--timeout"):
+        lab_from_config({"home": str(tmp_path)}, timeout=value)

@@ -103,7 +103,8 @@ def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Ste
          after: Callable[[Lab], None] | None = None, lock: bool = True) -> list:
     """Run a play for a task: header, lock, steps, recap; a failure becomes a non-zero exit."""
     mode = " (check mode: nothing will change)" if lab.check_mode else ""
-    console.print(f"[bold]{title}[/bold] on [cyan]{lab.context}[/cyan] ({lab.provider}){mode}")
+    where = f" on [cyan]{lab.context}[/cyan] ({lab.provider})" if lock else ""
+    console.print(f"[bold]{title}[/bold]{where}{mode}")
     ctx = make_context(lab, Reporter(console))
     guard = cluster_lock(lab) if lock and not lab.check_mode else contextlib.nullcontext()
     try:

@@ -240,5 +240,5 @@ def make_shell(bin_dir: Path | None, *, host: str = "", verbose: bool = False):
     if not host:
         return LocalShell(bin_dir, verbose=verbose)
     from fabric import Connection  # imported lazily: paramiko is slow to import
-    return RemoteShell(Connection(host), "~/.cache/kindlab/bin", verbose=verbose)
+    return RemoteShell(Connection(host), "$HOME/.cache/kindlab/bin", verbose=verbose)
 

@@ -81,7 +81,7 @@ class FakeConnection:
 
 def test_remote_shell_quotes_arguments_and_sends_secrets_on_stdin():
     conn = FakeConnection(stdout="ok\n")
-    shell = RemoteShell(conn, "~/.cache/kindlab/bin")
+    shell = RemoteShell(conn, "$HOME/.cache/kindlab/bin")
     res = shell.run(["faas-cli", "login", "--password-stdin", "-g", "http://127.0.0.1:8080"],
                     input="s3cret", secrets=["s3cret"])
     command, kwargs = conn.calls[0]
@@ -89,7 +89,7 @@ def test_remote_shell_quotes_arguments_and_sends_secrets_on_stdin():
     assert "s3cret" not in command
     assert kwargs["in_stream"].read() == "s3cret"
     assert kwargs["warn"] is True and kwargs["hide"] is True
-    assert kwargs["env"]["PATH"].startswith("~/.cache/kindlab/bin")
+    assert kwargs["env"]["PATH"].startswith("$HOME/.cache/kindlab/bin")
     assert res.stdout == "ok\n"
 
 

@@ -7,7 +7,7 @@ the end counts every step once.
 """
 from __future__ import annotations
 
-import sys
+import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_futures
@@ -24,6 +24,7 @@ from .commands import CommandError
 from .settings import Lab
 from .steps import Check, Step, StepFailed, is_transient
 
+_ELAPSED = re.compile(r"\s*\(\d+s\)$")
 STYLES = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "cyan"}
 
 
@@ -83,8 +84,9 @@ class Reporter:
         # Without a terminal: print what a step waits for when it changes, or every 10 s.
         last = self._last_print.get(name)
         now = time.monotonic()
-        if last is None or last[0] != message or now - last[1] >= 10:
-            self._last_print[name] = (message, now)
+        gist = _ELAPSED.sub("", message)  # "(12s)" alone is no news
+        if last is None or last[0] != gist or now - last[1] >= 10:
+            self._last_print[name] = (gist, now)
             self.console.print(f"  [dim]… {name}: {message}[/dim]")
 
     def finished(self, outcome: Outcome) -> None:

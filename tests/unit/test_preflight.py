@@ -61,3 +61,51 @@ def test_invoke_rejects_bad_replicas_before_touching_a_cluster(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "cluster.create", "--name", "Bad_Name"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2 and "invalid cluster name 'Bad_Name'" in proc.stderr
+
+
+class CannedShell(RecordingShell):
+    """Answers `docker ps` / `docker inspect` like a machine after a reboot."""
+
+    def __init__(self, states, bindings):
+        super().__init__()
+        self.states, self.bindings = states, bindings
+
+    def run(self, argv, **kwargs):
+        self.calls.append(list(argv))
+        if argv[:2] == ["docker", "ps"]:
+            out = "".join(f"{name}\t{state}\n" for name, state in self.states.items())
+        elif argv[:2] == ["docker", "inspect"]:
+            import json
+            out = json.dumps(self.bindings)
+        else:
+            out = ""
+        return Result(tuple(argv), 0, out, "")
+
+
+BINDINGS = {"6443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41234"}],
+            "30080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "30080"}],
+            "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+            "31112/tcp": [{"HostIp": "127.0.0.1", "HostPort": "31112"}]}
+
+
+def test_stopped_kind_nodes_are_started_not_recreated(tmp_path):
+    lab = Lab(provider="kind", home=tmp_path)
+    step = cluster.kind_create_steps(lab)[1]
+    shell = CannedShell({"cloud-hw-control-plane": "exited"}, BINDINGS)
+    ctx = StepContext(lab, shell)
+    result = step.check(ctx)
+    assert result.state == "change" and "start stopped node containers cloud-hw-control-plane" in result.detail
+    step.apply(ctx)
+    assert ["docker", "start", "cloud-hw-control-plane"] in shell.calls
+    assert not any(call[:2] == ["kind", "create"] or call[:2] == ["kind", "delete"] for call in shell.calls)
+
+
+def test_port_mappings_that_differ_are_a_warning_with_the_way_out(tmp_path):
+    lab = Lab(provider="kind", home=tmp_path, nginx_port=30081)
+    step = cluster.kind_create_steps(lab)[1]
+    result = step.check(StepContext(lab, CannedShell({"cloud-hw-control-plane": "running"}, BINDINGS)))
+    assert result.state == "ok" and result.detail.startswith("warning:")
+    assert "fixed when a kind cluster is created" in result.detail and "cluster.delete" in result.detail
+    same = Lab(provider="kind", home=tmp_path)
+    assert cluster.kind_create_steps(same)[1].check(
+        StepContext(same, CannedShell({"cloud-hw-control-plane": "running"}, BINDINGS))).detail == "node containers running"

@@ -88,7 +88,12 @@ class Lab:
 
     @property
     def tools_dir(self) -> Path:
-        return self.bin_dir or (self.home / "bin")
+        """The tool cache: kindlab.bin_dir, else $KINDLAB_BIN_DIR, else the per-user cache.
+
+        Shared by every lab: KINDLAB_HOME moves state (locks, the last lab), not the tools.
+        """
+        from ..toolchain import default_bin_dir  # one definition of the cache's place
+        return self.bin_dir or default_bin_dir()
 
     def validate(self) -> "Lab":
         if self.provider not in PROVIDERS:
@@ -189,7 +194,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
     retries = cfg.get("retries") or {}
     nginx = cfg.get("nginx") or {}
     kubeconfig = flags.get("kubeconfig") or cfg.get("kubeconfig")
-    bin_dir = cfg.get("bin_dir") or os.environ.get("KINDLAB_BIN_DIR")
+    bin_dir = cfg.get("bin_dir")
     lab = Lab(
         provider=provider,
         cluster=cluster or "cloud-hw",

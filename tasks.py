@@ -28,16 +28,23 @@ def h(names=PLAY_FLAGS, **extra):
     return {**{n: COMMON_HELP[n] for n in names.split()}, **extra}
 
 
-def play_task(title, steps, doc, after=None):
-    """A task that runs one play with the common flags; `doc` is its help line."""
+def play_task(title, steps, doc, after=None, checkable=True):
+    """A task that runs one play with the common flags; `doc` is its help line.
+
+    checkable=False for read-only plays (verify): they have nothing to dry-run.
+    """
     def run(c, provider=None, name=None, context=None, check=False, verbose=False, host=None, timeout=None):
         lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                       host=host, timeout=timeout)
         play(lab, title, steps(lab), after=after)
 
-    run.__doc__ = doc
-    run.__name__ = title.replace(".", "_")
-    return task(run, help=h())
+    def run_read_only(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None):
+        run(c, provider, name, context, False, verbose, host, timeout)
+
+    body = run if checkable else run_read_only
+    body.__doc__ = doc
+    body.__name__ = title.replace(".", "_")
+    return task(body, help=h() if checkable else h("provider name context verbose host timeout"))
 
 
 # --- cluster ---------------------------------------------------------------
@@ -79,12 +86,10 @@ def nginx_scale(c, replicas=None, provider=None, name=None, context=None, check=
     play(lab, "nginx.scale", nginx_play.scale_steps(lab, count))
 
 
-@task(help=h("provider name context verbose host timeout"))
-def nginx_verify(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None):
-    """Check nginx answers at http://127.0.0.1:30080 (on kwok: its ready endpoints)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host,
-                  timeout=timeout)
-    play(lab, "nginx.verify", nginx_play.verify_steps(lab))
+nginx_verify = play_task(
+    "nginx.verify", nginx_play.verify_steps,
+    "Check nginx answers at http://127.0.0.1:30080 (on kwok: its ready endpoints).",
+    checkable=False)
 
 
 # --- monitoring ------------------------------------------------------------
@@ -110,12 +115,10 @@ def monitoring_password(c, provider=None, name=None, context=None):
     print(_user_error(monitoring_play.password, lab))
 
 
-@task(help=h("provider name context verbose host timeout"))
-def monitoring_verify(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None):
-    """Check every Prometheus target is up and Grafana is healthy (on kwok: the services' endpoints)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host,
-                  timeout=timeout)
-    play(lab, "monitoring.verify", monitoring_play.verify_steps(lab))
+monitoring_verify = play_task(
+    "monitoring.verify", monitoring_play.verify_steps,
+    "Check every Prometheus target is up and Grafana is healthy (on kwok: the services' endpoints).",
+    checkable=False)
 
 
 # --- faas --------------------------------------------------------------------

@@ -55,14 +55,13 @@ def deploy_step(lab, doc, timeout=None):
 
 def test_deployment_applied_waits_ready_then_is_unchanged(play, testbed, kube):
     doc = deployment("web", replicas=2, annotations={"kindlab.dev/ready-delay": "1500ms"})
-    start = time.monotonic()
     first = play([deploy_step(testbed, doc)])
-    took = time.monotonic() - start
     assert first[0].status == "changed"
-    # the wait lasted until the stage's delay had passed, and returned with all pods Ready
-    assert took >= 1.5
+    # the wait returned only once every pod was Ready, after showing them ContainerCreating
+    assert "ContainerCreating" in play.output
     pods = kube.core.list_namespaced_pod("default", label_selector="app=web").items
     assert len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
+    assert all(any(c.type == "Ready" and c.status == "True" for c in p.status.conditions) for p in pods)
     again = play([deploy_step(testbed, doc)])
     assert again[0].status == "ok", play.output
 
@@ -79,10 +78,9 @@ def test_unschedulable_pod_is_explained_with_the_scheduler_message(play, testbed
 
 def test_image_pull_backoff_fails_fast_naming_pod_and_reason(play, testbed):
     doc = deployment("bad-image", image="missing.kindlab.invalid/app:0.0")
-    start = time.monotonic()
     with pytest.raises(PlayFailed):
         play([deploy_step(testbed, doc, timeout=60)])
-    assert time.monotonic() - start < 20  # far less than the 60 s timeout
+    assert "not ready after" not in play.output  # failed on the reason, not by running out the timeout
     out = play.output
     assert "bad-image-" in out and "ImagePullBackOff" in out and "check the image name" in out
 
@@ -109,10 +107,8 @@ def test_a_second_cluster_is_created_and_deleted_leaving_no_process(testbed):
     from tests.conftest import PlayRun
     lab = replace(testbed, cluster="kindlab-it-life", kwok=replace(testbed.kwok, nodes=1))
     run = PlayRun(lab)
-    start = time.monotonic()
     created = run(cluster.create_steps(lab))
-    took = time.monotonic() - start
-    assert created[0].status == "changed" and took < 60, run.output
+    assert created[0].status == "changed", run.output
     assert _processes_mentioning("clusters/kindlab-it-life")
     assert all(o.status == "ok" for o in run(cluster.create_steps(lab))), run.output
     deleted = run(cluster.delete_steps(lab))

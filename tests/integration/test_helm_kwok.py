@@ -65,10 +65,8 @@ def test_install_rerun_values_and_chart_upgrades_converge(play, testbed, kube, n
     assert dep.status.ready_replicas == 2
     assert kube.core.read_namespaced_config_map("demo-demo", ns).data == {"message": "one"}
 
-    start = time.monotonic()
     again = statuses(play(release_steps(testbed, rel)))
     assert set(again.values()) == {"ok"}, play.output  # the Ansible helm module's pain: not here
-    assert time.monotonic() - start < 5
 
     # check mode says what would change and changes nothing
     three = replace(rel, values={"replicas": 3, "message": "one"})
@@ -153,10 +151,9 @@ def test_a_failed_first_install_names_helms_error(play, testbed, ns):
 def test_pods_in_image_pull_back_off_fail_fast_naming_pod_and_reason(play, testbed, ns):
     lab = replace(testbed, timeout=120)
     rel = demo(ns, values={"podLabels": {"kindlab.dev/fault": "ImagePullBackOff"}})
-    start = time.monotonic()
     with pytest.raises(PlayFailed):
         play(release_steps(lab, rel), lab=lab)
-    assert time.monotonic() - start < 20, play.output
+    assert "not ready after" not in play.output  # failed on the reason, not by running out the timeout
     assert "release demo: 0/1 pods Ready; demo-demo-" in play.output
     assert "ImagePullBackOff" in play.output and "registry.kindlab.invalid/demo:1.0" in play.output
 

@@ -38,12 +38,9 @@ def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchang
     assert "no containers" in skipped["crawler job on Ray"]
     assert "kind clusters" in skipped["registry kind-registry running"]
 
-    start = time.monotonic()
     again = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
-    took = time.monotonic() - start
     assert [o.step for o in again if o.status == "changed"] == [], play.output
     assert not [o for o in again if o.status == "failed"]
-    assert took < 10
 
 
 def test_status_shows_nodes_releases_and_ready_pods(play, offline_lab):

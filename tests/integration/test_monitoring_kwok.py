@@ -64,10 +64,8 @@ def test_install_makes_the_secret_once_and_a_rerun_changes_nothing(play, testbed
     assert kube.custom.get_namespaced_custom_object("stub.kindlab.dev", "v1", "monitoring", "scrapes",
                                                     "kps-prometheus")
 
-    start = time.monotonic()
     again = statuses(play(monitoring.install_steps(testbed, stub)))
     assert set(again.values()) == {"ok"}, play.output
-    assert time.monotonic() - start < 5
     assert monitoring.password(testbed, kube=kube) == password  # never rotated
 
     verified = statuses(play(monitoring.verify_steps(testbed)))

@@ -27,10 +27,8 @@ def test_deploy_scale_rerun_scale_to_zero_and_back(play, lab, kube):
     assert statuses(play(nginx.scale_steps(lab, 3))) == ["changed"]
     assert kube.apps.read_namespaced_deployment("nginx", "default").status.ready_replicas == 3
 
-    start = time.monotonic()
     again = play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 3) + nginx.verify_steps(lab))
     assert statuses(again) == ["ok", "ok", "ok"], play.output  # deploy does not undo the scale
-    assert time.monotonic() - start < 5
     assert "3/3 ready endpoints" in play.output and "no HTTP request" in play.output
 
     assert statuses(play(nginx.scale_steps(lab, 0))) == ["changed"]
@@ -53,9 +51,8 @@ def test_verify_counts_endpoints_and_fails_when_they_are_short(play, lab, kube):
 
 def test_a_missing_image_fails_fast_naming_pod_and_reason(play, lab):
     bad = replace(lab, nginx_image="missing.kindlab.invalid/nginx:0.0", timeout=120)
-    start = time.monotonic()
     with pytest.raises(PlayFailed):
         play(nginx.deploy_steps(bad), lab=bad)
-    assert time.monotonic() - start < 20
+    assert "not ready after" not in play.output  # failed on the reason, not by running out the timeout
     assert "nginx-" in play.output and "ImagePullBackOff" in play.output
     assert 'missing.kindlab.invalid/nginx:0.0' in play.output

@@ -1,5 +1,6 @@
 """The step engine: order, idempotency, check mode, retries, recap, dependencies."""
 import io
+import sys
 import time
 
 import pytest
@@ -115,9 +116,7 @@ def test_transient_failure_is_retried_with_exponential_backoff_on_a_fake_clock()
                                "did you specify the right host or port? connection refused")
         return "applied"
     ctx, out = make()
-    start = time.monotonic()
     outcomes = run_play("t", [Step("flaky", lambda c: change("x"), apply)], ctx, sleep=sleeps.append)
-    assert time.monotonic() - start < 1.0  # the fake clock never really slept
     assert len(attempts) == 3 and outcomes[0].status == "changed"
     assert sleeps == [1.0, 2.0]  # 1 s, then doubled
 
@@ -190,9 +189,11 @@ def test_unknown_need_and_cycles_are_rejected():
         run_play("t", [Step("a", lambda c: ok(), needs=("b",)), Step("b", lambda c: ok(), needs=("a",))], ctx)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="reads the process list with ps")
 def test_ctrl_c_ends_children_prints_the_recap_and_returns_promptly():
     """Ctrl-C while a step runs a tool: the child is ended, the recap still prints."""
     import _thread
+    import os
     import subprocess
     import sys
 
@@ -203,16 +204,19 @@ def test_ctrl_c_ends_children_prints_the_recap_and_returns_promptly():
     ctx = StepContext(Lab(), LocalShell(), reporter=reporter)
     started = {}
 
+    marker = f"kindlab-ctrl-c-{os.getpid()}"
+
     def long_tool(ctx):
         threading.Timer(0.5, _thread.interrupt_main).start()  # the user presses Ctrl-C
-        started["t"] = time.monotonic()
-        ctx.sh.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        ctx.sh.run([sys.executable, "-c", "import time, sys; time.sleep(60)", marker])
 
     import threading
     with pytest.raises(KeyboardInterrupt):
         run_play("t", [Step("ok first", lambda c: ok()), Step("long", lambda c: change("x"), long_tool),
                        Step("never", lambda c: change("y"))], ctx)
-    assert time.monotonic() - started["t"] < 10  # not the child's 60 s
+    # the child was ended, not left to sleep out its 60 s
+    alive = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in alive
     text = out.getvalue()
     assert "interrupted (Ctrl-C)" in text and "PLAY RECAP" in text
     assert "ok=1" in text and "failed=1" in text

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -269,4 +268,4 @@ def remove_steps(lab: Lab) -> list[Step]:
 
 
 __all__ = ["install_steps", "uninstall_steps", "login_steps", "deploy_steps", "invoke_steps", "remove_steps",
-           "function_hash", "basic_auth", "gateway_url", "replace"]
+           "function_hash", "basic_auth", "gateway_url"]

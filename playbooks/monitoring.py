@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import probes
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
-from .core.portforward import Forward, Supervisor, forwarded, port_free  # noqa: F401 (re-exported)
+from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, change, ok, skip
 

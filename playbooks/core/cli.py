@@ -121,4 +121,4 @@ def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Ste
     return outcomes
 
 
-__all__ = ["COMMON_HELP", "lab_for", "play", "make_context", "cluster_lock", "console", "SettingsError"]
+__all__ = ["COMMON_HELP", "lab_for", "play", "make_context", "cluster_lock", "console"]

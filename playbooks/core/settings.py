@@ -10,7 +10,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -226,4 +226,4 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
 
 
 __all__ = ["Lab", "KwokSettings", "SettingsError", "lab_from_config", "parse_count",
-           "remember_lab", "forget_lab", "kindlab_home", "replace"]
+           "remember_lab", "forget_lab", "kindlab_home"]

@@ -8,27 +8,18 @@ becomes a header list). This WSGI harness does the same with the stdlib, on
 127.0.0.1 only.
 """
 
-import importlib.util
 import json
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from http import HTTPStatus
-from pathlib import Path
 from types import SimpleNamespace
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
-HANDLER_PATH = Path(__file__).resolve().parents[2] / "functions" / "reverse" / "handler.py"
-
-
-def load_handler():
-    spec = importlib.util.spec_from_file_location("reverse_handler_http", HANDLER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.unit.test_reverse import load_handler  # noqa: E402,F401 (also used by the compare test)
 
 
 def event_from_environ(environ):

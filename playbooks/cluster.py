@@ -306,6 +306,9 @@ def _context_step(lab: Lab, read_source) -> Step:
 
 def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
     def wait(ctx):
+        # A restarted API server answers 403 to everyone until its authorizer is warm:
+        # nothing below may read the cluster before /readyz says it is ready.
+        ctx.kube.wait_api_ready(timeout=lab.timeout, say=ctx.say)
         done = ctx.kube.wait_nodes_ready(want, timeout=lab.timeout, say=ctx.say)
         ctx.kube.wait_service_account(timeout=lab.timeout, say=ctx.say)
         if system_pods:

@@ -7,6 +7,7 @@ Three providers behind the same steps: `kind` (real nodes in Docker), `kwok`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -102,6 +103,31 @@ def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
     return found
 
 
+def _remove_half_made(ctx, lab: Lab) -> None:
+    """Delete an unfinished kind cluster, including node containers Docker creates a moment late.
+
+    Ctrl-C ends whatever child runs at that moment, this clean-up's too, so each
+    command runs again if a signal ended it; and a `docker run` that was under way
+    when kind was interrupted can still leave its container behind just after.
+    """
+    for _ in range(3):
+        deleted = ctx.sh.run(["kind", "delete", "cluster", "--name", lab.cluster,
+                              "--kubeconfig", str(own_kubeconfig(lab))], check=False, timeout=120)
+        if deleted.returncode is not None and deleted.returncode >= 0:
+            break
+    quiet = 0
+    for _ in range(20):
+        late = list(_kind_nodes(ctx))
+        if late:
+            quiet = 0
+            ctx.sh.run(["docker", "rm", "--force", *late], check=False)
+        else:
+            quiet += 1
+            if quiet == 3:
+                return
+        time.sleep(0.5)
+
+
 def own_kubeconfig(lab: Lab) -> Path:
     """A kubeconfig only kind/kwokctl write to, so they never touch the user's current context."""
     path = lab.home / "kubeconfigs" / f"{lab.context}.yaml"
@@ -127,8 +153,29 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
                 "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"]
-        ctx.sh.run(argv + (["--image", image] if image else []), timeout=lab.timeout * 2)
+        try:
+            ctx.sh.run(argv + (["--image", image] if image else []), timeout=lab.timeout * 2)
+        except BaseException:
+            # kind removes its nodes when it fails, not when it is interrupted (Ctrl-C) or
+            # timed out: a half-made cluster would pass the next run's exists check and
+            # leave it waiting for nodes that never turn Ready.
+            _remove_half_made(ctx, lab)
+            raise
         return f"created kind cluster {lab.cluster}" + (f" from {image}" if image else "")
+
+    def check_exists(ctx):
+        if lab.cluster not in _clusters(ctx, "kind"):
+            return change(f"create kind cluster {lab.cluster}")
+        never_started = sorted(n for n, state in _kind_nodes(ctx).items() if state == "created")
+        if never_started:  # what an interrupted `kind create` can leave behind
+            return change(f"recreate kind cluster {lab.cluster}: it is half-made (node containers "
+                          f"{', '.join(never_started)} were never started)")
+        return ok(f"kind cluster {lab.cluster} exists")
+
+    def recreate(ctx):
+        if lab.cluster in _clusters(ctx, "kind"):
+            _remove_half_made(ctx, lab)
+        return create(ctx)
 
     def check_running(ctx):
         stopped = [n for n, state in _kind_nodes(ctx).items() if state != "running"]
@@ -157,7 +204,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return ctx.sh.run(["kind", "get", "kubeconfig", "--name", lab.cluster]).stdout
 
     return [
-        Step(f"kind cluster {lab.cluster}", _exists_check(lab, "kind"), create),
+        Step(f"kind cluster {lab.cluster}", check_exists, recreate),
         Step(f"kind nodes of {lab.cluster} running", check_running, start_nodes),
         _context_step(lab, merged_context),
         _nodes_ready_step(lab, want=1 + lab.workers, system_pods=True),

@@ -32,8 +32,8 @@ START_TIMEOUT_S = 60.0
 # The highest capability number Docker 20.10+ and runc know (CAP_CHECKPOINT_RESTORE);
 # `--privileged` asks for every one of them.
 LAST_CAP = 40
-CAPS_FIX = ("run `invoke docker.start` as root: it registers kindlab's runtime wrapper, "
-            "which drops the capabilities this host cannot grant")
+CAPS_FIX = ("stop this dockerd, then run `invoke docker.start` as root: it starts dockerd with kindlab's "
+            "runtime wrapper, which drops the capabilities this host cannot grant")
 
 
 def bounding_set(status: str | None = None) -> int | None:
@@ -257,7 +257,7 @@ def privileged_problem(sh) -> tuple[str, str] | None:
     probe = sh.run(["docker", "run", "--rm", "--privileged", "--network", "none",
                     "--entrypoint", "/kindlab-doctor-probe-does-not-exist", images[0]], check=False, timeout=60)
     text = (probe.stderr + probe.stdout).lower()
-    if "unable to apply caps" in text or "operation not permitted" in text and "caps" in text:
+    if "unable to apply caps" in text:
         return ("fail", f"`docker run --privileged {images[0]}` fails: unable to apply caps: operation not "
                         "permitted (the host's capability bounding set lacks some)")
     return None

@@ -69,3 +69,30 @@ def test_the_wrapper_is_built_only_where_capabilities_are_missing(monkeypatch, t
     monkeypatch.setattr(engine, "missing_caps", lambda status=None: [24])
     result = engine.start_steps(lab)[1].check(Ctx(Shell()))
     assert result.state == "change" and "24" in result.detail
+
+
+class ProbeShell:
+    """One local image; `docker run --privileged` fails the way runc does for the case given."""
+
+    def __init__(self, run_error):
+        self.run_error, self.ran = run_error, []
+
+    def run(self, argv, **kw):
+        from playbooks.core.commands import Result
+        self.ran.append(list(argv))
+        if argv[:3] == ["docker", "image", "ls"]:
+            return Result(tuple(argv), 0, "kindlab.local/pause:v0.1.0\n<none>:<none>\n", "")
+        return Result(tuple(argv), 125, "", self.run_error)
+
+
+def test_doctor_tells_a_privileged_container_that_cannot_start_from_one_that_can():
+    caps = ProbeShell("docker: Error response from daemon: failed to create shim task: OCI runtime create failed: "
+                      "runc create failed: unable to start container process: unable to apply caps: operation not "
+                      "permitted: unknown")
+    status, detail = engine.privileged_problem(caps)
+    assert status == "fail" and "unable to apply caps" in detail and "kindlab.local/pause:v0.1.0" in detail
+    run = [argv for argv in caps.ran if argv[:2] == ["docker", "run"]][0]
+    assert "--privileged" in run and "kindlab.local/pause:v0.1.0" in run  # a local image: nothing to pull
+    fine = ProbeShell('runc create failed: unable to start container process: exec: "/kindlab-doctor-probe-does-'
+                      'not-exist": stat /kindlab-doctor-probe-does-not-exist: no such file or directory: unknown')
+    assert engine.privileged_problem(fine) is None

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import toolchain
 from .core.commands import CommandError
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import Step, StepFailed, change, ok, skip
 
 RUNTIME_NAME = "kindlab-capdrop"
 WRAPPER = "capdrop-runc"
@@ -101,9 +101,18 @@ def _cannot_install_reason(sh) -> str | None:
     return None
 
 
-def start_steps(lab: Lab) -> list[Step]:
-    """docker.io present, the runtime wrapper where caps are missing, dockerd answering."""
+def start_steps(lab: Lab, optional: bool = False) -> list[Step]:
+    """docker.io present, the runtime wrapper where caps are missing, dockerd answering.
+
+    optional (for `invoke setup`): where no engine can be had (no root, no
+    apt-get), the steps are skipped with the reason instead of failing.
+    """
     state: dict = {}
+
+    def cannot(reason: str):
+        if optional:
+            return skip(reason)
+        raise StepFailed(reason)
 
     def answering(ctx) -> dict | None:
         if "info" not in state:
@@ -117,7 +126,7 @@ def start_steps(lab: Lab) -> list[Step]:
             return ok(f"dockerd installed ({ctx.sh.which('dockerd')})")
         reason = _cannot_install_reason(ctx.sh)
         if reason:
-            raise StepFailed(reason)
+            return cannot(reason)
         return change("install Debian's docker.io with apt-get")
 
     def install(ctx):
@@ -159,7 +168,7 @@ def start_steps(lab: Lab) -> list[Step]:
             return ok(detail)
         reason = _cannot_install_reason(ctx.sh)
         if reason:
-            raise StepFailed(reason)
+            return cannot(reason)
         return change("start dockerd" + (" (systemd: docker.service)" if _systemd_runs() else
                                          f" detached, logging to {_log_path(lab)}"))
 

@@ -39,7 +39,7 @@ from rich.table import Table
 from . import toolchain
 from .core.commands import CommandError
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import Step, StepFailed, change, ok, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = ROOT / "images"
@@ -268,22 +268,31 @@ def _binary_dir(lab: Lab, name: str) -> Path:
     return lab.tools_dir if name in toolchain.TOOLS else toolchain.component_dir(lab.tools_dir)
 
 
-def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after: str | None = None) -> list[Step]:
+def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after: str | None = None,
+                optional: bool = False) -> list[Step]:
     """Steps that build `targets` (and what they need) where their inputs changed.
 
     Go builds run one after another (each uses every core) while debootstrap and
     the Docker builds that need only Debian run beside them. `after`: a step the
     engine check waits for; `go_after`: one the first Go build waits for too.
+    optional (for `invoke setup`): without an engine, or without root for
+    debootstrap, the builds are skipped with the reason instead of failing.
     """
     plan = _Plan(targets)
-    engine = "Docker engine answers"
+    engine = "images: Docker engine answers"
 
     def check_engine(ctx):
         from .engine import engine_info
         info = engine_info(ctx.sh)
         if not info:
-            raise StepFailed("no Docker engine answers: run `invoke docker.start` (or start Docker), then run "
-                             "this again")
+            reason = "no Docker engine answers: run `invoke docker.start` (or start Docker), then run this again"
+            if optional:
+                return skip(f"images not built: {reason}")
+            raise StepFailed(reason)
+        if optional and not _is_root() and not plan.is_current(ctx.sh, "debian") and \
+                any(plan.must_build(ctx.sh, name) for name in plan.images):
+            return skip("images not built: the Debian base is made with debootstrap, which needs root: "
+                        "run `sudo invoke images.build`")
         return ok(f"Docker {info.get('ServerVersion')}")
 
     steps = [Step(engine, check_engine, needs=(after,) if after else None)]
@@ -380,9 +389,13 @@ def _remove_older(ctx, name: str) -> None:
 
 
 # --- recipes -------------------------------------------------------------------------
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def _debootstrap(ctx, lab: Lab, name: str, workdir: Path) -> None:
     """Debian's minimal system, made by debootstrap from the Debian mirror, imported as an image."""
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
+    if not _is_root():
         raise StepFailed("building the Debian base image runs debootstrap, which needs root: "
                          "run `sudo invoke images.build` (or `sudo invoke setup`)")
     if ctx.sh.which("debootstrap") is None:

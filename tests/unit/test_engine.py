@@ -96,3 +96,10 @@ def test_doctor_tells_a_privileged_container_that_cannot_start_from_one_that_can
     fine = ProbeShell('runc create failed: unable to start container process: exec: "/kindlab-doctor-probe-does-'
                       'not-exist": stat /kindlab-doctor-probe-does-not-exist: no such file or directory: unknown')
     assert engine.privileged_problem(fine) is None
+
+
+def test_setup_skips_the_engine_with_the_reason_where_none_can_be_had(monkeypatch):
+    monkeypatch.setattr(engine, "_is_root", lambda: False)
+    sh = Shell(up=False, tools=("docker",))
+    result = engine.start_steps(Lab(), optional=True)[0].check(Ctx(sh))
+    assert result.state == "skip" and "needs root" in result.detail

@@ -120,7 +120,7 @@ def _remove_half_made(ctx, lab: Lab) -> None:
         late = list(_kind_nodes(ctx))
         if late:
             quiet = 0
-            ctx.sh.run(["docker", "rm", "--force", *late], check=False)
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *late], check=False)
         else:
             quiet += 1
             if quiet == 3:
@@ -437,7 +437,7 @@ def _kind_leftovers_step(lab: Lab) -> Step:
     def remove(ctx):
         others, ours, users = leftovers(ctx)
         if ours:
-            ctx.sh.run(["docker", "rm", "--force", *ours])
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *ours])
         if not others and not users:
             ctx.sh.run(["docker", "network", "rm", "kind"])
 

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "kindlab-real-interrupt"
 
 
+def dangling_volumes(sh) -> set[str]:
+    return set(sh.run(["docker", "volume", "ls", "--quiet", "--filter", "dangling=true"]).stdout.split())
+
+
 def group(pgid: int) -> list[str]:
     """Processes still running in the process group (a zombie has ended; only its reaping is left)."""
     out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
@@ -33,6 +37,7 @@ def test_ctrl_c_during_kind_create_ends_every_child_and_leaves_no_half_made_clus
     config.write_text(yaml.safe_dump({"kindlab": {
         "home": str(tmp_path / "home"), "kubeconfig": str(tmp_path / "kubeconfig"), "cluster": CLUSTER,
         "offline": True, "ports": {"nginx": 30180, "http": 8180, "gateway": 31212}}}))
+    volumes_before = dangling_volumes(sh)  # a kind node keeps /var in an anonymous volume
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), "cluster.create"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -51,6 +56,7 @@ def test_ctrl_c_during_kind_create_ends_every_child_and_leaves_no_half_made_clus
         assert kind_containers(sh, CLUSTER) == []  # the half-made cluster went with them
         listed = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, env=sh.env()).stdout
         assert CLUSTER not in listed.split()
+        assert dangling_volumes(sh) <= volumes_before  # nor its node's volume
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -151,7 +151,7 @@ def _hash_folder(digest, folder: Path) -> None:
 
 def _binary_fingerprint(name: str) -> str:
     """A Go binary's pinned version and how it is built (its wrapper module's files included)."""
-    spec = toolchain._spec(name)
+    spec = toolchain.spec(name)
     digest = hashlib.sha256(json.dumps([spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper,
                                         spec.go.ldflags(), spec.go.cgo]).encode())
     if spec.go.wrapper:
@@ -315,7 +315,7 @@ def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after
 
 
 def _binary_step_name(binary: str) -> str:
-    return f"binary {binary} {toolchain._spec(binary).version}"
+    return f"binary {binary} {toolchain.spec(binary).version}"
 
 
 def _image_step_name(name: str) -> str:
@@ -323,7 +323,7 @@ def _image_step_name(name: str) -> str:
 
 
 def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> Step:
-    pinned = toolchain._spec(binary).version
+    pinned = toolchain.spec(binary).version
     where = _binary_dir(lab, binary)
 
     def check(ctx):
@@ -381,11 +381,13 @@ def _labels(name: str) -> list[str]:
 
 
 def _remove_older(ctx, name: str) -> None:
-    """Untag earlier builds of the same image (one in use by a container stays)."""
+    """Remove earlier builds of the same image (one a container still uses stays)."""
     out = ctx.sh.run(["docker", "image", "ls", "--filter", f"label={LABEL_IMAGE}={name}",
                       "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout
     for old in {line.strip() for line in out.splitlines()} - {reference(name), "<none>:<none>", ""}:
         ctx.sh.run(["docker", "image", "rm", old], check=False)
+    # a rebuild under a fixed tag leaves the earlier image untagged
+    ctx.sh.run(["docker", "image", "prune", "--force", "--filter", f"label={LABEL_IMAGE}={name}"], check=False)
 
 
 # --- recipes -------------------------------------------------------------------------

@@ -451,6 +451,11 @@ def ensure(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> 
     return True
 
 
+def spec(name: str) -> ToolSpec:
+    """The pinned spec of a tool or a component."""
+    return _spec(name)
+
+
 def _spec(name: str) -> ToolSpec:
     try:
         return TOOLS[name] if name in TOOLS else COMPONENTS[name]

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from playbooks import cluster, images, nginx
+from playbooks import cluster, faas, images, lab as lab_play, nginx
 from playbooks.core.cli import make_context
 from playbooks.core.commands import LocalShell
 from playbooks.core.resources import applied
@@ -109,13 +109,48 @@ def test_an_unpullable_image_is_diagnosed_with_the_kubelets_reason_and_a_next_st
         PlayRun(lab)([absent(f"deployment {name} absent", lab, lambda: [doc])])
 
 
+def test_all_offline_runs_nginx_and_skips_each_part_without_images_with_the_reason(play, lab):
+    outcomes = play(lab_play.all_steps(lab, list(lab_play.PARTS)))
+    result = {o.step: o for o in outcomes}
+    assert result["nginx images (offline)"].status == "ok" and result["nginx answers"].status == "ok"
+    assert "Grafana" in result["monitoring images (offline)"].detail
+    assert "OpenFaaS" in result["faas images (offline)"].detail
+    assert result["ray images (offline)"].status == "skipped"
+    assert result["openfaas release"].status == "skipped" and result["monitoring release"].status == "skipped"
+    assert not [o for o in outcomes if o.status in ("failed", "changed")], play.output
+
+
+def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play, lab, sh):
+    """The faas part's registry, offline: kindlab's distribution image on 127.0.0.1:5001, known to containerd."""
+    first = play(faas.registry_steps(lab))
+    assert statuses(first)["registry kind-registry running"] == "changed", play.output
+    image = sh.run(["docker", "inspect", "--format", "{{.Config.Image}}", "kind-registry"]).stdout.strip()
+    assert image == images.reference("registry")
+    pushed = "localhost:5001/kindlab-test/nginx:1"
+    sh.run(["docker", "tag", images.reference("nginx"), pushed])
+    sh.run(["docker", "push", pushed], timeout=120)
+    name = "from-registry"
+    doc = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                                 "spec": {"containers": [{"name": "main", "image": pushed,
+                                                          "imagePullPolicy": "Always"}]}}}}
+    step = applied(f"deployment {name}", lab, lambda: [doc],
+                   wait=lambda ctx: ctx.kube.wait_deployment("default", name, timeout=120, say=ctx.say))
+    play([step])  # pulled by the node's containerd from the registry container
+    again = play(faas.registry_steps(lab))
+    assert set(statuses(again).values()) == {"ok"}, play.output
+    sh.run(["docker", "image", "rm", pushed], check=False)
+
+
 def test_delete_leaves_no_container_or_network_of_kindlabs_behind(play, lab, sh):
     outcomes = play(cluster.delete_steps(lab))
     assert statuses(outcomes)[f"kind cluster {lab.cluster} absent"] == "changed"
     assert kind_containers(sh, lab.cluster) == []
-    assert sh.run(["docker", "ps", "-a", "--filter", "label=kindlab.dev/part", "--format", "{{.Names}}"]).stdout == ""
-    others = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, env=sh.env()).stdout
-    if "No kind clusters" in others or not others.strip():
+    others = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, env=sh.env()).stdout.split()
+    if not [c for c in others if c not in ("No", "kind", "clusters", "found.")]:
+        # the last kind cluster: the registry container and the kind network go too
+        assert sh.run(["docker", "ps", "-a", "--filter", "label=kindlab.dev/part", "--format", "{{.Names}}"]).stdout == ""
         network = sh.run(["docker", "network", "ls", "--filter", "name=^kind$", "--format", "{{.Name}}"]).stdout
         assert network.strip() == ""
     again = play(cluster.delete_steps(lab))

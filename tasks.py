@@ -201,8 +201,8 @@ def all_(c, only="", skip="", provider=None, name=None, context=None, check=Fals
         parts = lab_play.choose_parts(only, skip)
     except SettingsError as exc:
         raise Exit(f"error: {exc}", code=2) from None
-    play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
-    lab_play.print_addresses(lab, parts)
+    outcomes = play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
+    lab_play.print_addresses(lab, lab_play.parts_that_ran(parts, outcomes))
 
 
 @task(help=h("provider name context verbose host"))

@@ -56,6 +56,16 @@ def part_groups(lab: Lab, crawl_args: list[str]) -> dict[str, list[Step]]:
     }
 
 
+def gate_name(part: str) -> str:
+    return f"{part} images (offline)"
+
+
+def parts_that_ran(parts: list[str], outcomes) -> list[str]:
+    """The parts an offline gate did not skip (their addresses mean something)."""
+    skipped = {o.step for o in outcomes if o.status == "skipped"}
+    return [part for part in parts if gate_name(part) not in skipped]
+
+
 def offline_gated(lab: Lab, part: str, steps: list[Step]) -> list[Step]:
     """Offline, a part runs only where its images are built: a gate step decides, and
     skips itself and every step of the part with the reason."""
@@ -75,7 +85,7 @@ def offline_gated(lab: Lab, part: str, steps: list[Step]) -> list[Step]:
             return step.check(ctx)
         return replace(step, check=check)
 
-    return [Step(f"{part} images (offline)", check_gate), *[gated(s) for s in steps]]
+    return [Step(gate_name(part), check_gate), *[gated(s) for s in steps]]
 
 
 def all_steps(lab: Lab, parts: list[str], crawl_args: list[str] | None = None,

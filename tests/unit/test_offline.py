@@ -108,3 +108,9 @@ def test_offline_nginx_not_built_is_skipped_with_the_build_command():
 def test_online_all_has_no_offline_gates():
     names = [s.name for s in lab_play.all_steps(Lab(), list(lab_play.PARTS))]
     assert not [n for n in names if "(offline)" in n]
+
+
+def test_the_addresses_list_only_the_parts_that_ran():
+    from playbooks.core.runner import Outcome
+    outcomes = [Outcome("nginx images (offline)", "ok", 0.0), Outcome("faas images (offline)", "skipped", 0.0)]
+    assert lab_play.parts_that_ran(["nginx", "faas", "ray"], outcomes) == ["nginx", "ray"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .core import kyaml
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.resources import applied
 from .core.settings import Lab
@@ -185,7 +186,7 @@ def login_steps(lab: Lab) -> list[Step]:
     def check(ctx):
         if lab.provider == "kwok":
             return skip(NO_CONTAINERS)
-        auths = (yaml.safe_load(config.read_text()) or {}).get("auths", []) if config.exists() else []
+        auths = (kyaml.load(config.read_text()) or {}).get("auths", []) if config.exists() else []
         if any(a.get("gateway") == gateway_url(lab) and a.get("token") == token(ctx) for a in auths):
             return ok(f"logged in to {gateway_url(lab)}")
         return change(f"log in to {gateway_url(lab)}")
@@ -201,7 +202,7 @@ def login_steps(lab: Lab) -> list[Step]:
 def _build_dir(lab: Lab, code_hash: str) -> Path:
     """A stack file whose image tag is the code hash, beside a copy of the handler."""
     build = lab.home / "faas-build"
-    stack = yaml.safe_load((FUNCTIONS / "stack.yaml").read_text())
+    stack = kyaml.load((FUNCTIONS / "stack.yaml").read_text())
     stack["provider"]["gateway"] = gateway_url(lab)
     stack["functions"][FUNCTION]["image"] = function_image(lab, code_hash)
     target = build / FUNCTION

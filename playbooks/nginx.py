@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from . import probes
+from .core import kyaml
 from .core.resources import absent, applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, change, ok
@@ -15,9 +14,9 @@ NAMESPACE = "default"
 
 
 def documents(lab: Lab) -> list[dict]:
-    deploy = yaml.safe_load((MANIFESTS / "nginx-deploy.yaml").read_text())
+    deploy = kyaml.load((MANIFESTS / "nginx-deploy.yaml").read_text())
     deploy["spec"]["template"]["spec"]["containers"][0]["image"] = lab.nginx_image
-    service = yaml.safe_load((MANIFESTS / "nginx-svc.yaml").read_text())
+    service = kyaml.load((MANIFESTS / "nginx-svc.yaml").read_text())
     service["spec"]["ports"][0]["nodePort"] = 30080  # the node side of the kind port mapping
     return [deploy, service]
 

@@ -51,6 +51,10 @@ TESTBED_TOOLS = (
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    # Operators run as local processes beside the simulated control plane, so
+    # RayClusters and Prometheus resources become pods there as on kind.
+    "ray-operator",
+    "prometheus-operator",
 )
 
 # One Kubernetes minor for kubectl and the testbed's control plane: kind v0.29.0
@@ -61,6 +65,11 @@ HELM_VERSION = "v3.22.0"
 FAAS_CLI_VERSION = "0.18.11"  # faas-cli tags carry no "v"
 KWOK_VERSION = "v0.8.0"
 ETCD_VERSION = "v3.5.35"
+# The operators of the charts kindlab pins (KubeRay 1.7.0, kube-prometheus-stack's
+# v0.86.2), at the nearest versions the Go module proxy serves: it refuses
+# ray-operator v1.7.0 and prometheus-operator v0.86.x.
+RAY_OPERATOR_VERSION = "v1.6.2"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 
 GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
 VERSION_TIMEOUT_S = 30
@@ -115,7 +124,7 @@ class ReleaseDownload:
 class ToolSpec:
     name: str
     version: str  # always "v" + semver, the form installed_version returns
-    version_args: tuple[str, ...]
+    version_args: tuple[str, ...]  # empty: read the version from the binary's Go build info
     go: GoBuild
     release: ReleaseDownload | None = None
     tag: str | None = None  # release tag spelling when it differs from version
@@ -249,6 +258,22 @@ TOOLS: dict[str, ToolSpec] = {
             zip_on=("windows", "darwin"),
         ),
     ),
+    "ray-operator": ToolSpec(
+        name="ray-operator",
+        version=RAY_OPERATOR_VERSION,
+        version_args=(),  # it has no version flag; `go install` records the module version
+        go=GoBuild(package="github.com/ray-project/kuberay/ray-operator", module_query=RAY_OPERATOR_VERSION),
+    ),
+    "prometheus-operator": ToolSpec(
+        name="prometheus-operator",
+        version=PROMETHEUS_OPERATOR_VERSION,
+        version_args=("--version",),
+        go=GoBuild(
+            package="github.com/prometheus-operator/prometheus-operator/cmd/operator",
+            wrapper="prometheus-operator",
+            stamps=(("github.com/prometheus/common/version.Version", PROMETHEUS_OPERATOR_VERSION.lstrip("v")),),
+        ),
+    ),
     "kube-apiserver": _control_plane("kube-apiserver"),
     "kube-controller-manager": _control_plane("kube-controller-manager"),
     "kube-scheduler": _control_plane("kube-scheduler"),
@@ -307,6 +332,8 @@ def parse_version(output: str) -> str | None:
 
 
 def _run_version(path: Path, spec: ToolSpec) -> str | None:
+    if not spec.version_args:
+        return buildinfo_version(path)
     try:
         completed = subprocess.run(
             [str(path), *spec.version_args],
@@ -321,6 +348,43 @@ def _run_version(path: Path, spec: ToolSpec) -> str | None:
     if completed.returncode != 0:
         return None
     return parse_version(completed.stdout + "\n" + completed.stderr)
+
+
+_BUILDINFO_MAGIC = b"\xff Go buildinf:"
+
+
+def buildinfo_version(path: Path) -> str | None:
+    """The main module's version that the Go linker recorded in a binary, or None.
+
+    Go 1.18+ writes a 32-byte header after the magic and, with flag bit 2, the
+    Go version and the module information as length-prefixed strings; the
+    module information has a "mod<TAB>path<TAB>version" line.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    start = data.find(_BUILDINFO_MAGIC)
+    if start < 0 or not data[start + 15] & 2:
+        return None
+    pos = start + 32
+    strings = []
+    for _ in range(2):
+        length, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        strings.append(data[pos:pos + length].decode("utf-8", "replace"))
+        pos += length
+    for line in strings[1].splitlines():
+        fields = line.split("\t")
+        if fields[0] == "mod" and len(fields) >= 3:
+            return parse_version(fields[2])
+    return None
 
 
 def installed_version(name: str, bin_dir: Path) -> str | None:

@@ -12,6 +12,7 @@ from invoke.exceptions import Exit
 from rich.console import Console
 
 from .commands import make_shell
+from .daemons import alive
 from .runner import PlayFailed, Reporter, StepContext, run_play
 from .settings import Lab, SettingsError, lab_from_config
 from .steps import Step
@@ -78,25 +79,9 @@ def _lock_holder(path: Path):
         pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    if pid != os.getpid() and not _alive(pid):
+    if pid != os.getpid() and not alive(pid):
         return None
     return pid, what, since
-
-
-def _alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        import ctypes
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
-        if handle:
-            ctypes.windll.kernel32.CloseHandle(handle)
-        return bool(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Step]],

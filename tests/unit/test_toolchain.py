@@ -370,3 +370,36 @@ def test_auto_builds_from_source_when_the_download_fails(fake_go, monkeypatch, t
     assert len(fake_go()) == 1
     assert any("download failed" in m and "building from source" in m for m in messages)
     assert toolchain.installed_version("kind", tmp_path / "bin") == "v0.29.0"
+
+
+def _buildinfo_blob(modinfo: str) -> bytes:
+    """The bytes the Go linker writes (Go 1.18+ layout): magic, 32-byte header, two varint strings."""
+    header = b"\xff Go buildinf:" + bytes([8, 2]) + b"\0" * 16
+    def varint_string(text):
+        data = text.encode()
+        return _uvarint(len(data)) + data
+    return b"\x7fELF...code..." + header + varint_string("go1.26.8") + varint_string(modinfo) + b"...rest"
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_a_tool_without_a_version_flag_is_read_from_its_go_build_info(tmp_path):
+    sentinel = "0" * 16
+    modinfo = (sentinel + "path\tgithub.com/ray-project/kuberay/ray-operator\n"
+               "mod\tgithub.com/ray-project/kuberay/ray-operator\tv1.6.2\th1:abc=\n"
+               + "".join(f"dep\texample.com/m{i}\tv0.{i}.0\th1:x=\n" for i in range(20)) + sentinel)
+    binary = tmp_path / "ray-operator"
+    binary.write_bytes(_buildinfo_blob(modinfo))
+    binary.chmod(0o755)
+    assert toolchain.buildinfo_version(binary) == "v1.6.2"
+    assert toolchain.installed_version("ray-operator", tmp_path) == "v1.6.2"
+    binary.write_bytes(b"not a go binary")
+    assert toolchain.installed_version("ray-operator", tmp_path) is None

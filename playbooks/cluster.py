@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .core import kubeconfig
+from .core import daemons as daemons_, kubeconfig, kyaml
+from .core.daemons import Daemon
 from .core.commands import CommandError
 from .core.portforward import port_free
 from .core.settings import Lab
@@ -32,7 +33,7 @@ KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --tes
 # --- kind ------------------------------------------------------------------
 def render_kind_config(lab: Lab) -> dict:
     """The kind Cluster config with the lab's ports; mappings sit under the node."""
-    config = yaml.safe_load(KIND_CONFIG.read_text())
+    config = kyaml.load(KIND_CONFIG.read_text())
     control_plane = config["nodes"][0]
     mappings = {m["containerPort"]: m for m in control_plane["extraPortMappings"]}
     mappings[30080]["hostPort"] = lab.nginx_port
@@ -137,13 +138,100 @@ def kwok_dir(lab: Lab) -> Path:
 
 def render_kwok_config(lab: Lab) -> str:
     """KwokctlConfiguration (loopback only) plus kindlab's stages with the lab's pod delay."""
-    stages = [d for d in yaml.safe_load_all(KWOK_STAGES.read_text()) if d]
+    stages = [d for d in kyaml.load_all(KWOK_STAGES.read_text()) if d]
     for stage in stages:
         if stage["metadata"]["name"] == "kindlab-pod-ready":
             stage["spec"]["delay"]["durationMilliseconds"] = lab.kwok.ready_delay_ms
     options = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokctlConfiguration",
                "options": {"bindAddress": "127.0.0.1"}}
     return yaml.safe_dump_all([options, *stages], sort_keys=False)
+
+
+# The CRDs each operator's controllers need, installed by its chart: the operator
+# starts once they are Established (ray-operator exits without them;
+# prometheus-operator would run without the controllers of the missing ones).
+OPERATOR_CRDS = {
+    "ray-operator": ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"),
+    "prometheus-operator": tuple(f"{plural}.monitoring.coreos.com" for plural in (
+        "prometheuses", "alertmanagers", "servicemonitors", "podmonitors", "probes", "prometheusrules")),
+}
+
+
+def kwok_operators(lab: Lab) -> list[Daemon]:
+    """The operators that turn the charts' custom resources into pods, run here as local processes.
+
+    On kind they run in the cluster, installed by their charts; a simulated
+    cluster runs no containers, so the chart's operator pod is only a shadow
+    and the real binary runs beside the control plane instead, with the
+    cluster's admin credentials (read from kwokctl's kubeconfig when started).
+    Each runs under a supervisor that starts it again when it exits, as a
+    kubelet would: prometheus-operator exits until its CRDs are installed.
+    """
+    home = lab.home / "kwok" / lab.cluster
+    kubeconfig_path = kwok_dir(lab) / "kubeconfig.yaml"
+    common = {"env": {"KUBECONFIG": str(kubeconfig_path)}, "restart": True,
+              "kubectl": str(lab.tools_dir / "kubectl")}
+    ray = Daemon("ray-operator", [str(lab.tools_dir / "ray-operator"), "--metrics-addr=0",
+                                  "--health-probe-bind-address=0", "--enable-leader-election=false",
+                                  "--log-stdout-encoder=console"],
+                 home, needs_crds=OPERATOR_CRDS["ray-operator"], **common)
+    argv = [str(lab.tools_dir / "prometheus-operator"), "--web.listen-address=127.0.0.1:0", "--log-level=info"]
+    if kubeconfig_path.exists():
+        argv += _client_flags(kubeconfig_path)
+    return [ray, Daemon("prometheus-operator", argv, home, needs_crds=OPERATOR_CRDS["prometheus-operator"],
+                        **common)]
+
+
+def _client_flags(kubeconfig_path: Path) -> list[str]:
+    """prometheus-operator reads no kubeconfig: the API server and client certificate as its flags."""
+    config = kyaml.load(kubeconfig_path.read_text())
+    current = config.get("current-context") or config["contexts"][0]["name"]
+    context = next(c["context"] for c in config["contexts"] if c["name"] == current)
+    cluster_entry = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    flags = ["--apiserver", cluster_entry["server"]]
+    for flag, key in (("--ca-file", "certificate-authority"), ("--cert-file", "client-certificate"),
+                      ("--key-file", "client-key")):
+        if cluster_entry.get(key) or user.get(key):
+            flags += [flag, cluster_entry.get(key) or user.get(key)]
+    return flags
+
+
+def operator_unavailable(lab: Lab, tool: str) -> str | None:
+    """Why no operator of this kind can run in the lab's cluster, or None when one can.
+
+    Only the simulated cluster knows beforehand: its operators are local
+    binaries. Elsewhere the operator is the chart's own pod, judged by its wait.
+    """
+    if lab.provider != "kwok" or (lab.tools_dir / tool).exists():
+        return None
+    return (f"{tool} is not installed in {lab.tools_dir}, so on the simulated cluster nothing turns this "
+            f"part's custom resources into pods: `invoke tools.install --testbed --only {tool}`, "
+            "then `invoke cluster.create --provider kwok` starts it")
+
+
+def kwok_operators_step(lab: Lab) -> Step:
+    def installed(daemons):
+        return [d for d in daemons if Path(d.argv[0]).exists()]
+
+    def check(ctx):
+        daemons = kwok_operators(lab)
+        missing = [d.name for d in daemons if d not in installed(daemons)]
+        note = f" ({', '.join(missing)} not installed: `invoke tools.install --testbed`)" if missing else ""
+        stopped = [d.name for d in installed(daemons) if daemons_.running_pid(d) is None]
+        if stopped:
+            return change(f"start {', '.join(stopped)}{note}")
+        return ok(f"{', '.join(d.name for d in installed(daemons)) or 'no operator'} running{note}")
+
+    def apply(ctx):
+        started = []
+        for daemon in installed(kwok_operators(lab)):
+            if daemons_.running_pid(daemon) is None:
+                daemons_.start(daemon)
+                started.append(daemon.name)
+        return f"started {', '.join(started)} (logs in {lab.home / 'kwok' / lab.cluster})"
+
+    return Step(f"operators of {lab.cluster} running", check, apply)
 
 
 def kwok_create_steps(lab: Lab) -> list[Step]:
@@ -204,6 +292,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         _context_step(lab, read_kubeconfig),
         Step(f"simulated nodes of {lab.cluster}", check_nodes, scale),
         _nodes_ready_step(lab, want=lab.kwok.nodes, system_pods=False),
+        kwok_operators_step(lab),
     ]
 
 
@@ -273,9 +362,22 @@ def delete_steps(lab: Lab) -> list[Step]:
             return change(f"remove context {lab.context} from {lab.kubeconfig}")
         return ok(f"no context {lab.context}")
 
-    return [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
-            Step(f"context {lab.context} absent", check_context,
-                 lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
+    steps = [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
+             Step(f"context {lab.context} absent", check_context,
+                  lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
+    return steps if kind else [kwok_operators_stopped_step(lab), *steps]
+
+
+def kwok_operators_stopped_step(lab: Lab) -> Step:
+    def check(ctx):
+        running = [d.name for d in kwok_operators(lab) if daemons_.running_pid(d) is not None]
+        return change(f"stop {', '.join(running)}") if running else ok("no operator running")
+
+    def apply(ctx):
+        for daemon in kwok_operators(lab):
+            daemons_.stop(daemon)
+
+    return Step(f"operators of {lab.cluster} stopped", check, apply)
 
 
 def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
@@ -290,6 +392,11 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
         rows.append((f"node {node.metadata.name}",
                      f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "
                      f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
+    if lab.provider == "kwok":
+        for daemon in kwok_operators(lab):
+            pid = daemons_.running_pid(daemon)
+            rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
+                         f"not running: `invoke cluster.create --provider kwok` starts it ({daemons_.last_lines(daemon, 1)})"))
     if lab.provider == "kind":
         for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']}"))

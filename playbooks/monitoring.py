@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import probes
+from . import cluster as cluster_play, probes
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
@@ -123,8 +123,15 @@ def install_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
 
 def serving_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
     """Until both Services have a ready endpoint: the operator makes Prometheus only after the release."""
+    def check(ctx):
+        reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
+        return skip(reason) if reason else ok()
+
     def wait(ctx):
         from .core.kube import Verdict, explain
+
+        ctx.kube.wait_reconciled("monitoring.coreos.com", "v1", "prometheuses", namespace,
+                                 operator="prometheus-operator", timeout=lab.timeout, say=ctx.say)
 
         def evaluate():
             missing = [s for s in (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if not ctx.kube.ready_endpoints(namespace, s)]
@@ -140,7 +147,7 @@ def serving_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
         # the operator's StatefulSets count too, now that they exist
         return ctx.kube.wait_namespace_ready(namespace, timeout=lab.timeout, say=ctx.say, what="monitoring")
 
-    return Step(f"{RELEASE_NAME} Prometheus and Grafana serving", lambda ctx: ok(), wait=wait)
+    return Step(f"{RELEASE_NAME} Prometheus and Grafana serving", check, wait=wait)
 
 
 def uninstall_steps(lab: Lab, rel: Release | None = None) -> list[Step]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from . import cluster as cluster_play
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.portforward import forwarded
 from .core.settings import Lab
@@ -38,12 +39,18 @@ def install_steps(lab: Lab) -> list[Step]:
     """The operator, then the RayCluster, then its head and worker pods Ready (not only its status)."""
     operator, cluster = releases(lab)
 
+    def check_operator(ctx):
+        reason = cluster_play.operator_unavailable(lab, "ray-operator")
+        return skip(reason) if reason else ok()
+
     def wait_pods(ctx):
+        ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
+                                 timeout=lab.timeout, say=ctx.say)
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2)
 
     return [*release_steps(lab, operator), *release_steps(lab, cluster),
-            Step("ray head and worker pods Ready", lambda ctx: ok(), wait=wait_pods)]
+            Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
 
 
 def uninstall_steps(lab: Lab) -> list[Step]:

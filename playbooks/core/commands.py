@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 MASK = "****"
+VERBOSE_LINES = 200  # of each command's output, echoed live with --verbose
 _SECRET_FLAGS = ("--password", "--token", "--client-key-data", "--secret")
 
 
@@ -108,7 +109,8 @@ class LocalShell:
 
     def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
             secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
-            cwd: str | Path | None = None) -> Result:
+            cwd: str | Path | None = None, stop: threading.Event | None = None) -> Result:
+        """Run a tool to its end; `stop` set meanwhile ends it early (it then exits non-zero)."""
         argv = [str(a) for a in argv]
         secrets = tuple(secrets)
         resolved = self._resolve(argv)
@@ -122,6 +124,8 @@ class LocalShell:
         except OSError as exc:
             raise CommandError(argv, None, str(exc), secrets) from exc
         self._track(proc)
+        if stop is not None:
+            threading.Thread(target=_kill_when, args=(stop, proc), daemon=True).start()
         try:
             out, err = self._communicate(proc, input, timeout, secrets)
         except subprocess.TimeoutExpired:
@@ -144,11 +148,15 @@ class LocalShell:
             return proc.communicate(input, timeout=timeout)
         # Stream each line live while keeping the whole output for the caller.
         chunks: dict[str, list[str]] = {"out": [], "err": []}
+        argv_name = Path(proc.args[0]).name
 
         def pump(stream, key):
             for line in stream:
                 chunks[key].append(line)
-                self.echo("  " + mask_text(line.rstrip("\n"), secrets))
+                if len(chunks[key]) <= VERBOSE_LINES:
+                    self.echo("  " + mask_text(line.rstrip("\n"), secrets))
+            if len(chunks[key]) > VERBOSE_LINES:  # `helm show crds` prints 4 MB: keep the terminal usable
+                self.echo(f"  … {len(chunks[key]) - VERBOSE_LINES} more lines of {argv_name} not shown")
 
         threads = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
                    threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
@@ -193,6 +201,13 @@ class LocalShell:
                 proc.kill()
 
 
+def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.2):
+            proc.kill()
+            return
+
+
 class RemoteShell:
     """The same argument lists over SSH, through a Fabric Connection (or a stand-in)."""
 
@@ -214,7 +229,8 @@ class RemoteShell:
 
     def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
             secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
-            cwd: str | Path | None = None) -> Result:
+            cwd: str | Path | None = None, stop: threading.Event | None = None) -> Result:
+        # `stop` is not supported over SSH: the remote command runs to its own end or timeout.
         argv = [str(a) for a in argv]
         command = shlex.join(argv)
         if cwd:

@@ -71,8 +71,8 @@ def test_a_second_run_on_the_same_cluster_exits_instead_of_interleaving(testbed)
                                "--name", testbed.cluster], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=60)
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "another kindlab run" in proc.stderr and "kwok-kindlab-it" in proc.stderr
-    assert not (testbed.home / "locks" / "kwok-kindlab-it.lock").exists()  # released afterwards
+    assert "another kindlab run" in proc.stderr and testbed.context in proc.stderr
+    assert not (testbed.home / "locks" / f"{testbed.context}.lock").exists()  # released afterwards
 
 
 def test_a_stale_lock_from_a_dead_run_is_taken_over(testbed):

@@ -1,4 +1,4 @@
-"""python -m crawler URL [URL ...] --prefix P --depth N --max-pages M --concurrency C --json OUT [--ray | --local]"""
+"""kindlab-crawl (or python -m crawler) URL [URL ...] --prefix P --depth N --max-pages M --concurrency C --json OUT [--ray | --local]"""
 
 from __future__ import annotations
 
@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-agent", default=FetchOptions.user_agent)
     parser.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--ray", action="store_true", help="fetch in Ray tasks (joins RAY_ADDRESS, or starts a local Ray)")
-    mode.add_argument("--local", action="store_true", help="fetch in threads in this process (the default)")
+    mode.add_argument("--ray", action="store_true",
+                      help="fetch in Ray actors (joins RAY_ADDRESS, or starts a local Ray)")
+    mode.add_argument("--local", action="store_true", help="fetch in an event loop in this process (the default)")
     parser.add_argument("--ray-address", help="Ray cluster to join in --ray mode (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="URLs per Ray task (default 16)")
+    parser.add_argument("--fetchers", type=_positive_int, default=2,
+                        help="Ray fetcher actors in --ray mode, each with its share of --concurrency (default 2)")
     parser.add_argument("--emit-result", action="store_true",
                         help="print the result on stdout in marked lines, for crawler.jobs to read from a Ray job log")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,11 +96,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ray:
         from .executors import RayExecutor
 
-        executor = RayExecutor(batch_size=args.batch_size, address=args.ray_address)
+        executor = RayExecutor(fetchers=args.fetchers, address=args.ray_address)
     else:
-        from .executors import ThreadExecutor
+        from .executors import AsyncExecutor
 
-        executor = ThreadExecutor(config.concurrency)
+        executor = AsyncExecutor()
     try:
         result = crawl.run(executor)
     finally:
@@ -106,6 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if progress is not None:
             progress.finish()
     result["config"]["mode"] = "ray" if args.ray else "local"
+    result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -34,8 +35,9 @@ _non_negative_float = _number(float, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    command = os.path.basename(sys.argv[0])
     parser = argparse.ArgumentParser(
-        prog="python -m crawler",
+        prog="python -m crawler" if command in ("__main__.py", "") else command,
         description="Crawl the pages under a URL prefix, breadth-first, each URL fetched at most once.",
     )
     parser.add_argument("urls", nargs="+", metavar="URL", help="start URLs (depth 0)")

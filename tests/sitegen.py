@@ -236,6 +236,10 @@ class SiteProcess:
         return self.origin + path
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def requests(self) -> Counter:
         self._conn.send("requests")
         return self._conn.recv()

@@ -116,13 +116,11 @@ def run_kindlab(starts: list[str], prefix: str, args, executor) -> dict:
 # -- measuring ----------------------------------------------------------------------
 
 
-def cpu_seconds(exclude: int) -> float:
-    """CPU time of this process and its descendants (Ray's processes), not counting `exclude`'s tree.
-
-    Linux only (read from /proc); NaN elsewhere.
-    """
+def cpu_seconds(exclude: int) -> dict[int, float]:
+    """CPU time of this process and of each of its descendants (Ray's processes), by pid,
+    leaving out `exclude`'s tree. Linux only (read from /proc); empty elsewhere."""
     if not os.path.isdir("/proc/self"):
-        return float("nan")
+        return {}
     tick = os.sysconf("SC_CLK_TCK")
     parents, times = {}, {}
     for entry in os.listdir("/proc"):
@@ -145,14 +143,22 @@ def cpu_seconds(exclude: int) -> float:
             pid = parents.get(pid, 1)
         return False
 
-    return sum(seconds for pid, seconds in times.items() if counted(pid))
+    return {pid: seconds for pid, seconds in times.items() if counted(pid)}
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two cpu_seconds() readings by the processes alive at the second
+    (one that ended meanwhile takes its time with it; one that started counts from zero)."""
+    if not after:
+        return float("nan")
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def measure(server, run, server_pid: int) -> dict:
     server.reset()
     cpu_before = cpu_seconds(exclude=server_pid)
     figures = run()
-    figures["cpu_s"] = cpu_seconds(exclude=server_pid) - cpu_before
+    figures["cpu_s"] = cpu_spent(cpu_before, cpu_seconds(exclude=server_pid))
     requests = server.requests
     figures["requests"] = sum(requests.values())
     figures["distinct"] = len(requests)

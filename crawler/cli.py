@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", help="only URLs starting with this are crawled (default: each start URL's directory)")
     parser.add_argument("--depth", type=_non_negative_int, default=2,
                         help="link hops from a start URL; pages at this depth are fetched, their links not followed (default 2)")
-    parser.add_argument("--max-pages", type=_positive_int, default=1000, help="fetch at most this many URLs (default 1000)")
+    parser.add_argument("--max-pages", type=_positive_int, default=1000, help="fetch at most this many URLs, the shallowest; a crawl this cuts short says so "
+                             "(default 1000)")
     parser.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight, at most (default 16)")
     parser.add_argument("--per-host", type=_positive_int, default=8, help="requests in flight to one host, at most (default 8)")
     parser.add_argument("--delay", type=_non_negative_float, default=0.0,

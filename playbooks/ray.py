@@ -62,12 +62,16 @@ def uninstall_steps(lab: Lab) -> list[Step]:
 def crawl_args(urls: list[str], prefix: str, depth: int, max_pages: int, concurrency: int) -> list[str]:
     if not urls:
         raise StepFailed("give at least one start URL: invoke ray.crawl --url https://docs.ray.io/en/latest/")
-    args = [*urls, "--depth", str(depth), "--max-pages", str(max_pages), "--concurrency", str(concurrency)]
+    # One site is the usual crawl: --per-host follows --concurrency rather than capping it.
+    args = [*urls, "--depth", str(depth), "--max-pages", str(max_pages), "--concurrency", str(concurrency),
+            "--per-host", str(concurrency)]
     return args + (["--prefix", prefix] if prefix else [])
 
 
 def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> list[Step]:
     """Submit the crawler as a Ray job (port-forwarding the head unless --address is given)."""
+    from rich.text import Text
+
     from crawler import jobs  # imports ray: only when a crawl is asked for
 
     def check(ctx):
@@ -76,22 +80,28 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
         return ok()
 
     def submit(ctx):
-        def run(url: str) -> str:
+        def log(line: str) -> None:
+            show(Text(line))  # whole: the console wraps a long line; Text keeps "[...]" in it literal
+            ctx.say("streaming the Ray job's log")
+
+        def run(url: str, follow: dict) -> str:
             start = time.monotonic()
             try:
-                result = jobs.submit_crawl(url, args, on_log=lambda line: ctx.say(line[-160:]),
-                                           timeout_s=lab.timeout * 6)
+                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6, **follow)
             except jobs.CrawlJobError as exc:
                 raise StepFailed(str(exc)) from None
-            show(jobs.summarize(result))
+            show(Text(jobs.summarize(result)))
             stats = result.get("stats", {})
+            cut = f"; cut by --max-pages, {stats['unfetched']} URLs left unfetched" if stats.get("truncated") else ""
             return (f"job finished in {time.monotonic() - start:.0f}s: {stats.get('unique', '?')} pages, "
-                    f"{stats.get('failed', 0)} failed")
+                    f"{stats.get('failed', 0)} failed{cut}")
 
         if address:
-            return run(address)
+            return run(address, {})
         with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
-            return run(url)
+            # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
+            return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
+                             "follow_note": "with `invoke ray.dashboard` running in another terminal"})
 
     return [Step("crawler job on Ray", check, wait=submit)]
 

@@ -16,7 +16,7 @@ from .core.daemons import Daemon
 from .core.commands import CommandError
 from .core.portforward import port_free
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import MissingPrerequisite, Step, StepFailed, change, ok, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
@@ -49,6 +49,15 @@ def _clusters(ctx, tool: str) -> list[str]:
     """Cluster names `kind get clusters` or `kwokctl get clusters` lists."""
     out = ctx.sh.run([tool, "get", "clusters"]).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+CLUSTER_TOOL = {"kind": "kind", "kwok": "kwokctl"}  # what creates, lists and deletes a provider's clusters
+
+
+def _require_cluster(ctx, lab: Lab) -> None:
+    """For the checks after `cluster exists`: in a dry run before it exists, they cannot tell."""
+    if lab.cluster not in _clusters(ctx, CLUSTER_TOOL[lab.provider]):
+        raise MissingPrerequisite(f"{lab.provider} cluster {lab.cluster}")
 
 
 def _exists_check(lab: Lab, tool: str):
@@ -103,6 +112,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return f"created kind cluster {lab.cluster}"
 
     def check_running(ctx):
+        _require_cluster(ctx, lab)
         stopped = [n for n, state in _kind_nodes(ctx).items() if state != "running"]
         if stopped:
             return change(f"start stopped node containers {', '.join(sorted(stopped))}")
@@ -259,6 +269,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         return f"created kwok cluster {lab.cluster}"
 
     def check_running(ctx):
+        _require_cluster(ctx, lab)
         try:
             ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
                         "get", "--raw", "/readyz"], timeout=10)
@@ -303,6 +314,8 @@ def _context_step(lab: Lab, read_source) -> Step:
         return kubeconfig.context_entries(read_source(ctx), lab.context)
 
     def check(ctx):
+        if lab.provider in CLUSTER_TOOL:
+            _require_cluster(ctx, lab)
         if kubeconfig.has_entries(lab.kubeconfig, entries(ctx)):
             return ok(f"context {lab.context} in {lab.kubeconfig}")
         return change(f"add context {lab.context} to {lab.kubeconfig} (current context unchanged)")
@@ -322,7 +335,16 @@ def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
             done += "; " + ctx.kube.wait_namespace_ready("kube-system", timeout=lab.timeout, say=ctx.say)
         return done
 
-    return Step(f"nodes of {lab.context} Ready", lambda ctx: ok(), wait=wait)
+    def check(ctx):
+        from .core.kube import node_ready  # the kubernetes client is slow to import: only when used
+
+        nodes = ctx.kube.core.list_node().items
+        ready = [n for n in nodes if node_ready(n)]
+        if len(ready) >= want and len(ready) == len(nodes):
+            return ok(f"{len(ready)}/{len(nodes)} nodes Ready")
+        return unknown(f"{want} Ready node(s); {len(ready)} of {len(nodes)} are")
+
+    return Step(f"nodes of {lab.context} Ready", check, wait=wait)
 
 
 def existing_steps(lab: Lab) -> list[Step]:

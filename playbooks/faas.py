@@ -19,7 +19,7 @@ from .core import kyaml
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.resources import applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok, skip
+from .core.steps import Step, StepFailed, action, change, ok, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
@@ -156,16 +156,18 @@ def openfaas_release(lab: Lab) -> Release:
 def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
     """Namespaces, the local registry (kind), the OpenFaaS release, the gateway Ready."""
     release = release or openfaas_release(lab)
-    def license_note(ctx):
-        marker = lab.home / "openfaas-license-noted"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(LICENSE_NOTE)
-            return ok(f"note: {LICENSE_NOTE}")
-        return ok("licence noted before")
+    marker = lab.home / "openfaas-license-noted"
+
+    def licence_noted(ctx):
+        return ok("licence noted before") if marker.exists() else change(f"note: {LICENSE_NOTE}")
+
+    def note_licence(ctx):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(LICENSE_NOTE)
+        return f"note: {LICENSE_NOTE}"
 
     namespace = applied(f"namespace {FN_NAMESPACE}", lab, _fn_namespace)
-    return [Step("OpenFaaS CE licence", license_note), namespace, *registry_steps(lab),
+    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry_steps(lab),
             *release_steps(lab, release)]
 
 
@@ -251,7 +253,7 @@ def invoke_steps(lab: Lab, data: str) -> list[Step]:
                          timeout=60).stdout
         return f"{FUNCTION}({data!r}) -> {out.rstrip(chr(10))!r}"
 
-    return [Step(f"invoke {FUNCTION}", check, wait=call)]
+    return [action(f"invoke {FUNCTION}", call, check=check)]
 
 
 def remove_steps(lab: Lab) -> list[Step]:

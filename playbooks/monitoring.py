@@ -20,7 +20,7 @@ from . import cluster as cluster_play, probes
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok, skip
+from .core.steps import Step, StepFailed, action, change, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "helm-values" / "kube-prometheus-stack.yaml"
@@ -125,7 +125,10 @@ def serving_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
     """Until both Services have a ready endpoint: the operator makes Prometheus only after the release."""
     def check(ctx):
         reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
-        return skip(reason) if reason else ok()
+        if reason:
+            return skip(reason)
+        missing = [s for s in (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if not ctx.kube.ready_endpoints(namespace, s)]
+        return unknown(f"ready endpoints for {', '.join(missing)}") if missing else ok()
 
     def wait(ctx):
         from .core.kube import Verdict, explain
@@ -189,9 +192,9 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
             return poll_until_healthy(lambda: _grafana_problems(base), min(lab.timeout, 120.0), ctx.say,
                                       what="Grafana")
 
-    return [Step("monitoring services have ready endpoints", lambda ctx: ok(), wait=endpoints),
-            Step("prometheus targets up", http_check, wait=targets),
-            Step("grafana healthy", http_check, wait=health)]
+    return [action("monitoring services have ready endpoints", endpoints),
+            action("prometheus targets up", targets, check=http_check),
+            action("grafana healthy", health, check=http_check)]
 
 
 def _target_problems(base: str) -> tuple[list[str], str]:

@@ -7,7 +7,7 @@ from . import probes
 from .core import kyaml
 from .core.resources import absent, applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import Step, StepFailed, action, change, ok
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
@@ -65,7 +65,7 @@ def verify_steps(lab: Lab) -> list[Step]:
             raise StepFailed(f"{url} answered {status} without the nginx welcome page")
         return f"{url} serves the nginx welcome page ({want} replicas)"
 
-    return [Step("nginx answers", lambda ctx: ok(), wait=verify)]
+    return [action("nginx answers", verify)]
 
 
 def delete_steps(lab: Lab) -> list[Step]:

@@ -13,7 +13,7 @@ from . import cluster as cluster_play
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.portforward import forwarded
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, ok, skip
+from .core.steps import Step, StepFailed, action, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY_REPO = ("kuberay", "https://ray-project.github.io/kuberay-helm/")
@@ -41,7 +41,11 @@ def install_steps(lab: Lab) -> list[Step]:
 
     def check_operator(ctx):
         reason = cluster_play.operator_unavailable(lab, "ray-operator")
-        return skip(reason) if reason else ok()
+        if reason:
+            return skip(reason)
+        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items
+                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):
         ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
@@ -103,7 +107,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
                              "follow_note": "with `invoke ray.dashboard` running in another terminal"})
 
-    return [Step("crawler job on Ray", check, wait=submit)]
+    return [action("crawler job on Ray", submit, check=check)]
 
 
 def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:

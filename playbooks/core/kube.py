@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from .steps import StepFailed, WaitTimeout
+from .steps import MissingPrerequisite, StepFailed, WaitTimeout
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -141,8 +141,9 @@ class Kube:
         try:
             self.api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
         except config.ConfigException as exc:
-            raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
-                             "create the cluster first (invoke cluster.create)") from None
+            raise MissingPrerequisite(f"the cluster of context {context}",
+                                      f"context {context!r} not found in {kubeconfig}: {exc}; "
+                                      "create the cluster first (invoke cluster.create)") from None
         self.cancel = threading.Event()  # set by interrupt(): Ctrl-C ends every wait at once
         self._waiting: set[queue.Queue] = set()
         self.core = client.CoreV1Api(self.api)

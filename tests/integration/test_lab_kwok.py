@@ -39,8 +39,30 @@ def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchang
     assert "kind clusters" in skipped["registry kind-registry running"]
 
     again = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
-    assert [o.step for o in again if o.status == "changed"] == [], play.output
+    assert [o.step for o in again if o.status == "changed" and not o.action] == [], play.output
+    assert [o.step for o in again if o.status == "changed"] == ["nginx answers"]  # it verifies every time
+    assert "changed=1 (1 action)" in play.output
     assert not [o for o in again if o.status == "failed"]
+
+
+def test_check_on_a_cluster_not_made_yet_claims_nothing_and_changes_nothing(play, testbed, tmp_path):
+    fresh = replace(testbed, cluster=f"{testbed.cluster}-fresh", charts=OFFLINE, home=tmp_path / "home",
+                    kubeconfig=tmp_path / "kubeconfig")
+    outcomes = play(lab_play.all_steps(fresh, list(lab_play.PARTS)), check_mode=True, lab=fresh)
+    claims = {o.step: (o.status, o.detail) for o in outcomes}
+    for step, (status, detail) in claims.items():
+        honest = (status == "unknown" and detail.startswith("needs ")
+                  or status == "changed" and detail.startswith(("would change", "would run"))
+                  or status == "skipped" and ("kind" in detail or "no containers" in detail))
+        assert honest, f"{step}: {status} {detail}\n{play.output}"
+    assert claims["kwok cluster " + fresh.cluster][0] == "changed"
+    assert claims["nginx deployment and service"] == ("unknown", f"needs the cluster of context {fresh.context}")
+    assert claims["nginx answers"] == ("changed", "would run")
+    # nothing was made: no cluster, no files, no context
+    listed = subprocess.run([str(testbed.tools_dir / "kwokctl"), "get", "clusters"], capture_output=True,
+                            text=True).stdout.split()
+    assert fresh.cluster not in listed
+    assert not fresh.home.exists() and not fresh.kubeconfig.exists()
 
 
 def test_status_shows_nodes_releases_and_ready_pods(play, offline_lab):

@@ -123,6 +123,6 @@ def test_login_sends_the_password_on_stdin_never_argv(env):
 def test_invoke_prints_the_functions_answer(env):
     lab, calls = env
     step = faas.invoke_steps(lab, "Hello World")[0]
-    detail = step.wait(ctx_for(lab, FakeKube()))
+    detail = step.apply(ctx_for(lab, FakeKube()))
     assert "'dlroW olleH'" in detail
     assert calls()[0]["argv"] == ["invoke", "reverse", "--gateway", "http://127.0.0.1:31112"]

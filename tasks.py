@@ -10,8 +10,11 @@ from invoke.exceptions import Exit
 from playbooks import cluster as cluster_play
 from playbooks import compare as compare_play
 from playbooks import doctor as doctor_play
+from playbooks import engine as engine_play
+from playbooks import images as images_play
 from playbooks import faas as faas_play
 from playbooks import lab as lab_play
+from playbooks.lab import chain
 from playbooks import monitoring as monitoring_play
 from playbooks import nginx as nginx_play
 from playbooks import ray as ray_play
@@ -20,7 +23,7 @@ from playbooks.core.cli import COMMON_HELP, console, lab_for, make_context, play
 from playbooks.core.settings import SettingsError, forget_lab, parse_count, remember_lab
 from playbooks.core.steps import StepFailed
 
-PLAY_FLAGS = "provider name context check verbose host timeout"
+PLAY_FLAGS = "provider name context check verbose host timeout offline"
 
 
 def h(names=PLAY_FLAGS, **extra):
@@ -33,18 +36,20 @@ def play_task(title, steps, doc, after=None, checkable=True):
 
     checkable=False for read-only plays (verify): they have nothing to dry-run.
     """
-    def run(c, provider=None, name=None, context=None, check=False, verbose=False, host=None, timeout=None):
+    def run(c, provider=None, name=None, context=None, check=False, verbose=False, host=None, timeout=None,
+            offline=False):
         lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                      host=host, timeout=timeout)
+                      host=host, timeout=timeout, offline=offline)
         play(lab, title, steps(lab), after=after)
 
-    def run_read_only(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None):
-        run(c, provider, name, context, False, verbose, host, timeout)
+    def run_read_only(c, provider=None, name=None, context=None, verbose=False, host=None, timeout=None,
+                      offline=False):
+        run(c, provider, name, context, False, verbose, host, timeout, offline)
 
     body = run if checkable else run_read_only
     body.__doc__ = doc
     body.__name__ = title.replace(".", "_")
-    return task(body, help=h() if checkable else h("provider name context verbose host timeout"))
+    return task(body, help=h() if checkable else h("provider name context verbose host timeout offline"))
 
 
 # --- cluster ---------------------------------------------------------------
@@ -78,10 +83,10 @@ nginx_delete = play_task(
 
 @task(help=h(replicas="how many nginx pods (default 3)"))
 def nginx_scale(c, replicas=None, provider=None, name=None, context=None, check=False, verbose=False,
-                host=None, timeout=None):
+                host=None, timeout=None, offline=False):
     """Scale nginx to --replicas (default 3) and wait until that many pods are Ready."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
+                  host=host, timeout=timeout, offline=offline)
     count = lab.replicas if replicas is None else _count(replicas, "--replicas")
     play(lab, "nginx.scale", nginx_play.scale_steps(lab, count))
 
@@ -188,10 +193,10 @@ PARTS_HELP = {"only": "comma-separated parts: nginx, monitoring, faas, ray (defa
 
 @task(name="all", help=h(**PARTS_HELP))
 def all_(c, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False, host=None,
-         timeout=None):
+         timeout=None, offline=False):
     """The whole lab: cluster, nginx x3, then monitoring, faas and ray side by side, function, crawl."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
+                  host=host, timeout=timeout, offline=offline)
     try:
         parts = lab_play.choose_parts(only, skip)
     except SettingsError as exc:
@@ -210,10 +215,10 @@ def status(c, provider=None, name=None, context=None, verbose=False, host=None):
 
 @task(help=h(cluster="delete the whole cluster instead of removing the parts one by one", **PARTS_HELP))
 def down(c, cluster=False, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False,
-         host=None, timeout=None):
+         host=None, timeout=None, offline=False):
     """Tear the lab down in reverse order (--cluster: delete the cluster); absent parts are fine."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  host=host, timeout=timeout)
+                  host=host, timeout=timeout, offline=offline)
     try:
         parts = lab_play.choose_parts(only, skip)
     except SettingsError as exc:
@@ -252,6 +257,54 @@ def compare(c, calls="20", gateway="", address="", provider=None, name=None, con
     for row in rows:
         table.add_row(*row.row())
     console.print(table)
+
+
+# --- the Docker engine and the images ----------------------------------------
+@task(help=h("check verbose"))
+def docker_start(c, check=False, verbose=False):
+    """Make a Docker engine answer: where none runs (root, apt-get), install docker.io and start dockerd."""
+    lab = lab_for(c, check=check, verbose=verbose)
+    play(lab, "docker.start", engine_play.start_steps(lab), lock=False)
+
+
+def _image_names(only: str) -> list[str]:
+    names = [n.strip() for n in only.split(",") if n.strip()] or images_play.user_images()
+    unknown = [n for n in names if n not in images_play.CATALOG]
+    if unknown:
+        raise Exit(f"error: unknown image(s) {', '.join(unknown)}; kindlab builds "
+                   f"{', '.join(images_play.CATALOG)}", code=2)
+    return names
+
+
+@task(help={"only": "comma-separated images (default: " + ", ".join(images_play.user_images()) + ")",
+            **h("check verbose")})
+def images_build(c, only="", check=False, verbose=False):
+    """Build the offline lab's images from Debian packages and Go modules (only those whose inputs changed)."""
+    lab = lab_for(c, check=check, verbose=verbose)
+    play(lab, "images.build", images_play.build_steps(lab, _image_names(only)), lock=False)
+
+
+@task(help={"all": "also the images that go into others (the node's control-plane images, Debian's base)"})
+def images_list(c, all=False):
+    """List the images kindlab builds, their references and whether they are built and up to date."""
+    from playbooks.core.commands import LocalShell
+    lab = lab_for(c)
+    console.print(_user_error(lambda: images_play.table(LocalShell(lab.tools_dir), everything=all)))
+
+
+@task(help={"source": "go (build from Go modules), release (download, SHA-256 checked) or auto",
+            **h("verbose")})
+def setup(c, source="auto", verbose=False):
+    """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images."""
+    lab = lab_for(c, verbose=verbose)
+    tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source)
+    # Where no engine can be had (no root, no apt-get), the engine and the images are
+    # skipped with the reason, and the tests that need them skip too (CI fails them).
+    engine = engine_play.start_steps(lab, optional=True)
+    # The engine starts beside the tools' Go builds; the images' Go builds wait for those.
+    builds = images_play.build_steps(lab, images_play.user_images(), after=engine[-1].name,
+                                     go_after=tools[-1].name, optional=True)
+    play(lab, "setup", [*tools, *chain(engine, None), *builds], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------
@@ -316,5 +369,7 @@ ns.add_collection(_namespace("faas", install=faas_install, login=faas_login, dep
 ns.add_collection(_namespace("ray", install=ray_install, crawl=ray_crawl, dashboard=ray_dashboard,
                              uninstall=ray_uninstall))
 ns.add_collection(_namespace("tools", install=tools_install, list=tools_list))
-for top in (all_, status, down, compare, doctor):
+ns.add_collection(_namespace("docker", start=docker_start))
+ns.add_collection(_namespace("images", build=images_build, list=images_list))
+for top in (all_, status, down, compare, doctor, setup):
     ns.add_task(top)

@@ -7,10 +7,12 @@ Three providers behind the same steps: `kind` (real nodes in Docker), `kwok`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
 
+from . import images
 from .core import daemons as daemons_, kubeconfig, kyaml
 from .core.daemons import Daemon
 from .core.commands import CommandError
@@ -31,9 +33,23 @@ KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --tes
 
 
 # --- kind ------------------------------------------------------------------
+def node_image(lab: Lab) -> str:
+    """kind's --image: the configured one, offline kindlab's own, else "" (kind's default)."""
+    if lab.node_image:
+        return lab.node_image
+    return images.reference("node") if lab.offline else ""
+
+
 def render_kind_config(lab: Lab) -> dict:
-    """The kind Cluster config with the lab's ports; mappings sit under the node."""
+    """The kind Cluster config with the lab's ports; mappings sit under the node.
+
+    With kindlab's node image, also what kubeadm must know about it: its
+    control-plane images' names and tags, and kube-proxy in nftables mode.
+    """
     config = kyaml.load(KIND_CONFIG.read_text())
+    if images.is_kindlab_node(node_image(lab)):
+        config["kubeadmConfigPatches"] = images.kubeadm_patches()
+        config.setdefault("networking", {})["kubeProxyMode"] = "nftables"
     control_plane = config["nodes"][0]
     mappings = {m["containerPort"]: m for m in control_plane["extraPortMappings"]}
     mappings[30080]["hostPort"] = lab.nginx_port
@@ -75,6 +91,15 @@ def _kind_nodes(ctx) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
+def _kind_node_images(ctx) -> set[str]:
+    """The images the lab's node containers were created from."""
+    names = list(_kind_nodes(ctx))
+    if not names:
+        return set()
+    out = ctx.sh.run(["docker", "inspect", "--format", "{{.Config.Image}}", *names]).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
 def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
     """(listen address, host port, container port) of the control-plane node as it is."""
     out = ctx.sh.run(["docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}",
@@ -88,6 +113,31 @@ def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
     return found
 
 
+def _remove_half_made(ctx, lab: Lab) -> None:
+    """Delete an unfinished kind cluster, including node containers Docker creates a moment late.
+
+    Ctrl-C ends whatever child runs at that moment, this clean-up's too, so each
+    command runs again if a signal ended it; and a `docker run` that was under way
+    when kind was interrupted can still leave its container behind just after.
+    """
+    for _ in range(3):
+        deleted = ctx.sh.run(["kind", "delete", "cluster", "--name", lab.cluster,
+                              "--kubeconfig", str(own_kubeconfig(lab))], check=False, timeout=120)
+        if deleted.returncode is not None and deleted.returncode >= 0:
+            break
+    quiet = 0
+    for _ in range(20):
+        late = list(_kind_nodes(ctx))
+        if late:
+            quiet = 0
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *late], check=False)
+        else:
+            quiet += 1
+            if quiet == 3:
+                return
+        time.sleep(0.5)
+
+
 def own_kubeconfig(lab: Lab) -> Path:
     """A kubeconfig only kind/kwokctl write to, so they never touch the user's current context."""
     path = lab.home / "kubeconfigs" / f"{lab.context}.yaml"
@@ -99,6 +149,10 @@ def kind_create_steps(lab: Lab) -> list[Step]:
     config_path = lab.home / "kind" / f"{lab.cluster}.yaml"
 
     def create(ctx):
+        image = node_image(lab)
+        if image and images.is_kindlab_node(image) and images.present_inputs(ctx.sh, image) is None:
+            raise StepFailed(f"node image {image} is not built: run `invoke images.build --only node` "
+                             "(or leave offline mode for kind's own image)")
         config = render_kind_config(lab)
         busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
                 if not port_free(m["hostPort"], m["listenAddress"])]
@@ -107,9 +161,31 @@ def kind_create_steps(lab: Lab) -> list[Step]:
                              "or choose other ports in invoke.yaml (kindlab.ports)")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        ctx.sh.run(["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
-                    "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"], timeout=lab.timeout * 2)
-        return f"created kind cluster {lab.cluster}"
+        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
+                "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"]
+        try:
+            ctx.sh.run(argv + (["--image", image] if image else []), timeout=lab.timeout * 2)
+        except BaseException:
+            # kind removes its nodes when it fails, not when it is interrupted (Ctrl-C) or
+            # timed out: a half-made cluster would pass the next run's exists check and
+            # leave it waiting for nodes that never turn Ready.
+            _remove_half_made(ctx, lab)
+            raise
+        return f"created kind cluster {lab.cluster}" + (f" from {image}" if image else "")
+
+    def check_exists(ctx):
+        if lab.cluster not in _clusters(ctx, "kind"):
+            return change(f"create kind cluster {lab.cluster}")
+        never_started = sorted(n for n, state in _kind_nodes(ctx).items() if state == "created")
+        if never_started:  # what an interrupted `kind create` can leave behind
+            return change(f"recreate kind cluster {lab.cluster}: it is half-made (node containers "
+                          f"{', '.join(never_started)} were never started)")
+        return ok(f"kind cluster {lab.cluster} exists")
+
+    def recreate(ctx):
+        if lab.cluster in _clusters(ctx, "kind"):
+            _remove_half_made(ctx, lab)
+        return create(ctx)
 
     def check_running(ctx):
         _require_cluster(ctx, lab)
@@ -123,6 +199,11 @@ def kind_create_steps(lab: Lab) -> list[Step]:
             return ok(f"warning: the cluster maps {sorted(actual)} but the config wants {sorted(wanted)}; "
                       "port mappings are fixed when a kind cluster is created: "
                       "`invoke cluster.delete` then `invoke cluster.create` to apply them")
+        image = node_image(lab)
+        running = _kind_node_images(ctx)
+        if image and running and running != {image}:
+            return ok(f"warning: the nodes run {', '.join(sorted(running))}, not {image}; a node image is "
+                      "fixed when a kind cluster is created: `invoke cluster.delete` then `invoke cluster.create`")
         return ok("node containers running")
 
     def start_nodes(ctx):
@@ -134,11 +215,56 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return ctx.sh.run(["kind", "get", "kubeconfig", "--name", lab.cluster]).stdout
 
     return [
-        Step(f"kind cluster {lab.cluster}", _exists_check(lab, "kind"), create),
+        Step(f"kind cluster {lab.cluster}", check_exists, recreate),
         Step(f"kind nodes of {lab.cluster} running", check_running, start_nodes),
         _context_step(lab, merged_context),
         _nodes_ready_step(lab, want=1 + lab.workers, system_pods=True),
     ]
+
+
+def needs_loading(lab: Lab, image: str) -> bool:
+    """Whether kindlab must put `image` into the kind nodes itself: offline, or an image it built."""
+    return lab.provider == "kind" and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
+
+
+def images_loaded_step(lab: Lab, what: str, refs: list[str]) -> Step:
+    """kind: images no registry serves here, loaded from the local engine into every node's containerd."""
+    def local_id(ctx, ref: str) -> str:
+        result = ctx.sh.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
+        if result.returncode != 0:
+            build = (f"run `invoke images.build --only {ref.split('/', 1)[1].split(':')[0]}`"
+                     if ref.startswith(f"{images.REPOSITORY}/") else f"pull or build it (`docker image ls {ref}`)")
+            raise StepFailed(f"image {ref} is not in the local Docker engine, so it cannot be loaded into the "
+                             f"kind nodes: {build}")
+        return result.stdout.strip()
+
+    def node_id(ctx, node: str, ref: str) -> str | None:
+        result = ctx.sh.run(["docker", "exec", node, "crictl", "inspecti", "-o", "json", ref], check=False)
+        if result.returncode != 0:
+            return None
+        return (json.loads(result.stdout or "{}").get("status") or {}).get("id")
+
+    def missing(ctx) -> dict[str, list[str]]:
+        nodes = sorted(_kind_nodes(ctx))
+        if not nodes:
+            raise StepFailed(f"kind cluster {lab.cluster} has no nodes: run `invoke cluster.create`")
+        return {ref: [n for n in nodes if node_id(ctx, n, ref) != wanted]
+                for ref, wanted in ((ref, local_id(ctx, ref)) for ref in refs)}
+
+    def check(ctx):
+        todo = {ref: nodes for ref, nodes in missing(ctx).items() if nodes}
+        if not todo:
+            return ok(f"{', '.join(refs)} on every node")
+        return change("; ".join(f"load {ref} into {', '.join(nodes)}" for ref, nodes in todo.items()))
+
+    def load(ctx):
+        for ref, nodes in missing(ctx).items():
+            if nodes:
+                ctx.say(f"kind load docker-image {ref}")
+                ctx.sh.run(["kind", "load", "docker-image", ref, "--name", lab.cluster, "--nodes", ",".join(nodes)],
+                           timeout=lab.timeout)
+
+    return Step(f"{what} image(s) in the kind nodes", check, load)
 
 
 # --- kwok --------------------------------------------------------------------
@@ -329,6 +455,9 @@ def _context_step(lab: Lab, read_source) -> Step:
 
 def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
     def wait(ctx):
+        # A restarted API server answers 403 to everyone until its authorizer is warm:
+        # nothing below may read the cluster before /readyz says it is ready.
+        ctx.kube.wait_api_ready(timeout=lab.timeout, say=ctx.say)
         done = ctx.kube.wait_nodes_ready(want, timeout=lab.timeout, say=ctx.say)
         ctx.kube.wait_service_account(timeout=lab.timeout, say=ctx.say)
         if system_pods:
@@ -387,7 +516,7 @@ def delete_steps(lab: Lab) -> list[Step]:
     steps = [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
              Step(f"context {lab.context} absent", check_context,
                   lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
-    return steps if kind else [kwok_operators_stopped_step(lab), *steps]
+    return steps + [_kind_leftovers_step(lab)] if kind else [kwok_operators_stopped_step(lab), *steps]
 
 
 def kwok_operators_stopped_step(lab: Lab) -> Step:
@@ -400,6 +529,42 @@ def kwok_operators_stopped_step(lab: Lab) -> Step:
             daemons_.stop(daemon)
 
     return Step(f"operators of {lab.cluster} stopped", check, apply)
+
+
+KINDLAB_LABEL = "kindlab.dev/part"  # on containers kindlab runs beside kind's (the faas registry)
+
+
+def _kind_leftovers_step(lab: Lab) -> Step:
+    """With the last kind cluster gone: kindlab's own containers, then the `kind` network, go too."""
+    def leftovers(ctx) -> tuple[list[str], list[str], list[str]]:
+        """(other kind clusters, kindlab's containers, other containers on the kind network or ["-"] if none)"""
+        others = _clusters(ctx, "kind")
+        ours = ctx.sh.run(["docker", "ps", "-a", "--filter", f"label={KINDLAB_LABEL}",
+                           "--format", "{{.Names}}"]).stdout.split()
+        result = ctx.sh.run(["docker", "network", "inspect", "--format",
+                             "{{range .Containers}}{{.Name}} {{end}}", "kind"], check=False)
+        users = [n for n in result.stdout.split() if n not in ours] if result.returncode == 0 else ["-"]
+        return others, ours, users
+
+    def check(ctx):
+        others, ours, users = leftovers(ctx)
+        if others:
+            return ok(f"other kind clusters remain ({', '.join(others)}): the kind network stays for them")
+        remove = [f"container {n}" for n in ours] + (["the kind network"] if not users else [])
+        if remove:
+            return change("remove " + ", ".join(remove))
+        if users != ["-"]:
+            return ok(f"the kind network stays: containers not of kindlab's use it ({', '.join(users)})")
+        return ok("no container or network of kindlab's left")
+
+    def remove(ctx):
+        others, ours, users = leftovers(ctx)
+        if ours:
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *ours])
+        if not others and not users:
+            ctx.sh.run(["docker", "network", "rm", "kind"])
+
+    return Step("kindlab's containers and network absent", check, remove)
 
 
 def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import toolchain
+from . import engine, images, toolchain
 from .cluster import render_kind_config
 from .core.portforward import port_free
 from .core.cli import console
@@ -65,6 +65,34 @@ def _docker(lab: Lab) -> Finding:
                        "start Docker (Desktop: open it; Linux: `sudo systemctl start docker`), "
                        "or rehearse without it: --provider kwok")
     return Finding("docker", "ok", "daemon reachable")
+
+
+def _privileged(lab: Lab, docker: Finding) -> list[Finding]:
+    """Every kind node is a --privileged container: try one (with a local image, nothing is pulled)."""
+    if lab.provider != "kind" or docker.status != "ok":
+        return []
+    problem = engine.privileged_problem(LocalShell(lab.tools_dir))
+    if problem:
+        return [Finding("docker --privileged", problem[0], problem[1], engine.CAPS_FIX)]
+    return [Finding("docker --privileged", "ok", "privileged containers start")]
+
+
+def _offline_images(lab: Lab, parts: list[str], docker: Finding) -> list[Finding]:
+    if not lab.offline or lab.provider != "kind" or docker.status != "ok":
+        return []
+    shell = LocalShell(lab.tools_dir)
+    found = []
+    for part in parts:
+        if part in images.CANNOT_BUILD:
+            found.append(Finding(f"offline {part}", "warn", images.CANNOT_BUILD[part],
+                                 f"leave it out offline: invoke all --offline --skip {part}"))
+            continue
+        for name in images.PART_IMAGES.get(part, ()):
+            built = images.current(shell, name)
+            found.append(Finding(f"image {name}", "ok" if built else "fail",
+                                 images.reference(name) + ("" if built else " not built"),
+                                 "" if built else f"invoke images.build --only {name}"))
+    return found
 
 
 def _ports(lab: Lab) -> list[Finding]:
@@ -128,7 +156,9 @@ def _inotify(lab: Lab) -> list[Finding]:
 
 
 def findings(lab: Lab, parts: list[str]) -> list[Finding]:
-    return [*_tools(lab), _docker(lab), *_ports(lab), *_resources(parts), *_inotify(lab)]
+    docker = _docker(lab)
+    return [*_tools(lab), docker, *_privileged(lab, docker), *_offline_images(lab, parts, docker), *_ports(lab),
+            *_resources(parts), *_inotify(lab)]
 
 
 def run(lab: Lab, parts_flag: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from . import images
 from .core import kyaml
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.resources import applied
@@ -85,6 +86,11 @@ def _fn_namespace() -> list[dict]:
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FN_NAMESPACE}}]
 
 
+def registry_image(lab: Lab) -> str:
+    """kindlab.images.registry, else offline the registry image kindlab built, else the pinned one."""
+    return lab.image_override("registry") or (images.reference("registry") if lab.offline else REGISTRY["image"])
+
+
 def registry_steps(lab: Lab) -> list[Step]:
     """kind's documented local registry: a container on 127.0.0.1:5001, known to every node."""
     name, port = REGISTRY["name"], REGISTRY["host_port"]
@@ -106,8 +112,13 @@ def registry_steps(lab: Lab) -> list[Step]:
         if exists:
             ctx.sh.run(["docker", "start", name])
         else:
+            image = registry_image(lab)
+            if lab.offline and images.present_inputs(ctx.sh, image) is None:
+                raise StepFailed(f"registry image {image} is not in the local Docker engine: "
+                                 "run `invoke images.build --only registry`")
             ctx.sh.run(["docker", "run", "-d", "--restart=always", "-p", f"127.0.0.1:{port}:5000",
-                        "--network", "bridge", "--name", name, REGISTRY["image"]], timeout=lab.timeout)
+                        "--label", "kindlab.dev/part=faas", "--network", "bridge", "--name", name, image],
+                       timeout=lab.timeout)
 
     def check_network(ctx):
         if not applicable(ctx):

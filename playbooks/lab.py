@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 from rich.table import Table
 
-from . import cluster, faas, monitoring, nginx, ray
+from . import cluster, faas, images, monitoring, nginx, ray
 from .core.cli import console
 from .core.settings import Lab, SettingsError
-from .core.steps import Step
+from .core.steps import Step, ok, skip
 
 PARTS = ("nginx", "monitoring", "faas", "ray")
 DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]
@@ -56,10 +56,34 @@ def part_groups(lab: Lab, crawl_args: list[str]) -> dict[str, list[Step]]:
     }
 
 
+def offline_gated(lab: Lab, part: str, steps: list[Step]) -> list[Step]:
+    """Offline, a part runs only where its images are built: a gate step decides, and
+    skips itself and every step of the part with the reason."""
+    blocked: dict[str, str] = {}
+
+    def check_gate(ctx):
+        reason = images.offline_blocker(ctx.sh, part)
+        if reason:
+            blocked["reason"] = reason
+            return skip(reason)
+        return ok(f"{part}'s images are built")
+
+    def gated(step: Step) -> Step:
+        def check(ctx):
+            if "reason" in blocked:
+                return skip(f"{part} is skipped offline")
+            return step.check(ctx)
+        return replace(step, check=check)
+
+    return [Step(f"{part} images (offline)", check_gate), *[gated(s) for s in steps]]
+
+
 def all_steps(lab: Lab, parts: list[str], crawl_args: list[str] | None = None,
               groups: Callable[[Lab, list[str]], dict[str, list[Step]]] = part_groups) -> list[Step]:
     steps = chain(cluster.create_steps(lab), None)
     by_part = groups(lab, crawl_args or ray.crawl_args(DEFAULT_CRAWL, "", 2, 200, 8))
+    if lab.offline and lab.provider == "kind":
+        by_part = {part: offline_gated(lab, part, part_steps) for part, part_steps in by_part.items()}
     base = steps[-1].name
     if "nginx" in parts:
         steps += chain(by_part["nginx"], base)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import probes
+from . import images, probes
+from .cluster import images_loaded_step, needs_loading
 from .core import kyaml
 from .core.resources import absent, applied
 from .core.settings import Lab
@@ -13,9 +14,14 @@ MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
 
 
+def image(lab: Lab) -> str:
+    """kindlab.images.nginx, else offline the image kindlab built, else kindlab.nginx.image."""
+    return lab.image_override("nginx") or (images.reference("nginx") if lab.offline else lab.nginx_image)
+
+
 def documents(lab: Lab) -> list[dict]:
     deploy = kyaml.load((MANIFESTS / "nginx-deploy.yaml").read_text())
-    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = lab.nginx_image
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = image(lab)
     service = kyaml.load((MANIFESTS / "nginx-svc.yaml").read_text())
     service["spec"]["ports"][0]["nodePort"] = 30080  # the node side of the kind port mapping
     return [deploy, service]
@@ -26,7 +32,8 @@ def _wait_rollout(lab: Lab):
 
 
 def deploy_steps(lab: Lab) -> list[Step]:
-    return [applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
+    load = [images_loaded_step(lab, "nginx", [image(lab)])] if needs_loading(lab, image(lab)) else []
+    return [*load, applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
 
 
 def scale_steps(lab: Lab, replicas: int) -> list[Step]:

@@ -71,6 +71,16 @@ ETCD_VERSION = "v3.5.35"
 RAY_OPERATOR_VERSION = "v1.6.2"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 
+# What kindlab's kind node image runs besides Kubernetes (kind v0.29.0's own node
+# image runs containerd 2.1.1 and CNI plugins 1.7.1; crictl 1.33.0 is not served
+# by the module proxy, 1.34.0 is and speaks the same CRI API).
+CONTAINERD_VERSION = "v2.1.1"
+CRICTL_VERSION = "v1.34.0"
+CNI_PLUGINS_VERSION = "v1.7.1"
+COREDNS_VERSION = "v1.12.0"  # kubeadm 1.33's default, so its image tag needs no patch
+REGISTRY_VERSION = "v3.0.0"  # distribution, the local registry of the faas part
+KINDLAB_COMPONENT_VERSION = "v0.1.0"  # kindlab's own small programs (tools/pause, tools/capdrop-runc)
+
 GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
 VERSION_TIMEOUT_S = 30
 BUILD_TIMEOUT_S = 3600
@@ -279,6 +289,63 @@ TOOLS: dict[str, ToolSpec] = {
     "kube-scheduler": _control_plane("kube-scheduler"),
 }
 
+
+
+def _containerd(name: str, version_args: tuple[str, ...] = ("--version",)) -> ToolSpec:
+    return ToolSpec(name=name, version=CONTAINERD_VERSION, version_args=version_args,
+                    go=GoBuild(package=f"github.com/containerd/containerd/v2/cmd/{name}", wrapper="containerd",
+                               stamps=(("github.com/containerd/containerd/v2/version.Version",
+                                        CONTAINERD_VERSION),)))
+
+
+def _cni_plugin(name: str, path: str) -> ToolSpec:
+    # A plugin run without CNI_COMMAND prints "CNI <name> plugin <version>".
+    return ToolSpec(name=name, version=CNI_PLUGINS_VERSION, version_args=(),
+                    go=GoBuild(package=f"github.com/containernetworking/plugins/plugins/{path}",
+                               module_query=CNI_PLUGINS_VERSION,
+                               stamps=(("github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion",
+                                        CNI_PLUGINS_VERSION),)))
+
+
+def _kube_node(name: str, version_args: tuple[str, ...] = ("--version",)) -> ToolSpec:
+    return ToolSpec(name=name, version=KUBE_VERSION, version_args=version_args,
+                    go=GoBuild(package=f"k8s.io/kubernetes/cmd/{name}", wrapper="kube-node",
+                               stamps=_kube_stamps(KUBE_VERSION)))
+
+
+# Programs kindlab builds for its own use rather than for the user's PATH: the
+# Docker runtime wrapper (playbooks/engine.py) and what goes into its images
+# (playbooks/images.py). Same machinery as TOOLS; installed into component_dir().
+COMPONENTS: dict[str, ToolSpec] = {
+    "capdrop-runc": ToolSpec(
+        name="capdrop-runc", version=KINDLAB_COMPONENT_VERSION, version_args=("--kindlab-version",),
+        go=GoBuild(package=".", wrapper="capdrop-runc", stamps=(("main.version", KINDLAB_COMPONENT_VERSION),))),
+    "pause": ToolSpec(
+        name="pause", version=KINDLAB_COMPONENT_VERSION, version_args=("--version",),
+        go=GoBuild(package=".", wrapper="pause", stamps=(("main.version", KINDLAB_COMPONENT_VERSION),))),
+    "kubeadm": _kube_node("kubeadm", ("version", "-o", "short")),
+    "kubelet": _kube_node("kubelet"),
+    "kube-proxy": _kube_node("kube-proxy"),
+    "containerd": _containerd("containerd"),
+    "ctr": _containerd("ctr"),
+    "containerd-shim-runc-v2": _containerd("containerd-shim-runc-v2", ("-v",)),
+    "crictl": ToolSpec(
+        name="crictl", version=CRICTL_VERSION, version_args=("--version",),
+        go=GoBuild(package="sigs.k8s.io/cri-tools/cmd/crictl", module_query=CRICTL_VERSION,
+                   stamps=(("sigs.k8s.io/cri-tools/pkg/version.Version", CRICTL_VERSION),))),
+    "host-local": _cni_plugin("host-local", "ipam/host-local"),
+    "loopback": _cni_plugin("loopback", "main/loopback"),
+    "ptp": _cni_plugin("ptp", "main/ptp"),
+    "portmap": _cni_plugin("portmap", "meta/portmap"),
+    "coredns": ToolSpec(
+        name="coredns", version=COREDNS_VERSION, version_args=("-version",),
+        go=GoBuild(package=".", wrapper="coredns")),  # its version is a constant in its source
+    "registry": ToolSpec(
+        name="registry", version=REGISTRY_VERSION, version_args=("--version",),
+        go=GoBuild(package="github.com/distribution/distribution/v3/cmd/registry", module_query=REGISTRY_VERSION,
+                   stamps=(("github.com/distribution/distribution/v3/version.version", REGISTRY_VERSION),))),
+}
+
 Log = Callable[[str], None]
 
 
@@ -304,6 +371,11 @@ def default_bin_dir() -> Path:
         base = Path(local) if local else Path.home() / "AppData" / "Local"
         return base / "kindlab" / "bin"
     return Path.home() / ".cache" / "kindlab" / "bin"
+
+
+def component_dir(bin_dir: Path) -> Path:
+    """Where COMPONENTS go: beside the tools, but not on the PATH kindlab gives them."""
+    return Path(bin_dir) / "components"
 
 
 def tool_path(name: str, bin_dir: Path) -> Path:
@@ -444,9 +516,14 @@ def ensure(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> 
     return True
 
 
+def spec(name: str) -> ToolSpec:
+    """The pinned spec of a tool or a component."""
+    return _spec(name)
+
+
 def _spec(name: str) -> ToolSpec:
     try:
-        return TOOLS[name]
+        return TOOLS[name] if name in TOOLS else COMPONENTS[name]
     except KeyError:
         known = ", ".join(TOOLS)
         raise ValueError(f"unknown tool {name!r}; kindlab installs: {known}") from None

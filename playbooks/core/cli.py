@@ -26,6 +26,7 @@ COMMON_HELP = {
     "verbose": "stream the tools' own output",
     "host": "run the tools on user@server over SSH instead of here",
     "timeout": "seconds to wait for readiness (default 300)",
+    "offline": "no container registry: use the images `invoke images.build` made (kind: its node image)",
 }
 console = Console(highlight=False)
 

@@ -18,6 +18,7 @@ PROVIDERS = ("kind", "kwok", "existing")
 # kind accepts cluster names that are lowercase DNS labels (its own validation
 # rejects anything else only after it has started work).
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
 class SettingsError(ValueError):
@@ -72,6 +73,13 @@ class Lab:
     # part -> a local chart (directory or .tgz) used instead of the chart repository,
     # for machines without access to the repositories (and for the tests' fixture charts)
     charts: tuple[tuple[str, str], ...] = ()
+    # Offline: no registry is reachable; the kind nodes run kindlab's node image and
+    # every part uses the images `invoke images.build` made (playbooks/images.py).
+    offline: bool = False
+    node_image: str = ""  # kind's --image; empty: kind's default (offline: kindlab's node image)
+    # part -> an image to run instead of the part's default (nginx, registry)
+    images: tuple[tuple[str, str], ...] = ()
+    debian_mirror: str = DEBIAN_MIRROR  # where `invoke images.build` gets Debian
     host: str = ""
     check_mode: bool = False
     verbose: bool = False
@@ -85,6 +93,9 @@ class Lab:
 
     def local_chart(self, part: str) -> str | None:
         return dict(self.charts).get(part)
+
+    def image_override(self, part: str) -> str | None:
+        return dict(self.images).get(part)
 
     @property
     def tools_dir(self) -> Path:
@@ -148,7 +159,7 @@ def remember_lab(lab: Lab) -> None:
     path = _state_file(lab.home)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provider": lab.provider, "cluster": lab.cluster,
-                                "context": lab.existing_context}))
+                                "context": lab.existing_context, "offline": lab.offline}))
 
 
 def forget_lab(lab: Lab) -> None:
@@ -184,15 +195,19 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
     provider = flags.get("provider") or os.environ.get("KINDLAB_PROVIDER") or cfg.get("provider") or ""
     cluster = flags.get("name") or cfg.get("cluster") or ""
     context = flags.get("context") or cfg.get("context") or ""
+    offline = bool(flags.get("offline") or cfg.get("offline"))
     if not provider:
         provider = remembered.get("provider") or "kind"
         if not cluster and remembered.get("provider") == provider:
             cluster = remembered.get("cluster") or ""
             context = context or remembered.get("context") or ""
+            # a cluster made offline runs kindlab's images: so do the parts installed on it
+            offline = offline or bool(remembered.get("offline"))
     kw = cfg.get("kwok") or {}
     ports = cfg.get("ports") or {}
     retries = cfg.get("retries") or {}
     nginx = cfg.get("nginx") or {}
+    kind = cfg.get("kind") or {}
     kubeconfig = flags.get("kubeconfig") or cfg.get("kubeconfig")
     bin_dir = cfg.get("bin_dir")
     lab = Lab(
@@ -218,6 +233,10 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         retry_initial=float(retries.get("initial", 1.0)),
         retry_max=float(retries.get("max", 20.0)),
         charts=tuple(sorted((str(k), str(v)) for k, v in (cfg.get("charts") or {}).items() if v)),
+        offline=offline,
+        node_image=str(kind.get("node_image") or ""),
+        images=tuple(sorted((str(k), str(v)) for k, v in (cfg.get("images") or {}).items() if v)),
+        debian_mirror=str(cfg.get("debian_mirror") or DEBIAN_MIRROR),
         host=flags.get("host") or "",
         check_mode=bool(flags.get("check")),
         verbose=bool(flags.get("verbose")),

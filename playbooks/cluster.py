@@ -22,6 +22,9 @@ from .core.steps import MissingPrerequisite, Step, StepFailed, change, ok, unkno
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
+# What the cluster itself needs before any part, roughly (doctor): a kind control plane.
+CLUSTER_MEMORY_MIB, CLUSTER_CPUS = 2048, 1.0
+CLUSTER_IMAGES = ("node",)  # offline: kindlab's node image
 KWOK_STAGES = ROOT / "manifests" / "kwok" / "stages.yaml"
 KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --testbed`
     "--kube-apiserver-binary": "kube-apiserver",
@@ -224,7 +227,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
 
 def needs_loading(lab: Lab, image: str) -> bool:
     """Whether kindlab must put `image` into the kind nodes itself: offline, or an image it built."""
-    return lab.provider == "kind" and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
+    return lab.can.docker_nodes and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
 
 
 def images_loaded_step(lab: Lab, what: str, refs: list[str]) -> Step:
@@ -339,7 +342,7 @@ def operator_unavailable(lab: Lab, tool: str) -> str | None:
     Only the simulated cluster knows beforehand: its operators are local
     binaries. Elsewhere the operator is the chart's own pod, judged by its wait.
     """
-    if lab.provider != "kwok" or (lab.tools_dir / tool).exists():
+    if not lab.can.local_operators or (lab.tools_dir / tool).exists():
         return None
     return (f"{tool} is not installed in {lab.tools_dir}, so on the simulated cluster nothing turns this "
             f"part's custom resources into pods: `invoke tools.install --testbed --only {tool}`, "
@@ -491,12 +494,11 @@ def create_steps(lab: Lab) -> list[Step]:
 
 
 def delete_steps(lab: Lab) -> list[Step]:
-    if lab.provider == "existing":
+    if not lab.can.creates_clusters:
         return [Step(f"context {lab.context}",
                      lambda ctx: ok("an existing cluster is not kindlab's to delete; "
                                     "use `invoke down` to remove the lab's parts"))]
-    kind = lab.provider == "kind"
-    tool = "kind" if kind else "kwokctl"
+    tool = CLUSTER_TOOL[lab.provider]
 
     def check(ctx):
         if lab.cluster in _clusters(ctx, tool):
@@ -516,7 +518,9 @@ def delete_steps(lab: Lab) -> list[Step]:
     steps = [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
              Step(f"context {lab.context} absent", check_context,
                   lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
-    return steps + [_kind_leftovers_step(lab)] if kind else [kwok_operators_stopped_step(lab), *steps]
+    if lab.can.docker_nodes:
+        return [*steps, _kind_leftovers_step(lab)]
+    return [kwok_operators_stopped_step(lab), *steps]
 
 
 def kwok_operators_stopped_step(lab: Lab) -> Step:
@@ -579,12 +583,12 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
         rows.append((f"node {node.metadata.name}",
                      f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "
                      f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
-    if lab.provider == "kwok":
+    if lab.can.local_operators:
         for daemon in kwok_operators(lab):
             pid = daemons_.running_pid(daemon)
             rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
                          f"not running: `invoke cluster.create --provider kwok` starts it ({daemons_.last_lines(daemon, 1)})"))
-    if lab.provider == "kind":
+    if lab.can.docker_nodes:
         for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']}"))
     return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 from . import images, probes
 from .cluster import images_loaded_step, needs_loading
 from .core import kyaml
+from .core.part import Part
 from .core.resources import absent, applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, change, ok
@@ -54,7 +55,7 @@ def verify_steps(lab: Lab) -> list[Step]:
     def verify(ctx):
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         want = dep.spec.replicas or 0
-        if lab.provider == "kwok":
+        if not lab.can.runs_containers:
             ready = ctx.kube.ready_endpoints(NAMESPACE, "nginx")
             if ready != want:
                 raise StepFailed(f"service nginx has {ready} ready endpoint(s), want {want}: "
@@ -77,3 +78,14 @@ def verify_steps(lab: Lab) -> list[Step]:
 
 def delete_steps(lab: Lab) -> list[Step]:
     return [absent("nginx deployment and service absent", lab, lambda: documents(lab))]
+
+
+PART = Part(
+    name="nginx", namespaces=(NAMESPACE,), install=deploy_steps, uninstall=delete_steps,
+    help=("Apply the nginx Deployment and NodePort Service and wait for the rollout.",
+          "Delete the nginx Deployment and Service (absent is fine)."),
+    use=lambda lab: scale_steps(lab, lab.replicas) + verify_steps(lab),
+    addresses=lambda lab: [("nginx", f"http://{lab.listen_address}:{lab.nginx_port}", "")],
+    status=lambda lab, kube: [("nginx endpoints", f"{kube.ready_endpoints(NAMESPACE, 'nginx')} ready")],
+    memory_mib=128, requests=(150, 96), tools=("kubectl",), images=("nginx",),  # 3 x 50m / 32Mi
+    task_names=("deploy", "delete"))

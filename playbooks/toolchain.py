@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from .core.settings import default_bin_dir  # the tool cache's place: one definition
+
 LAB_TOOLS = ("kind", "kubectl", "helm", "faas-cli")
 TESTBED_TOOLS = (
     "kwok",
@@ -373,18 +375,6 @@ def _on_windows() -> bool:
 def exe_name(name: str) -> str:
     """The file name of tool `name` on this OS (`kubectl.exe` on Windows)."""
     return name + ".exe" if _on_windows() else name
-
-
-def default_bin_dir() -> Path:
-    """Where kindlab keeps its tools: $KINDLAB_BIN_DIR, else a per-user cache folder."""
-    override = os.environ.get("KINDLAB_BIN_DIR")
-    if override:
-        return Path(override).expanduser()
-    if _on_windows():
-        local = os.environ.get("LOCALAPPDATA")
-        base = Path(local) if local else Path.home() / "AppData" / "Local"
-        return base / "kindlab" / "bin"
-    return Path.home() / ".cache" / "kindlab" / "bin"
 
 
 def component_dir(bin_dir: Path) -> Path:

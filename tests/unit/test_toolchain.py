@@ -104,9 +104,10 @@ def test_default_bin_dir_honours_the_environment_override(monkeypatch, tmp_path)
 
 def test_default_bin_dir_is_a_per_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("KINDLAB_BIN_DIR", raising=False)
-    monkeypatch.setattr(toolchain, "_on_windows", lambda: False)
+    from playbooks.core import settings
+    monkeypatch.setattr(settings, "_on_windows", lambda: False)
     assert toolchain.default_bin_dir() == Path.home() / ".cache" / "kindlab" / "bin"
-    monkeypatch.setattr(toolchain, "_on_windows", lambda: True)
+    monkeypatch.setattr(settings, "_on_windows", lambda: True)
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path))
     assert toolchain.default_bin_dir() == tmp_path / "kindlab" / "bin"
 

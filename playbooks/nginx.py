@@ -13,6 +13,7 @@ from .core.steps import Step, StepFailed, action, change, ok
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
+POD_CPU_M = 50  # what each nginx pod requests (manifests/nginx-deploy.yaml)
 
 
 def image(lab: Lab) -> str:
@@ -37,12 +38,35 @@ def deploy_steps(lab: Lab) -> list[Step]:
     return [*load, applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
 
 
+def room_for(kube, cpu_m: int) -> int:
+    """How many more pods requesting `cpu_m` millicores the nodes can schedule (pod slots and CPU)."""
+    from .ray import quantity  # one reader of Kubernetes quantities
+
+    pods = kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+    room = 0
+    for node in kube.core.list_node().items:
+        if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
+            continue
+        mine = [p for p in pods if p.spec.node_name == node.metadata.name]
+        used = sum(quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
+                   for p in mine for c in p.spec.containers)
+        alloc = node.status.allocatable or {}
+        slots = int(alloc.get("pods", "0")) - len(mine)
+        by_cpu = (quantity(alloc.get("cpu", "0"), "m") - used) // cpu_m if cpu_m else slots
+        room += max(0, min(slots, by_cpu))
+    return room
+
+
 def scale_steps(lab: Lab, replicas: int) -> list[Step]:
     def check(ctx):
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         if dep.spec.replicas == replicas:
             return ok(f"nginx has {replicas} replica(s)")
-        return change(f"scale nginx {dep.spec.replicas} -> {replicas}")
+        more = replicas - (dep.spec.replicas or 0)
+        room = room_for(ctx.kube, POD_CPU_M) if more > 0 else more
+        warning = (f"; warning: the nodes have room for {room} more nginx pod(s) ({POD_CPU_M}m CPU each), "
+                   f"so {more - room} will stay Pending" if more > room else "")
+        return change(f"scale nginx {dep.spec.replicas} -> {replicas}{warning}")
 
     def scale(ctx):
         ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,

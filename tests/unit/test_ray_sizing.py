@@ -18,7 +18,7 @@ def test_quantities_are_read_as_kubernetes_writes_them(value, unit, expected):
 
 def node(name, cpu, memory, taints=()):
     return NS(metadata=NS(name=name), spec=NS(taints=[NS(effect=t) for t in taints]),
-              status=NS(allocatable={"cpu": cpu, "memory": memory}))
+              status=NS(allocatable={"cpu": cpu, "memory": memory, "pods": "110"}))
 
 
 def pod(namespace, node_name, cpu, memory):
@@ -66,3 +66,19 @@ def test_a_node_too_small_for_ray_does_not_fit_and_the_step_says_by_how_much(mon
     with pytest.raises(StepFailed, match=r"does not fit: head and worker 50m CPU / 768Mi each \(free for "
                                          r"Ray: 150m CPU / 1748Mi .*at least 250m CPU / 768Mi"):
         ray.sizing_step(NS(), {}).check(NS(kube=small))
+
+
+def test_scaling_nginx_beyond_what_the_nodes_can_schedule_is_warned_about_first():
+    from playbooks import nginx
+    from playbooks.core.settings import Lab
+
+    pods = CONTROL_PLANE + [pod("default", "cloud-hw-control-plane", "50m", "32Mi")] * 3
+    kube = fake_kube([KIND_NODE], pods)
+    kube.apps = NS(read_namespaced_deployment=lambda name, ns: NS(spec=NS(replicas=3)))
+    assert nginx.room_for(kube, 50) == 20  # (2000m - 850m - 150m) / 50m
+    step = nginx.scale_steps(Lab(), 40)[0]
+    result = step.check(NS(kube=kube))
+    assert result.state == "change"
+    assert "warning: the nodes have room for 20 more nginx pod(s) (50m CPU each), so 17 will stay Pending" \
+        in result.detail
+    assert "warning" not in nginx.scale_steps(Lab(), 10)[0].check(NS(kube=kube)).detail

@@ -1,8 +1,8 @@
-"""kindlab's web crawler: breadth-first, one visited set, fetches in threads or Ray tasks.
+"""kindlab's web crawler: a streaming breadth-first frontier, fetches in an event loop or Ray actors.
 
-`python -m crawler --help` for the command line; crawler.jobs submits a crawl
-to a Ray cluster through the Jobs API. Only the standard library is needed,
-plus Ray for --ray.
+`kindlab-crawl --help` (or `python -m crawler --help`) for the command line;
+crawler.jobs submits a crawl to a Ray cluster through the Jobs API. It needs
+aiohttp, which ray[default] brings, and Ray for --ray.
 """
 
 from .crawl import Crawl, CrawlConfig, CrawlError, crawl

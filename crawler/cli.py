@@ -1,9 +1,10 @@
-"""python -m crawler URL [URL ...] --prefix P --depth N --max-pages M --concurrency C --json OUT [--ray | --local]"""
+"""kindlab-crawl (or python -m crawler) URL [URL ...] --prefix P --depth N --max-pages M --concurrency C --json OUT [--ray | --local]"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -34,15 +35,17 @@ _non_negative_float = _number(float, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    command = os.path.basename(sys.argv[0])
     parser = argparse.ArgumentParser(
-        prog="python -m crawler",
+        prog="python -m crawler" if command in ("__main__.py", "") else command,
         description="Crawl the pages under a URL prefix, breadth-first, each URL fetched at most once.",
     )
     parser.add_argument("urls", nargs="+", metavar="URL", help="start URLs (depth 0)")
     parser.add_argument("--prefix", help="only URLs starting with this are crawled (default: each start URL's directory)")
     parser.add_argument("--depth", type=_non_negative_int, default=2,
                         help="link hops from a start URL; pages at this depth are fetched, their links not followed (default 2)")
-    parser.add_argument("--max-pages", type=_positive_int, default=1000, help="fetch at most this many URLs (default 1000)")
+    parser.add_argument("--max-pages", type=_positive_int, default=1000, help="fetch at most this many URLs, the shallowest; a crawl this cuts short says so "
+                             "(default 1000)")
     parser.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight, at most (default 16)")
     parser.add_argument("--per-host", type=_positive_int, default=8, help="requests in flight to one host, at most (default 8)")
     parser.add_argument("--delay", type=_non_negative_float, default=0.0,
@@ -53,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-agent", default=FetchOptions.user_agent)
     parser.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--ray", action="store_true", help="fetch in Ray tasks (joins RAY_ADDRESS, or starts a local Ray)")
-    mode.add_argument("--local", action="store_true", help="fetch in threads in this process (the default)")
+    mode.add_argument("--ray", action="store_true",
+                      help="fetch in Ray actors (joins RAY_ADDRESS, or starts a local Ray)")
+    mode.add_argument("--local", action="store_true", help="fetch in an event loop in this process (the default)")
     parser.add_argument("--ray-address", help="Ray cluster to join in --ray mode (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="URLs per Ray task (default 16)")
+    parser.add_argument("--fetchers", type=_positive_int, default=2,
+                        help="Ray fetcher actors in --ray mode, each with its share of --concurrency (default 2)")
     parser.add_argument("--emit-result", action="store_true",
                         help="print the result on stdout in marked lines, for crawler.jobs to read from a Ray job log")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,11 +99,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ray:
         from .executors import RayExecutor
 
-        executor = RayExecutor(batch_size=args.batch_size, address=args.ray_address)
+        executor = RayExecutor(fetchers=args.fetchers, address=args.ray_address)
     else:
-        from .executors import ThreadExecutor
+        from .executors import AsyncExecutor
 
-        executor = ThreadExecutor(config.concurrency)
+        executor = AsyncExecutor()
     try:
         result = crawl.run(executor)
     finally:
@@ -106,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if progress is not None:
             progress.finish()
     result["config"]["mode"] = "ray" if args.ray else "local"
+    result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

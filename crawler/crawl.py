@@ -1,17 +1,26 @@
-"""The crawl driver: the frontier, the visited set and politeness live here, in one process.
+"""The crawl driver: the frontier, the URLs already known and politeness live here, in one process.
 
-Breadth-first by depth: every URL at depth d is fetched before any at d + 1,
-so each page gets its shortest hop count from a start URL and --max-pages
-keeps the shallowest pages. Fetching and parsing run elsewhere (threads or Ray
-tasks, see executors.py); only the driver decides what is requested, so no URL
-is requested twice however many workers there are.
+The frontier streams: a page's links enter it as soon as the page is parsed,
+and the shallowest URL waiting is dispatched first, so no depth waits for the
+slowest page of the one before. Depth stays exact all the same: a URL first
+found deep and later found shallower takes the shallower depth, and whatever
+was found through it moves up with it (its links are followed when the new
+depth allows). Fetching and parsing run elsewhere (an event loop, threads or
+Ray actors, see executors.py); only the driver decides what is requested, so
+no URL is requested twice however many fetchers there are.
+
+--max-pages keeps the shallowest pages, as a crawl level by level would. Two
+rules hold back a URL at depth d, and only they do: while a page at depth
+d - 2 or less is still waiting or in flight (its links could be shallower than
+d), and while the requests left are no more than the URLs shallower than d
+still waiting or in flight (each may redirect and need one more).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -40,35 +49,42 @@ class CrawlConfig:
 
 
 class Executor(Protocol):
-    batch_size: int
+    """Where fetches run. start() returns at once; finished() hands back results as they come."""
 
-    def submit(self, urls: Sequence[str], options: FetchOptions, threads: int) -> Future: ...
+    def start(self, urls: Sequence[str], options: FetchOptions) -> None: ...
+
+    def finished(self, timeout: Optional[float]) -> list[FetchResult]:
+        """Results of started URLs, at least one unless `timeout` seconds pass first."""
+        ...
 
 
 class CrawlError(ValueError):
     """A crawl that cannot start, with the reason in words."""
 
 
-@dataclass
-class _Task:
+WAITING, IN_FLIGHT, DONE = "waiting", "in flight", "done"
+
+
+@dataclass(eq=False)
+class _Node:
+    """One URL the crawl knows, from discovery to its outcome."""
+
     url: str
-    depth: int
+    depth: int  # the fewest link hops from a start URL found so far
     start: str
     found_on: Optional[str]
     origin: str  # the URL that began this redirect chain
-    hops: int = 0
-    order: int = 0
-
-
-@dataclass
-class _Batch:
-    tasks: list[_Task]
-    queue: "_HostQueue"
+    hops: int = 0  # redirects that led here
+    state: str = WAITING
+    outcome: str = ""  # page | broken | redirect | non_html, once done
+    status: Optional[int] = None
+    error: Optional[str] = None
+    links: list[str] = field(default_factory=list)  # a page's links; a redirect's target
 
 
 @dataclass
 class _HostQueue:
-    pending: deque = field(default_factory=deque)
+    waiting: list = field(default_factory=list)  # heap of (depth, order, node); stale entries skipped
     in_flight: int = 0
     next_start: float = 0.0
     delay_s: float = 0.0
@@ -94,31 +110,36 @@ class Crawl:
         if config.respect_robots:
             self._robots = robots or RobotsRules(lambda url: fetch_text(url, config.fetch), config.fetch.user_agent)
         self._executor: Optional[Executor] = None  # given to run()
-        self._visited: set[str] = set()
+        self._nodes: dict[str, _Node] = {}
+        self._ignored: set[str] = set()  # out of scope, binary or blocked by robots.txt: checked once
         self._hosts: dict[str, _HostQueue] = {}
-        self._in_flight: dict[Future, _Batch] = {}
-        self._slots_in_use = 0
+        self._active: Counter = Counter()  # depth -> URLs waiting or in flight at that depth
+        self._in_flight = 0
+        self._dispatched = 0
+        self._deepest = 0
         self._order = 0
-        self.pages: list[dict] = []
-        self.broken: list[dict] = []
+        self._outcomes: Counter = Counter()  # for progress: page, broken, ... so far
         self.counts = {"fetched": 0, "requests": 0, "redirects": 0, "non_html": 0, "blocked_by_robots": 0}
-        self._depth = 0
 
     # -- the crawl ----------------------------------------------------------
 
     def run(self, executor: Executor) -> dict:
         self._executor = executor
         began = time.monotonic()
-        level = [self._task(url, 0, start=url, found_on=None) for url in self._starts if self._admissible(url)]
-        for depth in range(self.config.max_depth + 1):
-            if not level:
-                break
-            self._depth = depth
-            pages = self._fetch_level(level)
-            if depth < self.config.max_depth:
-                level = self._next_level(pages, depth + 1)
-        wall_s = time.monotonic() - began
-        return self._result(wall_s)
+        for url in self._starts:
+            self._offer(url, 0, start=url, found_on=None)
+        while self._in_flight or (self._waiting() and self._budget_left() > 0):
+            self._dispatch()
+            if not self._in_flight:  # only per-host delays hold the waiting URLs back
+                time.sleep(max(0.0, self._next_dispatch_at() - time.monotonic()))
+                continue
+            timeout = None
+            if self._delayed_queues():
+                timeout = max(0.0, self._next_dispatch_at() - time.monotonic())
+            for result in executor.finished(timeout):
+                self._complete(result)
+            self._report_progress()
+        return self._result(time.monotonic() - began)
 
     def _check_starts(self) -> list[str]:
         """The start URLs, normalized, each once (a repeated start is crawled once)."""
@@ -137,20 +158,61 @@ class Crawl:
             starts.setdefault(url)
         return list(starts)
 
-    def _next_level(self, pages: list[tuple[_Task, FetchResult]], depth: int) -> list[_Task]:
-        tasks = []
-        for parent, result in pages:
-            for url in result.links:
-                if self._budget_left() <= 0:
-                    return tasks
-                if url in self._visited or not in_scope(url, self._prefixes) or looks_binary(url):
-                    continue
-                if self._admissible(url):
-                    tasks.append(self._task(url, depth, start=parent.start, found_on=parent.url))
-        return tasks
+    # -- the frontier: what is known, at which depth ----------------------------
 
-    def _budget_left(self) -> int:
-        return self.config.max_pages - len(self._visited)
+    def _offer(self, url: str, depth: int, start: str, found_on: Optional[str],
+               redirected_from: Optional[_Node] = None) -> None:
+        """A URL found at `depth`: new ones join the frontier, known ones may move up."""
+        node = self._nodes.get(url)
+        if node is not None:
+            if depth < node.depth:
+                self._move_up(node, depth, start, found_on)
+            return
+        if depth > self.config.max_depth or url in self._ignored:
+            return
+        if not in_scope(url, self._prefixes) or looks_binary(url) or not self._admissible(url):
+            self._ignored.add(url)
+            return
+        node = _Node(url, depth, start, found_on, origin=url)
+        if redirected_from is not None:
+            node.origin, node.hops = redirected_from.origin, redirected_from.hops + 1
+        self._nodes[url] = node
+        self._active[depth] += 1
+        self._push(node)
+
+    def _move_up(self, node: _Node, depth: int, start: str, found_on: Optional[str]) -> None:
+        """A shorter path to a known URL: it takes the shallower depth, and so does all found through it."""
+        if node.state != DONE:
+            self._active[node.depth] -= 1
+            self._active[depth] += 1
+        node.depth, node.start, node.found_on = depth, start, found_on
+        if node.state == WAITING:
+            self._push(node)  # the entry at the old depth goes stale
+        elif node.state == DONE:
+            self._follow(node)
+        # in flight: its outcome is read at the new depth when it comes
+
+    def _follow(self, node: _Node) -> None:
+        """Offer what a fetched URL leads to: a page's links, one hop on; a redirect's target, at its depth."""
+        if node.outcome == "redirect":
+            self._offer(node.links[0], node.depth, node.start, node.found_on, redirected_from=node)
+        elif node.outcome == "page" and node.depth < self.config.max_depth:
+            for link in node.links:
+                self._offer(link, node.depth + 1, node.start, node.url)
+
+    def _push(self, node: _Node) -> None:
+        queue = self._host_queue(host_of(node.url))
+        self._order += 1
+        heapq.heappush(queue.waiting, (node.depth, self._order, node))
+
+    def _host_queue(self, host: str) -> _HostQueue:
+        queue = self._hosts.get(host)
+        if queue is None:
+            delay = self.config.delay_s
+            if self._robots is not None:
+                delay = max(delay, self._robots.crawl_delay(host))
+            queue = self._hosts[host] = _HostQueue(delay_s=delay)
+        return queue
 
     def _admissible(self, url: str) -> bool:
         if self._robots is not None and not self._robots.allowed(host_of(url), url):
@@ -158,148 +220,132 @@ class Crawl:
             return False
         return True
 
-    def _task(self, url: str, depth: int, start: str, found_on: Optional[str], origin: str = "", hops: int = 0) -> _Task:
-        self._visited.add(url)
-        self._order += 1
-        return _Task(url, depth, start, found_on, origin or url, hops, self._order)
+    @staticmethod
+    def _next_waiting(queue: _HostQueue) -> Optional[_Node]:
+        """The shallowest URL waiting on this host; drops entries left behind by a move up."""
+        while queue.waiting:
+            depth, _, node = queue.waiting[0]
+            if node.state == WAITING and node.depth == depth:
+                return node
+            heapq.heappop(queue.waiting)
+        return None
 
-    # -- one level: dispatch under the politeness limits, collect results ----
-
-    def _fetch_level(self, level: list[_Task]) -> list[tuple[_Task, FetchResult]]:
-        for task in level:
-            self._queue(task)
-        pages: list[tuple[_Task, FetchResult]] = []
-        while self._in_flight or any(q.pending for q in self._hosts.values()):
-            self._dispatch()
-            if not self._in_flight:
-                time.sleep(max(0.0, self._next_dispatch_at() - time.monotonic()))
-                continue
-            timeout = None
-            if self._delayed_queues():
-                timeout = max(0.0, self._next_dispatch_at() - time.monotonic())
-            done, _ = wait(list(self._in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                pages.extend(self._collect(future))
-            self._report_progress()
-        pages.sort(key=lambda pair: pair[0].order)  # discovery order, not completion order
-        return pages
-
-    def _queue(self, task: _Task) -> None:
-        host = host_of(task.url)
-        queue = self._hosts.get(host)
-        if queue is None:
-            delay = self.config.delay_s
-            if self._robots is not None:
-                delay = max(delay, self._robots.crawl_delay(host))
-            queue = self._hosts[host] = _HostQueue(delay_s=delay)
-        queue.pending.append(task)
+    # -- dispatch under the limits ------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Start batches while the limits allow: each URL of a batch gets its own
-        thread, so a batch is one round trip and holds one slot per URL."""
+        """Start every URL the limits allow now, shallowest first, in one call to the executor."""
         now = time.monotonic()
-        for queue in self._hosts.values():
-            while queue.pending:
+        urls: list[str] = []
+        queues = [(node.depth, host) for host, queue in self._hosts.items()
+                  if (node := self._next_waiting(queue)) is not None]
+        for _, host in sorted(queues):
+            queue = self._hosts[host]
+            while self._in_flight < self.config.concurrency:
+                node = self._next_waiting(queue)
+                if node is None or not self._may_start(node.depth):
+                    break
                 if queue.delay_s > 0:  # one request at a time, spaced by the delay
-                    if queue.in_flight or now < queue.next_start or self._slots_in_use >= self.config.concurrency:
+                    if queue.in_flight or now < queue.next_start:
                         break
                     queue.next_start = now + queue.delay_s
-                    free = 1
-                else:
-                    free = min(self.config.per_host - queue.in_flight, self.config.concurrency - self._slots_in_use)
-                    if free <= 0:
-                        break
-                size = min(len(queue.pending), self._executor.batch_size, free)
-                tasks = [queue.pending.popleft() for _ in range(size)]
-                future = self._executor.submit([task.url for task in tasks], self.config.fetch, size)
-                self._in_flight[future] = _Batch(tasks, queue)
-                queue.in_flight += size
-                self._slots_in_use += size
+                elif queue.in_flight >= self.config.per_host:
+                    break
+                heapq.heappop(queue.waiting)
+                node.state = IN_FLIGHT
+                queue.in_flight += 1
+                self._in_flight += 1
+                self._dispatched += 1
+                self._deepest = max(self._deepest, node.depth)
+                urls.append(node.url)
+        if urls:
+            self._executor.start(urls, self.config.fetch)
+
+    def _may_start(self, depth: int) -> bool:
+        """Whether a URL at `depth` may be requested now without breaking --max-pages's promise."""
+        shallower = 0
+        for level, count in self._active.items():
+            if count and level <= depth - 2:
+                return False  # a page that may still link to a shallower URL
+            if level < depth:
+                shallower += count
+        return self._budget_left() > shallower
+
+    def _budget_left(self) -> int:
+        return self.config.max_pages - self._dispatched
+
+    def _waiting(self) -> int:
+        return sum(self._active.values()) - self._in_flight
 
     def _delayed_queues(self) -> list[_HostQueue]:
-        return [q for q in self._hosts.values() if q.pending and q.delay_s > 0]
+        return [q for q in self._hosts.values() if q.delay_s > 0 and self._next_waiting(q) is not None]
 
     def _next_dispatch_at(self) -> float:
         return min((q.next_start for q in self._delayed_queues()), default=time.monotonic())
 
-    def _collect(self, future: Future) -> list[tuple[_Task, FetchResult]]:
-        batch = self._in_flight.pop(future)
-        batch.queue.in_flight -= len(batch.tasks)
-        self._slots_in_use -= len(batch.tasks)
-        try:
-            results = future.result()
-        except Exception as exc:  # a lost worker: its URLs failed, the crawl goes on
-            results = [FetchResult(task.url, error=f"worker failed: {exc}") for task in batch.tasks]
-        pages = []
-        for task, result in zip(batch.tasks, results):
-            self.counts["fetched"] += 1
-            self.counts["requests"] += result.attempts
-            if result.is_redirect:
-                self._follow_redirect(task, result)
-            elif result.error is not None or (result.status or 0) >= 400:
-                self._record_broken(task, result)
-            elif result.is_html:
-                self._record_page(task, result)
-                pages.append((task, result))
-            else:
-                self.counts["non_html"] += 1
-        return pages
+    # -- outcomes -------------------------------------------------------------------
 
-    def _follow_redirect(self, task: _Task, result: FetchResult) -> None:
-        self.counts["redirects"] += 1
-        target = result.location
-        if task.hops >= self.config.max_redirects:
-            self._record_broken(task, result, error=f"more than {self.config.max_redirects} redirects")
-        elif target in self._visited or not in_scope(target, self._prefixes) or looks_binary(target):
-            return  # already crawled, or leaves the crawl: nothing more to fetch
-        elif self._budget_left() <= 0:
+    def _complete(self, result: FetchResult) -> None:
+        node = self._nodes[result.url]
+        self._hosts[host_of(node.url)].in_flight -= 1
+        self._in_flight -= 1
+        self._active[node.depth] -= 1
+        node.state, node.status = DONE, result.status
+        self.counts["fetched"] += 1
+        self.counts["requests"] += result.attempts
+        if result.is_redirect:
+            self.counts["redirects"] += 1
+            if node.hops >= self.config.max_redirects:
+                node.error = f"more than {self.config.max_redirects} redirects"
+                self._settle(node, "broken")
+                return
+            node.links = [result.location]
+            self._settle(node, "redirect")
+        elif result.error is not None or (result.status or 0) >= 400:
+            node.error = result.error or f"HTTP {result.status}"
+            self._settle(node, "broken")
             return
-        elif self._admissible(target):
-            follow = self._task(target, task.depth, task.start, task.found_on, origin=task.origin, hops=task.hops + 1)
-            self._queue(follow)
+        elif result.is_html:
+            node.links = result.links
+            self._settle(node, "page")
+        else:
+            self.counts["non_html"] += 1
+            self._settle(node, "non_html")
+            return
+        self._follow(node)
 
-    def _record_page(self, task: _Task, result: FetchResult) -> None:
-        self.pages.append(
-            {
-                "url": task.origin,
-                "final_url": task.url,
-                "status": result.status,
-                "depth": task.depth,
-                "start": task.start,
-                "links": result.links,
-            }
-        )
-
-    def _record_broken(self, task: _Task, result: FetchResult, error: Optional[str] = None) -> None:
-        self.broken.append(
-            {
-                "url": task.url,
-                "status": result.status,
-                "error": error or result.error or f"HTTP {result.status}",
-                "found_on": task.found_on,
-                "depth": task.depth,
-                "start": task.start,
-            }
-        )
+    def _settle(self, node: _Node, outcome: str) -> None:
+        node.outcome = outcome
+        self._outcomes[outcome] += 1
 
     # -- reporting -------------------------------------------------------------
 
     def _report_progress(self) -> None:
-        queued = sum(len(q.pending) for q in self._hosts.values())
-        in_flight = sum(len(batch.tasks) for batch in self._in_flight.values())
         self._on_progress(
             {
-                "depth": self._depth,
+                "depth": self._deepest,
                 "fetched": self.counts["fetched"],
-                "pages": len(self.pages),
-                "broken": len(self.broken),
-                "pending": queued + in_flight,
+                "pages": self._outcomes["page"],
+                "broken": self._outcomes["broken"],
+                "pending": sum(self._active.values()),
             }
         )
 
     def _result(self, wall_s: float) -> dict:
-        self.pages.sort(key=lambda page: (page["depth"], page["final_url"]))
-        self.broken.sort(key=lambda entry: (entry["depth"], entry["url"]))
+        nodes = sorted(self._nodes.values(), key=lambda node: (node.depth, node.url))
+        pages = [
+            {"url": n.origin, "final_url": n.url, "status": n.status, "depth": n.depth, "start": n.start,
+             "links": n.links}
+            for n in nodes if n.outcome == "page"
+        ]
+        broken = [
+            {"url": n.url, "status": n.status, "error": n.error, "found_on": n.found_on, "depth": n.depth,
+             "start": n.start}
+            for n in nodes if n.outcome == "broken"
+        ]
+        unfetched = [
+            {"url": n.url, "depth": n.depth, "start": n.start, "found_on": n.found_on}
+            for n in nodes if n.state == WAITING
+        ]
         requests = self.counts["requests"] + (self._robots.requests if self._robots else 0)
         return {
             "config": {
@@ -310,18 +356,22 @@ class Crawl:
                 "concurrency": self.config.concurrency,
                 "per_host": self.config.per_host,
             },
-            "pages": self.pages,
-            "broken": self.broken,
+            "pages": pages,
+            "broken": broken,
+            "unfetched": unfetched,
             "stats": {
                 "fetched": self.counts["fetched"],
-                "unique": len(self.pages),
-                "failed": len(self.broken),
+                "unique": len(pages),
+                "failed": len(broken),
                 "wall_s": round(wall_s, 3),
-                "pages_per_s": round(len(self.pages) / wall_s, 1) if wall_s > 0 else 0.0,
+                "pages_per_s": round(len(pages) / wall_s, 1) if wall_s > 0 else 0.0,
                 "requests": requests,
                 "redirects": self.counts["redirects"],
                 "non_html": self.counts["non_html"],
                 "blocked_by_robots": self.counts["blocked_by_robots"],
+                # Stopped by --max-pages with URLs found within --depth still to fetch.
+                "truncated": bool(unfetched),
+                "unfetched": len(unfetched),
             },
         }
 

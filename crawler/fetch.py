@@ -1,22 +1,23 @@
-"""Fetch-and-parse: the work a crawl sends to threads or Ray tasks.
+"""Fetch-and-parse: the work a crawl hands to its fetchers, with aiohttp.
+
+One PageFetcher holds one aiohttp session, so connections to a host are kept
+alive and reused, and it fetches as many pages at once as it is given. aiohttp
+comes with ray[default], so a Ray image has it without a pip step.
 
 A fetch never follows a redirect itself: it reports the target and the driver
-decides, against its visited set, whether the target is requested at all. That
-is what keeps "every URL requested at most once" true across workers.
+decides, against what it has already requested, whether the target is
+requested at all. That is what keeps "every URL requested at most once" true
+across workers.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import random
 import socket
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Awaitable, Callable, Optional, Sequence
 
 from .parse import extract_links
 from .urls import normalize
@@ -25,8 +26,6 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 # Worth another try: the server or the path to it may recover within seconds.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
-# socket.timeout is TimeoutError from Python 3.10 on; a Ray image may run 3.9.
-_TRANSIENT_ERRORS = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -60,117 +59,100 @@ class FetchResult:
         return self.error is None and not self.is_redirect and self.content_type in HTML_TYPES
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises HTTPError with the 3xx code
+class PageFetcher:
+    """GETs pages with one aiohttp session: timeouts, bounded retries, links parsed.
 
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
-def fetch_page(url: str, options: FetchOptions) -> FetchResult:
-    """GET one URL with a timeout, retrying transient failures a bounded number of times."""
-    result = FetchResult(url)
-    result.attempts = _with_retries(options, lambda: _get_once(url, options, result))
-    return result
-
-
-def fetch_batch(urls: Sequence[str], options: FetchOptions, threads: int = 1) -> list[FetchResult]:
-    """fetch_page over a batch, `threads` at a time; results in the order of `urls`.
-
-    This is the unit of work a Ray task runs, so it takes and returns plain data.
+    Create it inside the event loop that will use it; close() it there too.
     """
-    if threads <= 1 or len(urls) <= 1:
-        return [fetch_page(url, options) for url in urls]
-    with ThreadPoolExecutor(max_workers=min(threads, len(urls))) as pool:
-        return list(pool.map(lambda url: fetch_page(url, options), urls))
 
+    def __init__(self, options: FetchOptions) -> None:
+        import aiohttp  # imported here so that `python -m crawler --help` stays light
 
-def fetch_text(url: str, options: FetchOptions) -> tuple[Optional[int], str, int]:
-    """GET a small text resource (robots.txt): (status or None on failure, body, requests made).
+        self.options = options
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            # The driver bounds requests in flight, per host and in all; the pool need not.
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=options.timeout_s),
+            headers={"User-Agent": options.user_agent,
+                     "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # a crawler keeps no sessions
+        )
 
-    Redirects are followed here (robots.txt may move), and the body is returned
-    whatever its content type.
-    """
-    request = urllib.request.Request(url, headers={"User-Agent": options.user_agent})
-    outcome: dict = {"status": None, "body": ""}
+    async def fetch(self, url: str) -> FetchResult:
+        """GET one URL, retrying transient failures a bounded number of times."""
+        result = FetchResult(url)
+        result.attempts = await _with_retries(self.options, lambda: self._get_once(url, result))
+        return result
 
-    def get_once() -> Optional[float]:
-        outcome.update(status=None, body="")
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _get_once(self, url: str, result: FetchResult) -> Optional[float]:
+        """One request; fills `result`. Returns None when done, else seconds to wait
+        before a retry (0 means: use the backoff)."""
+        result.status, result.error, result.location, result.links = None, None, None, []
         try:
-            with urllib.request.urlopen(request, timeout=options.timeout_s) as response:
-                charset = response.headers.get_content_charset() or "utf-8"
-                outcome.update(status=response.status, body=response.read(options.max_bytes).decode(charset, "replace"))
+            async with self._session.get(url, allow_redirects=False) as response:
+                result.status = response.status
+                if 300 <= response.status < 400:
+                    return _record_redirect(url, response.status, response.headers.get("Location"), result)
+                if response.status >= 400:
+                    result.error = f"HTTP {response.status} {response.reason or ''}".rstrip()
+                    if response.status in RETRY_STATUSES:
+                        return _retry_after(response.headers.get("Retry-After"))
+                    return None
+                # A server that sends no Content-Type is taken at its word that this is a page.
+                has_type = "Content-Type" in response.headers
+                result.content_type = response.content_type if has_type else "text/html"
+                if result.content_type not in HTML_TYPES:
+                    return None  # not a page: the body is never read
+                body = await _read_at_most(response, self.options.max_bytes)
+                result.links = extract_links(_decode(body, response.charset), url)
                 return None
-        except urllib.error.HTTPError as exc:
-            with exc:
-                outcome["status"] = exc.code
-                return _retry_after(exc.headers.get("Retry-After")) if exc.code in RETRY_STATUSES else None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            return 0.0 if _is_transient(exc) else None
-
-    attempts = _with_retries(options, get_once)
-    return outcome["status"], outcome["body"], attempts
+        except (asyncio.TimeoutError, self._aiohttp.ClientError, OSError, ValueError) as exc:
+            result.status = None
+            result.error = _describe(exc)
+            return 0.0 if _is_transient(exc, self._aiohttp) else None
 
 
-def _with_retries(options: FetchOptions, get_once: Callable[[], Optional[float]]) -> int:
-    """Calls get_once until it is done (returns None) or the retries are spent; returns the calls made.
+async def _read_at_most(response, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _decode(body: bytes, charset: Optional[str]) -> str:
+    try:
+        return body.decode(charset or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know: read it as UTF-8 rather than lose the page
+        return body.decode("utf-8", "replace")
+
+
+def _record_redirect(url: str, status: int, location: Optional[str], result: FetchResult) -> None:
+    target = normalize(urllib.parse.urljoin(url, location)) if location else None
+    if target is None:
+        result.error = f"HTTP {status} redirect without a usable Location ({location!r})"
+    result.location = target
+    return None
+
+
+async def _with_retries(options: FetchOptions, get_once: Callable[[], Awaitable[Optional[float]]]) -> int:
+    """Awaits get_once until it is done (returns None) or the retries are spent; returns the calls made.
 
     get_once returns the seconds to wait before trying again, 0 for the backoff.
     """
     for attempt in range(options.retries + 1):
-        wait_s = get_once()
+        wait_s = await get_once()
         if wait_s is None or attempt == options.retries:
             return attempt + 1
-        time.sleep(wait_s if wait_s > 0 else _backoff(options.backoff_s, attempt))
+        await asyncio.sleep(wait_s if wait_s > 0 else _backoff(options.backoff_s, attempt))
     return options.retries + 1
-
-
-def _get_once(url: str, options: FetchOptions, result: FetchResult) -> Optional[float]:
-    """One request; fills `result`. Returns None when done, else seconds to wait
-    before a retry (0 means: use the backoff)."""
-    request = urllib.request.Request(
-        url,
-        headers={
-            "User-Agent": options.user_agent,
-            "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1",
-        },
-    )
-    result.error = None
-    try:
-        with _opener.open(request, timeout=options.timeout_s) as response:
-            result.status = response.status
-            # A server that sends no Content-Type is taken at its word that this is a page.
-            has_type = response.headers.get("Content-Type") is not None
-            result.content_type = response.headers.get_content_type() if has_type else "text/html"
-            if result.content_type not in HTML_TYPES:
-                return None  # not a page: the body is never read
-            body = response.read(options.max_bytes)
-            charset = response.headers.get_content_charset() or "utf-8"
-            result.links = extract_links(body.decode(charset, "replace"), url)
-            return None
-    except urllib.error.HTTPError as exc:
-        with exc:
-            result.status = exc.code
-            if 300 <= exc.code < 400:
-                return _record_redirect(url, exc, result)
-            result.error = f"HTTP {exc.code} {exc.reason}"
-            if exc.code in RETRY_STATUSES:
-                return _retry_after(exc.headers.get("Retry-After"))
-            return None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        result.status = None
-        result.error = _describe(exc)
-        return 0.0 if _is_transient(exc) else None
-
-
-def _record_redirect(url: str, exc: urllib.error.HTTPError, result: FetchResult) -> None:
-    location = exc.headers.get("Location")
-    target = normalize(urllib.parse.urljoin(url, location)) if location else None
-    if target is None:
-        result.error = f"HTTP {exc.code} redirect without a usable Location ({location!r})"
-    result.location = target
-    return None
 
 
 def _retry_after(header: Optional[str]) -> float:
@@ -184,16 +166,80 @@ def _backoff(base_s: float, attempt: int) -> float:
     return base_s * (2**attempt) * (0.5 + random.random())
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        exc = exc.reason
-    if isinstance(exc, (socket.gaierror, ValueError)):
+def _cause(exc: BaseException) -> BaseException:
+    """The OS error under an aiohttp connection error, else the error itself."""
+    os_error = getattr(exc, "os_error", None)
+    return os_error if isinstance(os_error, BaseException) else exc
+
+
+def _is_transient(exc: BaseException, aiohttp) -> bool:
+    cause = _cause(exc)
+    if isinstance(cause, (socket.gaierror, ValueError)) or isinstance(exc, aiohttp.InvalidURL):
         return False  # unknown host, malformed URL: the same next time
-    return isinstance(exc, _TRANSIENT_ERRORS)
+    return isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                            ConnectionError))
 
 
 def _describe(exc: BaseException) -> str:
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, (TimeoutError, socket.timeout)):
+    if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(reason).__name__}: {reason}"
+    cause = _cause(exc)
+    return f"{type(cause).__name__}: {cause}"
+
+
+# -- for callers without an event loop: one page, a batch, robots.txt ------------------
+
+
+def fetch_page(url: str, options: FetchOptions) -> FetchResult:
+    """GET one URL, with a session of its own (for a one-off; a crawl keeps one session)."""
+    return fetch_batch([url], options)[0]
+
+
+def fetch_batch(urls: Sequence[str], options: FetchOptions, threads: int = 0) -> list[FetchResult]:
+    """fetch a batch at once in a new event loop; results in the order of `urls`.
+
+    `threads` is accepted for the thread executor's calling convention; every
+    URL of the batch is in flight at once anyway.
+    """
+
+    async def run() -> list[FetchResult]:
+        fetcher = PageFetcher(options)
+        try:
+            return list(await asyncio.gather(*(fetcher.fetch(url) for url in urls)))
+        finally:
+            await fetcher.close()
+
+    return asyncio.run(run())
+
+
+def fetch_text(url: str, options: FetchOptions) -> tuple[Optional[int], str, int]:
+    """GET a small text resource (robots.txt): (status or None on failure, body, requests made).
+
+    Redirects are followed here (robots.txt may move), and the body is returned
+    whatever its content type.
+    """
+    import aiohttp
+
+    outcome: dict = {"status": None, "body": ""}
+
+    async def run() -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=options.timeout_s),
+                                         headers={"User-Agent": options.user_agent}) as session:
+
+            async def get_once() -> Optional[float]:
+                outcome.update(status=None, body="")
+                try:
+                    async with session.get(url) as response:
+                        outcome["status"] = response.status
+                        if response.status in RETRY_STATUSES:
+                            return _retry_after(response.headers.get("Retry-After"))
+                        body = await _read_at_most(response, options.max_bytes)
+                        outcome["body"] = _decode(body, response.charset)
+                        return None
+                except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                    return 0.0 if _is_transient(exc, aiohttp) else None
+
+            return await _with_retries(options, get_once)
+
+    attempts = asyncio.run(run())
+    return outcome["status"], outcome["body"], attempts

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 from .joblog import ResultMissing, is_result_line, parse_result
 from .report import summarize
 
-__all__ = ["CrawlJobError", "crawl_runtime_env", "submit_crawl", "summarize"]
+__all__ = ["CrawlJobError", "crawl_runtime_env", "follow_command", "submit_crawl", "summarize"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _POLL_S = 0.5
@@ -68,6 +68,11 @@ def crawl_entrypoint(crawl_args: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "crawler", *args, "--emit-result"])
 
 
+def follow_command(address: str, job_id: str) -> str:
+    """The command that streams a job's log from another terminal."""
+    return shlex.join(["ray", "job", "logs", "--follow", "--address", address, job_id])
+
+
 def submit_crawl(
     address: str,
     crawl_args: list[str],
@@ -75,10 +80,15 @@ def submit_crawl(
     pip: Optional[list[str]] = None,
     on_log: Callable[[str], None] = print,
     timeout_s: float = 1800,
+    follow_address: Optional[str] = None,
+    follow_note: str = "",
 ) -> dict:
     """Submit `python -m crawler <crawl_args> --ray` as a Ray job, stream its log, return its result.
 
-    address is the Ray dashboard, e.g. http://127.0.0.1:8265. Raises
+    address is the Ray dashboard, e.g. http://127.0.0.1:8265. Before the log,
+    on_log gets the job's submission ID and the command that follows the job
+    from elsewhere (at follow_address, when the user reaches the dashboard by
+    another address than this process; follow_note says how). Raises
     CrawlJobError when the job fails, is stopped, or outlives timeout_s (it is
     then stopped).
     """
@@ -98,6 +108,7 @@ def submit_crawl(
             f"no Ray dashboard answered at {address} ({exc}); is the head service port-forwarded?",
         ) from exc
     on_log(f"submitted Ray job {job_id}: {entrypoint}")
+    on_log(f"follow it: {follow_command(follow_address or address, job_id)}" + (f"  ({follow_note})" if follow_note else ""))
     log = _follow(client, job_id, on_log, timeout_s)
     try:
         result = parse_result(log)

@@ -56,14 +56,19 @@ def summarize(result: dict, broken_shown: int = 5) -> str:
     broken_by_start: dict[str, list[dict]] = defaultdict(list)
     for entry in result["broken"]:
         broken_by_start[entry.get("start", "")].append(entry)
-    starts = result.get("config", {}).get("starts") or sorted(pages_by_start)
+    unfetched_by_start = Counter(entry.get("start", "") for entry in result.get("unfetched", []))
+    config = result.get("config", {})
+    starts = config.get("starts") or sorted(pages_by_start)
 
     lines = ["Pages first reached from each start URL:"]
     for start in starts:
         pages, broken = pages_by_start.get(start, []), broken_by_start.get(start, [])
         by_depth = Counter(page["depth"] for page in pages)
         depths = ", ".join(f"depth {d}: {n}" for d, n in sorted(by_depth.items()))
-        lines.append(f"  {start}  {len(pages)} pages" + (f" ({depths})" if depths else "") + f", {len(broken)} broken")
+        line = f"  {start}  {len(pages)} pages" + (f" ({depths})" if depths else "") + f", {len(broken)} broken"
+        if unfetched_by_start[start]:
+            line += f", {unfetched_by_start[start]} found but left unfetched (--max-pages)"
+        lines.append(line)
         for entry in broken[:broken_shown]:
             why = entry["error"] if entry.get("status") is None else f"HTTP {entry['status']}"
             where = f" on {entry['found_on']}" if entry.get("found_on") else ""
@@ -75,6 +80,12 @@ def summarize(result: dict, broken_shown: int = 5) -> str:
         f"Total: {stats['unique']} unique pages, {stats['fetched']} URLs fetched, {stats['failed']} failed, "
         f"in {stats['wall_s']:.1f}s ({stats['pages_per_s']:.1f} pages/s)"
     )
+    if stats.get("truncated"):
+        lines.append(
+            f"Truncated: --max-pages {config.get('max_pages', '?')} stopped the crawl; {stats['unfetched']} URLs "
+            f"found within depth {config.get('max_depth', '?')} were left unfetched. "
+            "Raise --max-pages to crawl them."
+        )
     extras = [f"{stats[key]} {label}" for key, label in _EXTRA_STATS if stats.get(key)]
     if extras:
         lines.append("  also: " + ", ".join(extras))

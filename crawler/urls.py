@@ -6,6 +6,7 @@ writing one URL one way, because the visited set compares strings.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable, Optional
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -24,6 +25,7 @@ _BINARY_EXTENSIONS = frozenset(
 )
 
 
+@lru_cache(maxsize=1 << 16)  # sites repeat their absolute links on every page
 def normalize(url: str) -> Optional[str]:
     """The canonical form of an absolute http(s) URL, or None for any other URL.
 
@@ -73,10 +75,68 @@ def resolve(href: str, base: str) -> Optional[str]:
     mailto:, javascript:, tel:, data: and empty links give None; so does a bare
     fragment ("#top"), which points back at the page it sits on.
     """
-    href = href.strip()
-    if not href or href.startswith("#"):
-        return None
-    return normalize(urljoin(base, href))
+    return Resolver(base).resolve(href)
+
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+_URL_WHITESPACE = str.maketrans("", "", "\t\r\n")  # removed from URLs, as urlsplit and browsers do
+
+
+class Resolver:
+    """Resolves the links of one page against its base URL, which it splits once.
+
+    A page's links are mostly relative paths; joining those directly costs a
+    fraction of urljoin + normalize, which parse the base again for every
+    link. Anything else (a scheme, "//host") goes through normalize.
+    """
+
+    def __init__(self, base: str) -> None:
+        base = normalize(base) or base
+        parts = urlsplit(base)
+        self._scheme = parts.scheme
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._path = parts.path or "/"
+        self._directory = self._path[: self._path.rfind("/") + 1] or "/"
+        self._query = parts.query
+        self._base = base
+
+    def resolve(self, href: str) -> Optional[str]:
+        href = href.strip()
+        if "\t" in href or "\r" in href or "\n" in href:
+            href = href.translate(_URL_WHITESPACE)
+        if not href or href.startswith("#"):
+            return None
+        if _has_scheme(href):
+            scheme, rest = href.split(":", 1)
+            if scheme.lower() != self._scheme or rest.startswith("//"):
+                return normalize(href)
+            return self._join(href)  # "http:page.html" on an http page is relative
+        if href.startswith("//"):
+            return normalize(f"{self._scheme}:{href}")
+        path, has_query, query = href.split("#", 1)[0].rstrip().partition("?")
+        if "//" in path:
+            return self._join(href)  # urljoin folds empty segments of a relative path; keep its spelling
+        if not path:
+            path = self._path
+            if not has_query:
+                query = self._query
+        elif not path.startswith("/"):
+            path = self._directory + path
+        url = self._origin + _remove_dot_segments(path)
+        return f"{url}?{query}" if query else url
+
+    def _join(self, href: str) -> Optional[str]:
+        return normalize(urljoin(self._base, href))
+
+
+def _has_scheme(href: str) -> bool:
+    """True when href starts with "scheme:", as urlsplit reads it (a colon before any / ? #)."""
+    colon = href.find(":")
+    if colon <= 0:
+        return False
+    head = href[:colon]
+    return "/" not in head and "?" not in head and "#" not in head and head[0].isalpha() \
+        and all(char in _SCHEME_CHARS for char in head)
 
 
 def default_prefix(start_url: str) -> str:

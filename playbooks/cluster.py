@@ -13,14 +13,18 @@ from pathlib import Path
 import yaml
 
 from . import images
-from .core import kubeconfig
+from .core import daemons as daemons_, kubeconfig, kyaml
+from .core.daemons import Daemon
 from .core.commands import CommandError
 from .core.portforward import port_free
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import MissingPrerequisite, Step, StepFailed, change, ok, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
+# What the cluster itself needs before any part, roughly (doctor): a kind control plane.
+CLUSTER_MEMORY_MIB, CLUSTER_CPUS = 2048, 1.0
+CLUSTER_IMAGES = ("node",)  # offline: kindlab's node image
 KWOK_STAGES = ROOT / "manifests" / "kwok" / "stages.yaml"
 KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --testbed`
     "--kube-apiserver-binary": "kube-apiserver",
@@ -45,7 +49,7 @@ def render_kind_config(lab: Lab) -> dict:
     With kindlab's node image, also what kubeadm must know about it: its
     control-plane images' names and tags, and kube-proxy in nftables mode.
     """
-    config = yaml.safe_load(KIND_CONFIG.read_text())
+    config = kyaml.load(KIND_CONFIG.read_text())
     if images.is_kindlab_node(node_image(lab)):
         config["kubeadmConfigPatches"] = images.kubeadm_patches()
         config.setdefault("networking", {})["kubeProxyMode"] = "nftables"
@@ -64,6 +68,15 @@ def _clusters(ctx, tool: str) -> list[str]:
     """Cluster names `kind get clusters` or `kwokctl get clusters` lists."""
     out = ctx.sh.run([tool, "get", "clusters"]).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+CLUSTER_TOOL = {"kind": "kind", "kwok": "kwokctl"}  # what creates, lists and deletes a provider's clusters
+
+
+def _require_cluster(ctx, lab: Lab) -> None:
+    """For the checks after `cluster exists`: in a dry run before it exists, they cannot tell."""
+    if lab.cluster not in _clusters(ctx, CLUSTER_TOOL[lab.provider]):
+        raise MissingPrerequisite(f"{lab.provider} cluster {lab.cluster}")
 
 
 def _exists_check(lab: Lab, tool: str):
@@ -178,6 +191,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return create(ctx)
 
     def check_running(ctx):
+        _require_cluster(ctx, lab)
         stopped = [n for n, state in _kind_nodes(ctx).items() if state != "running"]
         if stopped:
             return change(f"start stopped node containers {', '.join(sorted(stopped))}")
@@ -213,7 +227,7 @@ def kind_create_steps(lab: Lab) -> list[Step]:
 
 def needs_loading(lab: Lab, image: str) -> bool:
     """Whether kindlab must put `image` into the kind nodes itself: offline, or an image it built."""
-    return lab.provider == "kind" and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
+    return lab.can.docker_nodes and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
 
 
 def images_loaded_step(lab: Lab, what: str, refs: list[str]) -> Step:
@@ -263,13 +277,100 @@ def kwok_dir(lab: Lab) -> Path:
 
 def render_kwok_config(lab: Lab) -> str:
     """KwokctlConfiguration (loopback only) plus kindlab's stages with the lab's pod delay."""
-    stages = [d for d in yaml.safe_load_all(KWOK_STAGES.read_text()) if d]
+    stages = [d for d in kyaml.load_all(KWOK_STAGES.read_text()) if d]
     for stage in stages:
         if stage["metadata"]["name"] == "kindlab-pod-ready":
             stage["spec"]["delay"]["durationMilliseconds"] = lab.kwok.ready_delay_ms
     options = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokctlConfiguration",
                "options": {"bindAddress": "127.0.0.1"}}
     return yaml.safe_dump_all([options, *stages], sort_keys=False)
+
+
+# The CRDs each operator's controllers need, installed by its chart: the operator
+# starts once they are Established (ray-operator exits without them;
+# prometheus-operator would run without the controllers of the missing ones).
+OPERATOR_CRDS = {
+    "ray-operator": ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"),
+    "prometheus-operator": tuple(f"{plural}.monitoring.coreos.com" for plural in (
+        "prometheuses", "alertmanagers", "servicemonitors", "podmonitors", "probes", "prometheusrules")),
+}
+
+
+def kwok_operators(lab: Lab) -> list[Daemon]:
+    """The operators that turn the charts' custom resources into pods, run here as local processes.
+
+    On kind they run in the cluster, installed by their charts; a simulated
+    cluster runs no containers, so the chart's operator pod is only a shadow
+    and the real binary runs beside the control plane instead, with the
+    cluster's admin credentials (read from kwokctl's kubeconfig when started).
+    Each runs under a supervisor that starts it again when it exits, as a
+    kubelet would: prometheus-operator exits until its CRDs are installed.
+    """
+    home = lab.home / "kwok" / lab.cluster
+    kubeconfig_path = kwok_dir(lab) / "kubeconfig.yaml"
+    common = {"env": {"KUBECONFIG": str(kubeconfig_path)}, "restart": True,
+              "kubectl": str(lab.tools_dir / "kubectl")}
+    ray = Daemon("ray-operator", [str(lab.tools_dir / "ray-operator"), "--metrics-addr=0",
+                                  "--health-probe-bind-address=0", "--enable-leader-election=false",
+                                  "--log-stdout-encoder=console"],
+                 home, needs_crds=OPERATOR_CRDS["ray-operator"], **common)
+    argv = [str(lab.tools_dir / "prometheus-operator"), "--web.listen-address=127.0.0.1:0", "--log-level=info"]
+    if kubeconfig_path.exists():
+        argv += _client_flags(kubeconfig_path)
+    return [ray, Daemon("prometheus-operator", argv, home, needs_crds=OPERATOR_CRDS["prometheus-operator"],
+                        **common)]
+
+
+def _client_flags(kubeconfig_path: Path) -> list[str]:
+    """prometheus-operator reads no kubeconfig: the API server and client certificate as its flags."""
+    config = kyaml.load(kubeconfig_path.read_text())
+    current = config.get("current-context") or config["contexts"][0]["name"]
+    context = next(c["context"] for c in config["contexts"] if c["name"] == current)
+    cluster_entry = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+    user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    flags = ["--apiserver", cluster_entry["server"]]
+    for flag, key in (("--ca-file", "certificate-authority"), ("--cert-file", "client-certificate"),
+                      ("--key-file", "client-key")):
+        if cluster_entry.get(key) or user.get(key):
+            flags += [flag, cluster_entry.get(key) or user.get(key)]
+    return flags
+
+
+def operator_unavailable(lab: Lab, tool: str) -> str | None:
+    """Why no operator of this kind can run in the lab's cluster, or None when one can.
+
+    Only the simulated cluster knows beforehand: its operators are local
+    binaries. Elsewhere the operator is the chart's own pod, judged by its wait.
+    """
+    if not lab.can.local_operators or (lab.tools_dir / tool).exists():
+        return None
+    return (f"{tool} is not installed in {lab.tools_dir}, so on the simulated cluster nothing turns this "
+            f"part's custom resources into pods: `invoke tools.install --testbed --only {tool}`, "
+            "then `invoke cluster.create --provider kwok` starts it")
+
+
+def kwok_operators_step(lab: Lab) -> Step:
+    def installed(daemons):
+        return [d for d in daemons if Path(d.argv[0]).exists()]
+
+    def check(ctx):
+        daemons = kwok_operators(lab)
+        missing = [d.name for d in daemons if d not in installed(daemons)]
+        note = f" ({', '.join(missing)} not installed: `invoke tools.install --testbed`)" if missing else ""
+        stopped = [d.name for d in installed(daemons) if daemons_.running_pid(d) is None]
+        if stopped:
+            return change(f"start {', '.join(stopped)}{note}")
+        return ok(f"{', '.join(d.name for d in installed(daemons)) or 'no operator'} running{note}")
+
+    def apply(ctx):
+        started = []
+        for daemon in installed(kwok_operators(lab)):
+            if daemons_.running_pid(daemon) is None:
+                daemons_.start(daemon)
+                started.append(daemon.name)
+        return f"started {', '.join(started)} (logs in {lab.home / 'kwok' / lab.cluster})"
+
+    return Step(f"operators of {lab.cluster} running", check, apply)
 
 
 def kwok_create_steps(lab: Lab) -> list[Step]:
@@ -297,6 +398,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         return f"created kwok cluster {lab.cluster}"
 
     def check_running(ctx):
+        _require_cluster(ctx, lab)
         try:
             ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
                         "get", "--raw", "/readyz"], timeout=10)
@@ -330,6 +432,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         _context_step(lab, read_kubeconfig),
         Step(f"simulated nodes of {lab.cluster}", check_nodes, scale),
         _nodes_ready_step(lab, want=lab.kwok.nodes, system_pods=False),
+        kwok_operators_step(lab),
     ]
 
 
@@ -340,6 +443,8 @@ def _context_step(lab: Lab, read_source) -> Step:
         return kubeconfig.context_entries(read_source(ctx), lab.context)
 
     def check(ctx):
+        if lab.provider in CLUSTER_TOOL:
+            _require_cluster(ctx, lab)
         if kubeconfig.has_entries(lab.kubeconfig, entries(ctx)):
             return ok(f"context {lab.context} in {lab.kubeconfig}")
         return change(f"add context {lab.context} to {lab.kubeconfig} (current context unchanged)")
@@ -362,7 +467,16 @@ def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
             done += "; " + ctx.kube.wait_namespace_ready("kube-system", timeout=lab.timeout, say=ctx.say)
         return done
 
-    return Step(f"nodes of {lab.context} Ready", lambda ctx: ok(), wait=wait)
+    def check(ctx):
+        from .core.kube import node_ready  # the kubernetes client is slow to import: only when used
+
+        nodes = ctx.kube.core.list_node().items
+        ready = [n for n in nodes if node_ready(n)]
+        if len(ready) >= want and len(ready) == len(nodes):
+            return ok(f"{len(ready)}/{len(nodes)} nodes Ready")
+        return unknown(f"{want} Ready node(s); {len(ready)} of {len(nodes)} are")
+
+    return Step(f"nodes of {lab.context} Ready", check, wait=wait)
 
 
 def existing_steps(lab: Lab) -> list[Step]:
@@ -380,12 +494,11 @@ def create_steps(lab: Lab) -> list[Step]:
 
 
 def delete_steps(lab: Lab) -> list[Step]:
-    if lab.provider == "existing":
+    if not lab.can.creates_clusters:
         return [Step(f"context {lab.context}",
                      lambda ctx: ok("an existing cluster is not kindlab's to delete; "
                                     "use `invoke down` to remove the lab's parts"))]
-    kind = lab.provider == "kind"
-    tool = "kind" if kind else "kwokctl"
+    tool = CLUSTER_TOOL[lab.provider]
 
     def check(ctx):
         if lab.cluster in _clusters(ctx, tool):
@@ -405,7 +518,21 @@ def delete_steps(lab: Lab) -> list[Step]:
     steps = [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
              Step(f"context {lab.context} absent", check_context,
                   lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
-    return steps + ([_kind_leftovers_step(lab)] if kind else [])
+    if lab.can.docker_nodes:
+        return [*steps, _kind_leftovers_step(lab)]
+    return [kwok_operators_stopped_step(lab), *steps]
+
+
+def kwok_operators_stopped_step(lab: Lab) -> Step:
+    def check(ctx):
+        running = [d.name for d in kwok_operators(lab) if daemons_.running_pid(d) is not None]
+        return change(f"stop {', '.join(running)}") if running else ok("no operator running")
+
+    def apply(ctx):
+        for daemon in kwok_operators(lab):
+            daemons_.stop(daemon)
+
+    return Step(f"operators of {lab.cluster} stopped", check, apply)
 
 
 KINDLAB_LABEL = "kindlab.dev/part"  # on containers kindlab runs beside kind's (the faas registry)
@@ -456,7 +583,12 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
         rows.append((f"node {node.metadata.name}",
                      f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "
                      f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
-    if lab.provider == "kind":
+    if lab.can.local_operators:
+        for daemon in kwok_operators(lab):
+            pid = daemons_.running_pid(daemon)
+            rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
+                         f"not running: `invoke cluster.create --provider kwok` starts it ({daemons_.last_lines(daemon, 1)})"))
+    if lab.can.docker_nodes:
         for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']}"))
     return rows

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from . import toolchain
 from .core.commands import CommandError
-from .core.settings import Lab
+from .core.settings import Lab, SettingsError
 from .core.steps import Step, StepFailed, change, ok, skip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,16 +112,6 @@ CATALOG: dict[str, Image] = {
 }
 
 # What each part of the lab runs, by catalog name; and why a part cannot run offline.
-PART_IMAGES: dict[str, tuple[str, ...]] = {"cluster": ("node",), "nginx": ("nginx",), "faas": ("registry",)}
-CANNOT_BUILD: dict[str, str] = {
-    "monitoring": "Grafana's image cannot be built from package registries (the Go module proxy refuses "
-                  "github.com/grafana/grafana)",
-    "faas": "OpenFaaS's images cannot be built from package registries (the Go module proxy refuses "
-            "github.com/openfaas/*)",
-    "ray": "kindlab has no recipe yet for the Ray and KubeRay operator images",
-}
-
-
 # --- names and inputs ---------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def inputs_hash(name: str) -> str:
@@ -207,6 +197,15 @@ def user_images() -> list[str]:
     return [name for name, image in CATALOG.items() if not image.internal]
 
 
+def chosen(only: str) -> list[str]:
+    """The images --only names (comma-separated), or the ones users build; an unknown name is refused."""
+    names = [n.strip() for n in only.split(",") if n.strip()] or user_images()
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise SettingsError(f"unknown image(s) {', '.join(unknown)}; kindlab builds {', '.join(CATALOG)}")
+    return names
+
+
 # --- reading the engine -------------------------------------------------------------
 def present_inputs(sh, ref: str) -> str | None:
     """The inputs label of a local image, "" when it has none, None when the image is absent."""
@@ -220,17 +219,6 @@ def present_inputs(sh, ref: str) -> str | None:
 
 def current(sh, name: str) -> bool:
     return present_inputs(sh, reference(name)) == inputs_hash(name)
-
-
-def offline_blocker(sh, part: str) -> str | None:
-    """Why `part` cannot run offline here, or None when its images are built."""
-    if part in CANNOT_BUILD:
-        return CANNOT_BUILD[part]
-    missing = [name for name in PART_IMAGES.get(part, ()) if not current(sh, name)]
-    if missing:
-        return (f"offline, {part} needs image(s) {', '.join(missing)}, not built yet: "
-                f"run `invoke images.build --only {','.join(missing)}`")
-    return None
 
 
 # --- the build play -----------------------------------------------------------------
@@ -627,5 +615,5 @@ def table(sh, everything: bool = False) -> Table:
     return out
 
 
-__all__ = ["CATALOG", "Image", "build_steps", "reference", "inputs_hash", "current", "offline_blocker",
-           "kubeadm_patches", "is_kindlab_node", "user_images", "table", "PART_IMAGES", "CANNOT_BUILD"]
+__all__ = ["CATALOG", "Image", "build_steps", "reference", "inputs_hash", "current",
+           "kubeadm_patches", "is_kindlab_node", "user_images", "table"]

@@ -1,6 +1,7 @@
 """Shared fixtures: the kwok testbed cluster (one per test session) and a play runner."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -15,7 +16,10 @@ from playbooks.core.cli import make_context
 from playbooks.core.runner import PlayFailed, Reporter, run_play
 from playbooks.core.settings import KwokSettings, Lab
 
-TESTBED_NAME = "kindlab-it"
+# One testbed per checkout, so test runs in two checkouts side by side never
+# delete each other's cluster (a rerun in the same checkout replaces its own).
+TESTBED_NAME = os.environ.get("KINDLAB_TESTBED_NAME") or \
+    f"kindlab-it-{hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:6]}"
 
 
 def testbed_required() -> bool:

@@ -7,13 +7,12 @@ requested twice. Nothing here talks to any address but 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import multiprocessing
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
 
@@ -50,91 +49,107 @@ def _page(route: Route, path: str, origin: str) -> bytes:
     ).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server wants)
-        site = self.server.site
-        path = self.path
-        served = self.server.count(path)
-        route = site.routes.get(path)
-        time.sleep(site.latency_s + (route.delay_s if route else 0.0))
-        if route is None:
-            self._send(404, "text/html", b"<html><body>not found</body></html>")
-        elif served <= route.fail_first:
-            self._send(503, "text/html", b"busy", {"Retry-After": "0"})
-        elif route.location is not None:
-            self._send(route.status, "text/html", b"", {"Location": route.location})
-        else:
-            origin = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
-            self._send(route.status, route.content_type, _page(route, path, origin))
-
-    def _send(self, status: int, content_type: str, body: bytes, headers: Optional[dict] = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a timeout test): nothing to answer
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # the default 5 drops connections under a concurrent crawl
-
-    def __init__(self, site: Site) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.site = site
-        self.requests: Counter = Counter()
-        self._lock = threading.Lock()
-
-    def count(self, path: str) -> int:
-        with self._lock:
-            self.requests[path] += 1
-            return self.requests[path]
+_REASONS = {200: "OK", 301: "Moved Permanently", 302: "Found", 308: "Permanent Redirect", 404: "Not Found",
+            410: "Gone", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class SiteServer:
-    """Serves a Site on 127.0.0.1 from a thread: `with SiteServer(site) as server: server.url("/")`."""
+    """Serves a Site on 127.0.0.1 from an event loop in a thread: `with SiteServer(site) as server: server.url("/")`.
+
+    HTTP/1.1 with keep-alive, as real web servers speak it, so a client that
+    reuses connections can; a client that asks to close (urllib) gets a close.
+    An event loop rather than a thread per connection keeps the server's own
+    CPU small, since it shares the machine with the crawler it serves.
+    """
 
     def __init__(self, site: Site) -> None:
         self.site = site
-        self._server = _Server(site)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self._requests: Counter = Counter()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024))
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.origin = f"http://{host}:{port}"  # kept: the server's sockets are gone once it stops
+        self._connections: set = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def url(self, path: str) -> str:
         return self.origin + path
 
     @property
     def requests(self) -> Counter:
-        with self._server._lock:
-            return Counter(self._server.requests)
+        with self._lock:
+            return Counter(self._requests)
 
     def reset(self) -> None:
-        with self._server._lock:
-            self._server.requests.clear()
+        with self._lock:
+            self._requests.clear()
 
     def __enter__(self) -> "SiteServer":
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        self._loop.close()
+
+    async def _stop(self) -> None:
+        self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    def _count(self, path: str) -> int:
+        with self._lock:
+            self._requests[path] += 1
+            return self._requests[path]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            while await self._answer_one(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client gave up (a timeout test), or the server stops
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _answer_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Reads one request and answers it; True when the connection stays open for another."""
+        request_line = await reader.readline()
+        if not request_line.strip():
+            return False
+        _method, path, version = request_line.decode("latin-1").split(" ", 2)
+        headers = {}
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        keep_alive = version.strip() == "HTTP/1.1" and headers.get("connection") != "close"
+        served = self._count(path)
+        route = self.site.routes.get(path)
+        await asyncio.sleep(self.site.latency_s + (route.delay_s if route else 0.0))
+        if route is None:
+            status, content_type, body, extra = 404, "text/html", b"<html><body>not found</body></html>", {}
+        elif served <= route.fail_first:
+            status, content_type, body, extra = 503, "text/html", b"busy", {"Retry-After": "0"}
+        elif route.location is not None:
+            status, content_type, body, extra = route.status, "text/html", b"", {"Location": route.location}
+        else:
+            status, content_type, body, extra = route.status, route.content_type, _page(route, path, self.origin), {}
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Content-Type: {content_type}",
+                f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+        head += [f"{name}: {value}" for name, value in extra.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        return keep_alive
 
 
 # -- a docs-like site for the benchmark and the large integration test ----------
@@ -219,6 +234,10 @@ class SiteProcess:
 
     def url(self, path: str) -> str:
         return self.origin + path
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     @property
     def requests(self) -> Counter:

@@ -1,15 +1,12 @@
 """Running the external tools: argument lists only, never a shell.
 
-`LocalShell` runs on this machine with kindlab's tool cache first on PATH;
-`RemoteShell` runs the same argument lists over SSH through a Fabric
-Connection. Secrets travel through stdin or the environment and are masked in
-every message kindlab prints.
+`LocalShell` runs on this machine with kindlab's tool cache first on PATH.
+Secrets travel through stdin or the environment and are masked in every
+message kindlab prints.
 """
 from __future__ import annotations
 
-import io
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 MASK = "****"
+VERBOSE_LINES = 200  # of each command's output, echoed live with --verbose
 _SECRET_FLAGS = ("--password", "--token", "--client-key-data", "--secret")
 
 
@@ -108,7 +106,8 @@ class LocalShell:
 
     def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
             secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
-            cwd: str | Path | None = None) -> Result:
+            cwd: str | Path | None = None, stop: threading.Event | None = None) -> Result:
+        """Run a tool to its end; `stop` set meanwhile ends it early (it then exits non-zero)."""
         argv = [str(a) for a in argv]
         secrets = tuple(secrets)
         resolved = self._resolve(argv)
@@ -122,6 +121,8 @@ class LocalShell:
         except OSError as exc:
             raise CommandError(argv, None, str(exc), secrets) from exc
         self._track(proc)
+        if stop is not None:
+            threading.Thread(target=_kill_when, args=(stop, proc), daemon=True).start()
         try:
             out, err = self._communicate(proc, input, timeout, secrets)
         except subprocess.TimeoutExpired:
@@ -144,11 +145,15 @@ class LocalShell:
             return proc.communicate(input, timeout=timeout)
         # Stream each line live while keeping the whole output for the caller.
         chunks: dict[str, list[str]] = {"out": [], "err": []}
+        argv_name = Path(proc.args[0]).name
 
         def pump(stream, key):
             for line in stream:
                 chunks[key].append(line)
-                self.echo("  " + mask_text(line.rstrip("\n"), secrets))
+                if len(chunks[key]) <= VERBOSE_LINES:
+                    self.echo("  " + mask_text(line.rstrip("\n"), secrets))
+            if len(chunks[key]) > VERBOSE_LINES:  # `helm show crds` prints 4 MB: keep the terminal usable
+                self.echo(f"  … {len(chunks[key]) - VERBOSE_LINES} more lines of {argv_name} not shown")
 
         threads = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
                    threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
@@ -193,52 +198,14 @@ class LocalShell:
                 proc.kill()
 
 
-class RemoteShell:
-    """The same argument lists over SSH, through a Fabric Connection (or a stand-in)."""
-
-    def __init__(self, connection, bin_dir: str | None = None, *, verbose: bool = False):
-        self.connection = connection
-        self.bin_dir = bin_dir
-        self.verbose = verbose
-
-    def which(self, tool: str) -> str | None:
-        res = self.connection.run(shlex.join(["command", "-v", tool]), hide=True, warn=True,
-                                  env=self._env(None))
-        return res.stdout.strip() or None
-
-    def _env(self, env):
-        merged = dict(env or {})
-        if self.bin_dir:
-            merged["PATH"] = f"{self.bin_dir}:$PATH"
-        return merged
-
-    def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
-            secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
-            cwd: str | Path | None = None) -> Result:
-        argv = [str(a) for a in argv]
-        command = shlex.join(argv)
-        if cwd:
-            command = f"cd {shlex.quote(str(cwd))} && {command}"
-        res = self.connection.run(
-            command, hide=not self.verbose, warn=True, timeout=timeout, env=self._env(env),
-            in_stream=io.StringIO(input) if input is not None else False)
-        result = Result(tuple(argv), res.return_code, res.stdout, res.stderr)
-        if check and res.return_code != 0:
-            raise CommandError(argv, res.return_code, _tail(res.stderr or res.stdout), secrets)
-        return result
-
-    def spawn(self, argv, *, env=None):
-        raise NotImplementedError("port-forwards run on the machine that runs kindlab; "
-                                  "use the cluster's kubeconfig locally for dashboards")
-
-    def close(self) -> None:
-        pass
+def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.2):
+            proc.kill()
+            return
 
 
-def make_shell(bin_dir: Path | None, *, host: str = "", verbose: bool = False):
-    """A LocalShell, or a RemoteShell over SSH for `--host user@server`."""
-    if not host:
-        return LocalShell(bin_dir, verbose=verbose)
-    from fabric import Connection  # imported lazily: paramiko is slow to import
-    return RemoteShell(Connection(host), "$HOME/.cache/kindlab/bin", verbose=verbose)
+def make_shell(bin_dir: Path | None, *, verbose: bool = False) -> LocalShell:
+    """The shell the plays run their tools through, kindlab's tool cache first on PATH."""
+    return LocalShell(bin_dir, verbose=verbose)
 

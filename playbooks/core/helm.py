@@ -17,9 +17,12 @@ and the error says so. Every helm command names the kubeconfig and context.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,13 +30,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from . import kyaml
 from .commands import CommandError
 from .resources import applied
 from .settings import Lab
-from .steps import Step, StepFailed, change, is_transient, ok
+from .steps import Step, StepFailed, change, is_transient, ok, unknown
 
 DEFAULT_INDEX_MAX_AGE = 24 * 3600.0  # seconds before a repository index is refreshed
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
+HELM_HOOK = "helm.sh/hook"
+DIGEST_LABEL = "kindlab.dev/chart-digest"  # on helm's release Secret: the local chart's files it came from
+CRDS_HASH = "kindlab.dev/chart-crds-sha256"  # on each CRD: the chart CRD text it came from
 _SECRET_KEY_WORDS = ("password", "secret", "token", "apikey", "api_key", "privatekey")
 
 
@@ -120,7 +127,7 @@ def load_values(release: Release) -> dict:
     for path in release.values_files:
         path = Path(path).expanduser()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = kyaml.load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise StepFailed(f"release {release.name}: cannot read values file {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -182,13 +189,59 @@ def local_chart_meta(path: str | Path) -> dict:
     path = Path(path).expanduser()
     try:
         if path.is_dir():
-            return yaml.safe_load((path / "Chart.yaml").read_text(encoding="utf-8")) or {}
+            return kyaml.load((path / "Chart.yaml").read_text(encoding="utf-8")) or {}
         with tarfile.open(path) as archive:
             member = next(m for m in archive.getmembers()
                           if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml"))
-            return yaml.safe_load(archive.extractfile(member).read()) or {}
+            return kyaml.load(archive.extractfile(member).read()) or {}
     except (OSError, StopIteration, tarfile.TarError, yaml.YAMLError) as exc:
         raise StepFailed(f"{path} is not a Helm chart (no readable Chart.yaml): {exc}") from None
+
+
+def chart_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of a chart directory or .tgz by its path inside the chart; packaged
+    subcharts (charts/NAME-VERSION.tgz) are opened and listed under charts/NAME/."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _with_subcharts({p.relative_to(path).as_posix(): p.read_bytes()
+                                for p in sorted(path.rglob("*")) if p.is_file()})
+    return _archive_files(path.read_bytes())
+
+
+def _archive_files(data: bytes) -> dict[str, bytes]:
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                # members are CHART/..., the chart's own folder first
+                files[member.name.split("/", 1)[1] if "/" in member.name else member.name] = \
+                    archive.extractfile(member).read()
+    return _with_subcharts(files)
+
+
+def _with_subcharts(files: dict[str, bytes]) -> dict[str, bytes]:
+    out = {}
+    for name, data in files.items():
+        parts = name.split("/")
+        if len(parts) == 2 and parts[0] == "charts" and name.endswith(".tgz"):
+            sub = _archive_files(data)
+            prefix = "charts/" + (kyaml.load(sub.get("Chart.yaml", b"{}").decode()) or {}).get(
+                "name", parts[1].removesuffix(".tgz"))
+            out.update({f"{prefix}/{k}": v for k, v in sub.items()})
+        else:
+            out[name] = data
+    return out
+
+
+def crd_files(files: Mapping[str, bytes]) -> dict[str, str]:
+    """The CRD files helm installs from a chart: its crds/ folder and its subcharts', at any depth."""
+    def is_crd(name: str) -> bool:
+        parts = name.split("/")
+        while len(parts) > 2 and parts[0] == "charts":
+            parts = parts[2:]
+        return len(parts) > 1 and parts[0] == "crds" and name.endswith((".yaml", ".yml", ".json"))
+
+    return {name: data.decode("utf-8") for name, data in sorted(files.items()) if is_crd(name)}
 
 
 def desired_chart(release: Release) -> str | None:
@@ -368,58 +421,79 @@ def wait_namespace_gone(ctx, namespace: str, timeout: float) -> str:
 
 
 def crds_step(lab: Lab, release: Release) -> Step:
-    """The chart's CRDs (subcharts' included), applied server-side and waited Established."""
-    documents: dict[str, list[dict]] = {}
+    """The chart's CRDs (subcharts' included), applied server-side and waited Established.
 
-    def load(ctx) -> list[dict]:
-        out = ctx.sh.run(helm(lab, "show", "crds", *chart_source(ctx, lab, release))).stdout
-        documents["crds"] = [d for d in yaml.safe_load_all(out) if isinstance(d, dict) and d.get("kind")]
-        return documents["crds"]
+    Each CRD kindlab applies carries the sha256 of the chart's whole CRD text
+    (`helm show crds`) in an annotation. A rerun whose chart yields the same
+    text finds that mark on every CRD with one metadata-only list and is done
+    in milliseconds; only a changed chart (or CRDs without the mark) pays for
+    the full server-side dry-run of several megabytes.
+    """
+    plan: dict = {}
 
-    inner = applied(f"{release.name} CRDs", lab, lambda: documents["crds"])
+    def load(ctx) -> dict:
+        if "crds" not in plan:
+            source = chart_source(ctx, lab, release)
+            if is_local_chart(source[0]):
+                # File by file: `helm show crds` joins the files without a separator, so two
+                # files whose text does not begin with `---` would read as one document.
+                texts = list(crd_files(chart_files(source[0])).values())
+            else:
+                texts = [ctx.sh.run(helm(lab, "show", "crds", *source)).stdout]
+            digest = hashlib.sha256("\n---\n".join(texts).encode()).hexdigest()
+            crds = [obj for text in texts for obj in kyaml.objects(text)]
+            for crd in crds:
+                crd.setdefault("metadata", {}).setdefault("annotations", {})[CRDS_HASH] = digest
+            plan.update(crds=crds, digest=digest,
+                        names=[d["metadata"]["name"] for d in crds if d["kind"] == "CustomResourceDefinition"])
+        return plan
+
+    inner = applied(f"{release.name} CRDs", lab, lambda: plan["crds"])
 
     def check(ctx):
-        crds = load(ctx)
+        crds, digest, names = (load(ctx)[k] for k in ("crds", "digest", "names"))
         if not crds:
             return ok(f"chart {release.chart} has no CRDs")
+        marks = ctx.kube.crd_annotations()
+        if names and all(marks.get(n, {}).get(CRDS_HASH) == digest for n in names):
+            return ok(f"{len(names)} CRDs as this chart has them (sha256 {digest[:12]})")
+        if names and not any(n in marks for n in names):  # none there yet: nothing to compare
+            return change(f"create {len(names)} CRDs: {', '.join(names[:3])}" + (" ..." if len(names) > 3 else ""))
         result = inner.check(ctx)
         return result if result.needs_change else ok(f"{len(crds)} CRDs up to date")
 
     def apply(ctx):
-        if "crds" not in documents:
-            load(ctx)
+        load(ctx)
         return inner.apply(ctx)
 
     def wait(ctx):
-        if "crds" not in documents:
-            load(ctx)
-        names = [d["metadata"]["name"] for d in documents["crds"] if d.get("kind") == "CustomResourceDefinition"]
+        names = load(ctx)["names"]
         return wait_crds_established(ctx, names, lab.timeout, what=f"{release.name} CRDs") if names else None
 
     return Step(f"{release.name} CRDs", check, apply, wait=wait)
 
 
 def wait_crds_established(ctx, names: Sequence[str], timeout: float, what: str = "CRDs") -> str:
-    """Until every named CRD is Established (its API served); a rejected name fails at once."""
-    from kubernetes.client.exceptions import ApiException
+    """Until every named CRD is Established (its API served); a rejected name fails at once.
+
+    CRDs are read as plain JSON (see Kube.get_json) and polled, not watched:
+    they settle within a second, and a watch would model megabytes per event.
+    """
     from .kube import Verdict
 
     def evaluate():
         waiting, failure = [], None
         for name in names:
-            try:
-                crd = ctx.kube.apiext.read_custom_resource_definition(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            crd = ctx.kube.crd(name)
+            if crd is None:
                 waiting.append(f"{name} (not created yet)")
                 continue
-            conditions = {c.type: c for c in (crd.status.conditions or [])} if crd.status else {}
+            conditions = {c.get("type"): c for c in (crd.get("status") or {}).get("conditions") or []}
             names_ok = conditions.get("NamesAccepted")
-            if names_ok is not None and names_ok.status == "False":
-                failure = f"{what}: CRD {name} was refused: {names_ok.message}"
+            if names_ok is not None and names_ok.get("status") == "False":
+                failure = f"{what}: CRD {name} was refused: {names_ok.get('message')}"
             established = conditions.get("Established")
-            if established is None or established.status != "True":
+            if established is None or established.get("status") != "True":
                 waiting.append(name)
         done = len(names) - len(waiting)
         if not waiting:
@@ -427,8 +501,7 @@ def wait_crds_established(ctx, names: Sequence[str], timeout: float, what: str =
         return Verdict(False, f"{done}/{len(names)} CRDs Established; waiting for {', '.join(waiting[:3])}",
                        failure)
 
-    return ctx.kube.wait_for(what, evaluate, [(ctx.kube.apiext.list_custom_resource_definition, {})],
-                             timeout=timeout, say=ctx.say)
+    return ctx.kube.wait_for(what, evaluate, [], timeout=timeout, say=ctx.say, recheck=0.5)
 
 
 def release_step(lab: Lab, release: Release) -> Step:
@@ -444,9 +517,14 @@ def release_step(lab: Lab, release: Release) -> Step:
         want_chart = desired_chart(release)
         paths = values_diff(installed_values(ctx, lab, release), load_values(release))
         drift = describe_drift(current.get("chart", ""), want_chart, paths)
+        if release.is_local:  # a local chart can change under the same version: its files count
+            have, want = installed_digest(ctx, release), chart_digest(release)
+            if have != want:
+                drift = "; ".join(filter(None, [drift, f"chart files changed (digest {have or 'none'} -> {want})"]))
         if drift:
             return change(f"upgrade ({drift})")
-        return ok(f"{release.name} {current.get('chart')} deployed (revision {current.get('revision')})")
+        return release_health(ctx, lab, release, f"{release.name} {current.get('chart')} deployed "
+                                                 f"(revision {current.get('revision')})")
 
     def apply(ctx):
         current = installed(ctx, lab, release)
@@ -469,19 +547,120 @@ def release_step(lab: Lab, release: Release) -> Step:
     return Step(f"{release.name} release", check, apply, wait=wait)
 
 
+def hook_jobs_waiting(kube, namespace: str, context: str) -> tuple[list[str], str | None]:
+    """What Helm waits for: its hook Jobs not yet complete, a line each with their pods' reasons,
+    and a failure sentence when one of them cannot complete (a pod that will never run, a failed Job)."""
+    from .kube import next_step, pod_state
+
+    lines, failure = [], None
+    for job in kube.batch.list_namespaced_job(namespace).items:
+        hook = (job.metadata.annotations or {}).get(HELM_HOOK)
+        if not hook or (job.status.succeeded or 0) > 0:
+            continue
+        name = job.metadata.name
+        states = [pod_state(p) for p in kube.core.list_namespaced_pod(
+            namespace, label_selector=f"job-name={name}").items]
+        pods = "; ".join(s.describe() for s in states) or "no pod yet"
+        lines.append(f"{hook} hook job {namespace}/{name} ({pods})")
+        failed = next((c for c in job.status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
+        terminal = next((s for s in states if s.terminal), None)
+        if failure is None and failed is not None:
+            failure = (f"{hook} hook job {namespace}/{name} failed: {failed.reason}: {failed.message}; "
+                       f"kubectl --context {context} -n {namespace} logs job/{name}")
+        elif failure is None and terminal is not None:
+            failure = (f"{hook} hook job {namespace}/{name} cannot complete: {terminal.describe()}; "
+                       + next_step(terminal, context, namespace))
+    return lines, failure
+
+
+class HookWatch:
+    """While helm installs, say which hook Jobs it waits for; stop helm when one cannot complete."""
+
+    def __init__(self, ctx, namespace: str, context: str, interval: float = 2.0):
+        self.ctx, self.namespace, self.context, self.interval = ctx, namespace, context, interval
+        self.stop = threading.Event()   # set: helm is ended early (see LocalShell.run)
+        self.failure: str | None = None
+        self.waiting: list[str] = []
+        self._done = threading.Event()
+
+    def __enter__(self):
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while not self._done.wait(self.interval):
+            try:
+                self.waiting, self.failure = hook_jobs_waiting(self.ctx.kube, self.namespace, self.context)
+            except Exception:  # noqa: BLE001 - helm's own result decides; this only reports
+                continue
+            if self.failure:
+                self.stop.set()
+                return
+            if self.waiting:
+                self.ctx.say(f"helm waits for {'; '.join(self.waiting[:2])} ({time.monotonic() - started:.0f}s)")
+
+
+def chart_digest(release: Release) -> str:
+    """A local chart's identity beyond its version: 32 hex digits over its files' names and bytes."""
+    digest = hashlib.sha256()
+    for name, data in sorted(chart_files(release.chart).items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:32]
+
+
+def installed_digest(ctx, release: Release) -> str | None:
+    """The chart digest kindlab recorded on the deployed revision (a label of helm's release Secret)."""
+    secrets = ctx.kube.core.list_namespaced_secret(
+        release.namespace, label_selector=f"owner=helm,name={release.name},status=deployed").items
+    latest = max(secrets, key=lambda s: int((s.metadata.labels or {}).get("version", 0)), default=None)
+    return (latest.metadata.labels or {}).get(DIGEST_LABEL) if latest is not None else None
+
+
+def release_health(ctx, lab: Lab, release: Release, detail: str):
+    """A deployed release is only ok while its pods run: a pod that cannot recover fails the check, and
+    under --check pods still starting are 'unknown' (the wait covers them in a real run)."""
+    from .kube import explain
+
+    pods = [p for p in ctx.kube.core.list_namespaced_pod(release.namespace).items if p.status.phase != "Succeeded"]
+    ready, progress, failure = explain(pods, len(pods), f"release {release.name}", lab.context, release.namespace)
+    if failure:
+        raise StepFailed(f"{failure}; the release is deployed but does not run")
+    if ready < len(pods) and lab.check_mode:
+        return unknown(f"its pods Ready: {progress}")
+    return ok(detail)
+
+
 def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
-    """`helm upgrade --install` with the merged values on stdin; roll back a failed upgrade."""
+    """`helm upgrade --install` with the merged values on stdin; roll back a failed upgrade.
+
+    While helm runs, its hook Jobs are reported as progress; one that cannot
+    complete ends helm at once and is named, instead of a timeout later.
+    """
     values = load_values(release)
     argv = helm(lab, "upgrade", "--install", release.name, *chart_source(ctx, lab, release),
                 "-n", release.namespace, "--reset-values", "-f", "-", "--timeout", f"{int(lab.timeout)}s")
     if release.crds_from_chart:
         argv.append("--skip-crds")
+    if release.is_local:
+        argv += ["--labels", f"{DIGEST_LABEL}={chart_digest(release)}"]
+    watch = HookWatch(ctx, release.namespace, lab.context)
     try:
-        ctx.sh.run(argv, input=json.dumps(values), secrets=secret_strings(values))
+        with watch:
+            ctx.sh.run(argv, input=json.dumps(values), secrets=secret_strings(values), stop=watch.stop)
     except CommandError as exc:
+        if watch.failure:
+            raise StepFailed(f"release {release.name}: {watch.failure}; helm was stopped and the release "
+                             "is repaired on the next run") from None
         if is_transient(exc):
             raise
         message = helm_message(exc)
+        still, _ = _safely(lambda: hook_jobs_waiting(ctx.kube, release.namespace, lab.context), ([], None))
+        if still:
+            message += f"; helm was still waiting for {'; '.join(still[:3])}"
         revisions = history(ctx, lab, release)
         failed = max((int(r["revision"]) for r in revisions), default=None)
         good = last_deployed_revision(revisions, below=failed) if previous is not None else None
@@ -497,6 +676,14 @@ def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
     current = installed(ctx, lab, release) or {}
     verb = "installed" if previous is None else "upgraded"
     return f"{verb} {release.name} {current.get('chart', release.chart)} (revision {current.get('revision')})"
+
+
+def _safely(read, default):
+    """A read for a message: its answer, or `default` if the cluster cannot say."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - only enriches an error that is already being raised
+        return default
 
 
 def unstick(ctx, lab: Lab, release: Release, current: dict) -> None:

@@ -7,6 +7,7 @@ crash loop) and names the pod, the reason and what to do next.
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from .steps import StepFailed, WaitTimeout
+from .steps import MissingPrerequisite, StepFailed, WaitTimeout
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -26,7 +27,9 @@ PULL_ERRORS = {"ImagePullBackOff", "ErrImagePull"}
 # Registry answers that mean the image will never come, however long we wait.
 PULL_FATAL = ("not found", "manifest unknown", "repository does not exist", "unauthorized",
               "denied", "invalid reference")
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 CRASH_LOOP_LIMIT = 3
+OPERATOR_GRACE_S = 30.0  # an operator writes a resource's status within seconds
 PULL_GRACE_S = 90.0
 
 NEXT_STEP = {
@@ -119,10 +122,14 @@ def explain(pods: Iterable, want: int, what: str, context: str, namespace: str,
     terminal = next((s for s in waiting if s.terminal), None)
     failure = None
     if terminal:
-        hint = NEXT_STEP.get(terminal.reason, f"kubectl --context {context} -n {namespace} describe pod {{pod}}")
-        failure = (f"{what}: {ready}/{want} pods Ready; {terminal.describe()}; "
-                   + hint.format(context=context, namespace=namespace, pod=terminal.name))
+        failure = f"{what}: {ready}/{want} pods Ready; {terminal.describe()}; {next_step(terminal, context, namespace)}"
     return ready, progress, failure
+
+
+def next_step(state: PodState, context: str, namespace: str) -> str:
+    """What a user can do about a pod in this state."""
+    hint = NEXT_STEP.get(state.reason, "kubectl --context {context} -n {namespace} describe pod {pod}")
+    return hint.format(context=context, namespace=namespace, pod=state.name)
 
 
 class Kube:
@@ -134,14 +141,16 @@ class Kube:
         try:
             self.api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
         except config.ConfigException as exc:
-            raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
-                             "create the cluster first (invoke cluster.create)") from None
+            raise MissingPrerequisite(f"the cluster of context {context}",
+                                      f"context {context!r} not found in {kubeconfig}: {exc}; "
+                                      "create the cluster first (invoke cluster.create)") from None
         self.cancel = threading.Event()  # set by interrupt(): Ctrl-C ends every wait at once
         self._waiting: set[queue.Queue] = set()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.apiext = client.ApiextensionsV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
 
     # --- generic wait -----------------------------------------------------
     def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
@@ -270,6 +279,34 @@ class Kube:
             (self.apps.list_namespaced_deployment, {"namespace": namespace}),
         ], timeout=timeout, say=say, events_of=lambda: self.pod_warnings(namespace, ""))
 
+    def wait_reconciled(self, group: str, version: str, plural: str, namespace: str, *, operator: str,
+                        timeout: float, grace: float = OPERATOR_GRACE_S,
+                        say: Callable[[str], None] = lambda m: None) -> str:
+        """Until every such custom resource in the namespace has a status, written by its operator.
+
+        An operator writes a status within seconds of seeing a resource; none
+        after `grace` seconds means nothing reconciles it, and no pod will ever
+        come: fail then, naming the operator, instead of waiting out the timeout.
+        """
+        what = f"{plural} in {namespace}"
+        start = time.monotonic()
+
+        def evaluate() -> Verdict:
+            items = self.custom.list_namespaced_custom_object(group, version, namespace, plural).get("items") or []
+            bare = [i["metadata"]["name"] for i in items if not i.get("status")]
+            if items and not bare:
+                return Verdict(True, f"{len(items)} {plural} reconciled by {operator}")
+            progress = f"waiting for {operator} to reconcile {plural} {', '.join(bare)}" if bare else \
+                f"no {plural} in {namespace} yet"
+            failure = None
+            if time.monotonic() - start > grace:
+                failure = (f"{plural} {namespace}/{(bare or ['?'])[0]}: no status after {grace:.0f}s, so no {operator} "
+                           f"is reconciling it and its pods will never be made; check the operator "
+                           f"(`invoke status`, its pod's logs) and run again")
+            return Verdict(False, progress, failure)
+
+        return self.wait_for(what, evaluate, [], timeout=timeout, say=say, recheck=1.0)
+
     def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
                        poll: float = 0.5) -> str:
         """Until the API server's /readyz answers 200: every check passed, its authorizer included.
@@ -332,13 +369,42 @@ class Kube:
                              [(self.core.list_namespaced_service_account, {"namespace": namespace})],
                              timeout=timeout, say=say)
 
+    # --- raw reads -----------------------------------------------------------
+    def get_json(self, path: str, *, accept: str = "application/json", **query) -> dict:
+        """GET an API path as plain JSON, bypassing the client's strict models.
+
+        The models refuse objects the API server really sends: an EndpointSlice
+        of a Service without pods has `endpoints: null` (client 33.1.0 raises
+        ValueError), and a multi-megabyte CRD costs seconds to model. Objects
+        like these are read here instead.
+        """
+        response = self.api.call_api(
+            path, "GET", query_params=[(k, v) for k, v in query.items() if v is not None],
+            header_params={"Accept": accept}, auth_settings=["BearerToken"],
+            _preload_content=False, _return_http_data_only=True)
+        return json.loads(response.data or b"null") or {}
+
     def ready_endpoints(self, namespace: str, service: str) -> int:
-        """Ready endpoint addresses of a Service, from its EndpointSlices."""
-        discovery = client.DiscoveryV1Api(self.api)
-        slices = discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}").items
-        return sum(1 for s in slices for ep in (s.endpoints or [])
-                   if ep.conditions is None or ep.conditions.ready is not False)
+        """Ready endpoint addresses of a Service, from its EndpointSlices (read raw: see get_json)."""
+        slices = self.get_json(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                               labelSelector=f"kubernetes.io/service-name={service}").get("items") or []
+        return sum(1 for s in slices for ep in (s.get("endpoints") or [])
+                   if (ep.get("conditions") or {}).get("ready") is not False)
+
+    def crd(self, name: str) -> dict | None:
+        """A CustomResourceDefinition as JSON, or None when absent."""
+        try:
+            return self.get_json(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def crd_annotations(self) -> dict[str, dict]:
+        """Every CRD's name -> annotations, from one metadata-only list (no multi-MB schemas)."""
+        items = self.get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                              accept=METADATA_LIST).get("items") or []
+        return {i["metadata"]["name"]: i["metadata"].get("annotations") or {} for i in items}
 
     def pod_warnings(self, namespace: str, selector: str, limit: int = 3) -> list[str]:
         """The latest Warning events of the pods that are not Ready (FailedScheduling, BackOff...)."""

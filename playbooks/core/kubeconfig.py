@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from . import kyaml
+
 _SECTIONS = ("clusters", "users", "contexts")
 
 
@@ -19,7 +21,7 @@ def _load(path: Path) -> dict:
     if not path.exists():
         return {"apiVersion": "v1", "kind": "Config", "preferences": {},
                 "clusters": [], "users": [], "contexts": [], "current-context": ""}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = kyaml.load(path.read_text()) or {}
     for section in _SECTIONS:
         data[section] = data.get(section) or []
     return data
@@ -37,7 +39,7 @@ def _save(path: Path, data: dict) -> None:
 
 def context_entries(source_text: str, context: str) -> dict:
     """The cluster, user and context entries for `context` from a kubeconfig text."""
-    data = yaml.safe_load(source_text) or {}
+    data = kyaml.load(source_text) or {}
     ctx = next((c for c in data.get("contexts") or [] if c.get("name") == context), None)
     if ctx is None:
         names = [c.get("name") for c in data.get("contexts") or []]

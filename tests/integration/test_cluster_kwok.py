@@ -23,7 +23,7 @@ def test_check_mode_on_a_converged_cluster_reports_no_change(play, testbed):
 
 def test_the_context_is_merged_without_becoming_current(testbed):
     config = yaml.safe_load(testbed.kubeconfig.read_text())
-    assert "kwok-kindlab-it" in [c["name"] for c in config["contexts"]]
+    assert testbed.context in [c["name"] for c in config["contexts"]]
     assert config.get("current-context", "") in ("", None)
 
 
@@ -95,26 +95,29 @@ def test_crash_loop_fails_fast_with_the_logs_command(play, testbed):
 def test_delete_of_an_absent_cluster_is_ok(play, testbed):
     ghost = replace(testbed, cluster="kindlab-absent")
     outcomes = play(cluster.delete_steps(ghost), lab=ghost)
-    assert [o.status for o in outcomes] == ["ok", "ok"], play.output
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok"], play.output
 
 
 def _processes_mentioning(text):
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if text in line and "pytest" not in line]
 
 
 def test_a_second_cluster_is_created_and_deleted_leaving_no_process(testbed):
     from tests.conftest import PlayRun
-    lab = replace(testbed, cluster="kindlab-it-life", kwok=replace(testbed.kwok, nodes=1))
+    lab = replace(testbed, cluster=f"{testbed.cluster}-life", kwok=replace(testbed.kwok, nodes=1))
     run = PlayRun(lab)
     created = run(cluster.create_steps(lab))
     assert created[0].status == "changed", run.output
-    assert _processes_mentioning("clusters/kindlab-it-life")
+    assert _processes_mentioning(f"clusters/{lab.cluster}")
+    # the operators run beside it, pointed at its API server
+    assert {o.step: o.status for o in created}[f"operators of {lab.cluster} running"] == "changed"
+    assert len(_processes_mentioning("prometheus-operator --web.listen-address")) >= 1
     assert all(o.status == "ok" for o in run(cluster.create_steps(lab))), run.output
     deleted = run(cluster.delete_steps(lab))
-    assert [o.status for o in deleted] == ["changed", "changed"], run.output
+    assert [o.status for o in deleted] == ["changed", "changed", "changed"], run.output
     deadline = time.monotonic() + 10
-    while _processes_mentioning("clusters/kindlab-it-life") and time.monotonic() < deadline:
+    while _processes_mentioning(f"clusters/{lab.cluster}") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _processes_mentioning("clusters/kindlab-it-life")
-    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok"]
+    assert not _processes_mentioning(f"clusters/{lab.cluster}")
+    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok", "ok"]

@@ -159,7 +159,7 @@ def test_crawl_job_finds_every_page_and_requests_each_once(ray_head, tmp_path):
         result = submit_crawl(
             ray_head,
             [home, home, "--prefix", server.url("/docs/"), "--depth", "3", "--max-pages", "500",
-             "--concurrency", "8", "--per-host", "8", "--batch-size", "4", "--no-robots",
+             "--concurrency", "8", "--per-host", "8", "--fetchers", "2", "--no-robots",
              "--json", str(tmp_path / "crawl.json")],
             on_log=lines.append,
             timeout_s=120,

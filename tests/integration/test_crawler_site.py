@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from crawler import CrawlConfig, FetchOptions, crawl, fetch_page
-from crawler.executors import ThreadExecutor
+from crawler.executors import AsyncExecutor, ThreadExecutor
 from tests.sitegen import Route, Site, SiteServer, docs_site
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +60,7 @@ PAGES_WITHIN_DEPTH_3 = {
 NEVER_REQUESTED = {"/site/image.png", "/site/deep3.html", "/outside/page.html", "/site/private/secret.html"}
 
 
-def run_crawl(server: SiteServer, *paths: str, concurrency: int = 8, **options) -> dict:
+def run_crawl(server: SiteServer, *paths: str, concurrency: int = 8, threads: bool = False, **options) -> dict:
     config = CrawlConfig(
         starts=tuple(server.url(path) for path in paths),
         prefix=server.url(options.pop("prefix", "/site/")),
@@ -67,7 +69,7 @@ def run_crawl(server: SiteServer, *paths: str, concurrency: int = 8, **options) 
         fetch=FetchOptions(timeout_s=5, retries=1, backoff_s=0.01),
         **options,
     )
-    executor = ThreadExecutor(concurrency)
+    executor = ThreadExecutor(concurrency) if threads else AsyncExecutor()
     try:
         return crawl(config, executor)
     finally:
@@ -78,9 +80,10 @@ def paths(server: SiteServer, urls) -> set[str]:
     return {url[len(server.origin):] for url in urls}
 
 
-def test_edge_site_exact_pages_each_url_requested_once():
+@pytest.mark.parametrize("threads", [False, True], ids=["event-loop", "threads"])
+def test_edge_site_exact_pages_each_url_requested_once(threads):
     with SiteServer(edge_site()) as server:
-        result = run_crawl(server, "/site/", max_depth=3)
+        result = run_crawl(server, "/site/", max_depth=3, threads=threads)
         requests = server.requests
 
     found = {page["final_url"][len(server.origin):]: page["depth"] for page in result["pages"]}
@@ -214,3 +217,25 @@ def test_cli_writes_the_json_result_and_a_summary(tmp_path):
         in completed.stderr
     assert "Total: 11 unique pages" in completed.stderr
     assert completed.stdout == ""  # stdout stays clean for --emit-result
+
+
+def test_cli_crawl_cut_by_max_pages_says_so_in_its_summary_and_json(tmp_path):
+    out = tmp_path / "crawl.json"
+    with SiteServer(edge_site()) as server:
+        completed = subprocess.run(
+            [sys.executable, "-m", "crawler", server.url("/site/"), "--depth", "3", "--max-pages", "5",
+             "--concurrency", "4", "--per-host", "4", "--json", str(out), "--quiet"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+        requests = server.requests
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(out.read_text())
+    stats = result["stats"]
+    assert stats["fetched"] == 5 and sum(n for path, n in requests.items() if path != "/robots.txt") == 5
+    assert stats["truncated"] is True and stats["unfetched"] == len(result["unfetched"]) > 0
+    # Level by level: the start URL and four of its depth-1 links; the rest of depth 1, and what
+    # the four link to, is left.
+    assert max(page["depth"] for page in result["pages"]) == 1 == min(e["depth"] for e in result["unfetched"])
+    assert f"Truncated: --max-pages 5 stopped the crawl; {stats['unfetched']} URLs found within depth 3" \
+        in completed.stderr
+    assert f"{stats['unfetched']} found but left unfetched (--max-pages)" in completed.stderr

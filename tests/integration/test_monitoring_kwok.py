@@ -1,10 +1,11 @@
 """The monitoring play on the kwok testbed, with a stand-in chart for kube-prometheus-stack.
 
-The real chart cannot be downloaded here and its containers could not run on
-kwok anyway; the stub renders what the play relies on (Services kps-prometheus
-and kps-grafana, a Deployment reading the admin Secret, a CRD and one custom
-resource of it) from the same values file, so everything but the chart itself
-is the play's own: values, secret, CRDs server-side, release, verify, uninstall.
+The real chart's containers could not run on kwok; the stub renders what the
+play relies on (Services kps-prometheus and kps-grafana, a Deployment reading
+the admin Secret, a Prometheus resource that the real prometheus-operator turns
+into a StatefulSet beside the simulated control plane, the CRDs it needs) from
+the same values file, so everything but the chart itself is the play's own:
+values, secret, CRDs server-side, release, operator-made pods, verify, uninstall.
 """
 import base64
 import string
@@ -58,18 +59,21 @@ def test_install_makes_the_secret_once_and_a_rerun_changes_nothing(play, testbed
     refs = {e.name: (e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key) for e in env}
     assert refs == {"GF_SECURITY_ADMIN_USER": ("grafana-admin", "admin-user"),
                     "GF_SECURITY_ADMIN_PASSWORD": ("grafana-admin", "admin-password")}
-    # the chart's CRD went in server-side, before the release that needs it
-    crd = kube.apiext.read_custom_resource_definition("scrapes.stub.kindlab.dev")
-    assert ("kindlab", "Apply") in {(m.manager, m.operation) for m in crd.metadata.managed_fields}
-    assert kube.custom.get_namespaced_custom_object("stub.kindlab.dev", "v1", "monitoring", "scrapes",
+    # the chart's CRDs went in server-side, before the release that needs them
+    crd = kube.crd("prometheuses.monitoring.coreos.com")
+    assert ("kindlab", "Apply") in {(m["manager"], m["operation"]) for m in crd["metadata"]["managedFields"]}
+    assert kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "monitoring", "prometheuses",
                                                     "kps-prometheus")
+    # and the operator made Prometheus from it, after the release: the Service's endpoint is its pod
+    statefulset = kube.apps.read_namespaced_stateful_set("prometheus-kps-prometheus", "monitoring")
+    assert [ref.kind for ref in statefulset.metadata.owner_references] == ["Prometheus"]
 
     again = statuses(play(monitoring.install_steps(testbed, stub)))
     assert set(again.values()) == {"ok"}, play.output
     assert monitoring.password(testbed, kube=kube) == password  # never rotated
 
     verified = statuses(play(monitoring.verify_steps(testbed)))
-    assert verified == {"monitoring services have ready endpoints": "ok", "prometheus targets up": "skipped",
+    assert verified == {"monitoring services have ready endpoints": "changed", "prometheus targets up": "skipped",
                         "grafana healthy": "skipped"}
     assert "kps-prometheus: 1 ready endpoint(s); kps-grafana: 1 ready endpoint(s)" in play.output
     assert "runs no containers" in play.output and "need a real cluster" in play.output

@@ -18,11 +18,17 @@ H = "http://site.test"
 
 
 class FakeWeb:
-    """url -> what it answers; counts requests and the most requests in flight per host."""
+    """url -> what it answers; counts requests and the most requests in flight per host.
 
-    def __init__(self, pages: dict, latency_s: float = 0.0):
+    held_until {url: other}: url's answer waits until other has been answered, to
+    fix the order in which answers come without timing anything.
+    """
+
+    def __init__(self, pages: dict, latency_s: float = 0.0, held_until: dict | None = None):
         self.pages = pages
         self.latency_s = latency_s
+        self.held_until = held_until or {}
+        self._answered: defaultdict = defaultdict(threading.Event)
         self.requests: Counter = Counter()
         self.started: dict[str, list[float]] = defaultdict(list)
         self._in_flight: Counter = Counter()
@@ -42,8 +48,16 @@ class FakeWeb:
             self.peak_per_host[host] = max(self.peak_per_host[host], self._in_flight[host])
             self.peak_total = max(self.peak_total, sum(self._in_flight.values()))
         time.sleep(self.latency_s)
+        if url in self.held_until:
+            assert self._answered[self.held_until[url]].wait(10), f"{self.held_until[url]} was never answered"
         with self._lock:
             self._in_flight[host] -= 1
+        try:
+            return self._answer(url)
+        finally:
+            self._answered[url].set()
+
+    def _answer(self, url: str) -> FetchResult:
         answer = self.pages.get(url, 404)
         if isinstance(answer, list):
             return FetchResult(url, 200, "text/html", links=list(answer), attempts=1)
@@ -217,6 +231,103 @@ def test_max_pages_keeps_the_shallowest_pages_in_link_order():
     result = run(web, max_depth=3, max_pages=4)
     assert found(result) == {H + "/": 0, H + "/0": 1, H + "/1": 1, H + "/2": 1}
     assert sum(web.requests.values()) == 4
+
+
+def test_a_crawl_cut_by_max_pages_says_so_and_counts_what_it_left():
+    web = FakeWeb({H + "/": [H + f"/{n}" for n in range(10)], **{H + f"/{n}": [] for n in range(10)}})
+    result = run(web, max_depth=2, max_pages=4)
+    assert result["stats"]["fetched"] == 4 and sum(web.requests.values()) == 4
+    assert (result["stats"]["truncated"], result["stats"]["unfetched"]) == (True, 7)
+    assert [entry["url"] for entry in result["unfetched"]] == sorted(H + f"/{n}" for n in range(3, 10))
+    assert {entry["found_on"] for entry in result["unfetched"]} == {H + "/"}
+
+
+def test_a_crawl_that_fits_in_max_pages_is_not_truncated():
+    web = FakeWeb({H + "/": [H + f"/{n}" for n in range(3)], **{H + f"/{n}": [] for n in range(3)}})
+    result = run(web, max_depth=2, max_pages=4)  # exactly the four pages there are
+    assert result["stats"]["fetched"] == 4
+    assert (result["stats"]["truncated"], result["stats"]["unfetched"], result["unfetched"]) == (False, 0, [])
+
+
+def test_links_beyond_the_depth_are_not_left_unfetched_but_never_counted():
+    web = FakeWeb({H + "/": [H + "/a"], H + "/a": [H + "/b"]})
+    result = run(web, max_depth=1, max_pages=2)
+    assert result["stats"]["truncated"] is False  # /b is deeper than --depth: not part of this crawl
+
+
+@pytest.mark.parametrize("fetched_first", [True, False], ids=["fetched", "in-flight"])
+def test_a_url_found_deep_then_shallower_moves_up_and_its_links_are_followed(fetched_first):
+    # /x is first found at depth 2 (via /b); /slow, at depth 1, then redirects to it:
+    # /x is at depth 1, so its link /y (depth 2) is now within --depth 2.
+    pages = {
+        H + "/": [H + "/slow", H + "/b"],
+        H + "/slow": ("redirect", H + "/x"),
+        H + "/b": [H + "/x"],
+        H + "/x": [H + "/y"],
+        H + "/y": [],
+    }
+    if fetched_first:
+        web = FakeWeb(pages, held_until={H + "/slow": H + "/x"})  # the redirect comes after /x is fetched
+    else:
+        web = FakeWeb(pages, held_until={H + "/x": H + "/slow"})  # ... while /x is in flight
+    result = run(web, max_depth=2)
+    assert found(result) == {H + "/": 0, H + "/b": 1, H + "/x": 1, H + "/y": 2}
+    page_x = next(page for page in result["pages"] if page["final_url"] == H + "/x")
+    assert page_x["depth"] == 1
+    assert set(web.requests.values()) == {1}
+
+
+def test_moving_up_carries_on_through_pages_already_fetched():
+    # /x at depth 1 after the redirect: /x2, fetched at depth 3, is at depth 2, so its
+    # link /z (depth 3) is within --depth 3 now; before, it was one hop too deep.
+    pages = {
+        H + "/": [H + "/slow", H + "/b"],
+        H + "/slow": ("redirect", H + "/x"),
+        H + "/b": [H + "/x"],
+        H + "/x": [H + "/x2"],
+        H + "/x2": [H + "/z"],
+        H + "/z": [],
+    }
+    web = FakeWeb(pages, held_until={H + "/slow": H + "/x"})
+    result = run(web, max_depth=3, max_pages=100)
+    assert found(result)[H + "/x"] == 1
+    assert found(result)[H + "/x2"] == 2
+    assert found(result)[H + "/z"] == 3
+    assert set(web.requests.values()) == {1}
+
+
+def test_max_pages_keeps_the_shallowest_pages_when_a_slow_page_redirects_late():
+    # Level by level, the five pages are /, /a, /slow, /s (its target, depth 1) and /a1.
+    # Streaming must not spend the last request on /a2 before /slow has answered.
+    pages = {
+        H + "/": [H + "/a", H + "/slow"],
+        H + "/a": [H + "/a1", H + "/a2", H + "/a3"],
+        H + "/slow": ("redirect", H + "/s"),
+        H + "/s": [],
+        **{H + f"/a{n}": [] for n in (1, 2, 3)},
+    }
+    web = FakeWeb(pages, held_until={H + "/slow": H + "/a1"})
+    result = run(web, max_depth=3, max_pages=5)
+    assert set(web.requests) == {H + "/", H + "/a", H + "/slow", H + "/s", H + "/a1"}
+    assert result["stats"]["truncated"] and result["stats"]["unfetched"] == 2
+
+
+def test_max_pages_keeps_the_shallowest_pages_when_a_slow_page_links_late():
+    # Level by level: /, then /a and /slow, then /a1 and /slow's three links; /a2 is at depth 3.
+    # Requests are left for /a2 when /a1 answers, but /slow's links, still to come, are shallower.
+    pages = {
+        H + "/": [H + "/a", H + "/slow"],
+        H + "/a": [H + "/a1"],
+        H + "/a1": [H + "/a2"],
+        H + "/slow": [H + "/b1", H + "/b2", H + "/b3"],
+        H + "/a2": [],
+        **{H + f"/b{n}": [] for n in (1, 2, 3)},
+    }
+    web = FakeWeb(pages, held_until={H + "/slow": H + "/a1"})
+    result = run(web, max_depth=3, max_pages=7)
+    assert found(result) == {H + "/": 0, H + "/a": 1, H + "/slow": 1, H + "/a1": 2, H + "/b1": 2, H + "/b2": 2,
+                             H + "/b3": 2}
+    assert [entry["url"] for entry in result["unfetched"]] == [H + "/a2"]
 
 
 def test_concurrency_and_per_host_limits_hold():

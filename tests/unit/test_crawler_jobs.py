@@ -169,7 +169,8 @@ def test_submit_crawl_streams_new_lines_once_and_returns_the_result(fake_jobs):
     seen = []
     result = jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=seen.append, timeout_s=30)
     assert seen[0].startswith("submitted Ray job raysubmit_fake: python -m crawler http://a.test/")
-    assert seen[1:] == ["starting", "crawling", "Total: 3 pages"]
+    assert seen[1] == "follow it: ray job logs --follow --address http://127.0.0.1:8265 raysubmit_fake"
+    assert seen[2:] == ["starting", "crawling", "Total: 3 pages"]
     assert result["pages"] == RESULT["pages"]
     assert result["job"] == {"id": "raysubmit_fake", "address": "http://127.0.0.1:8265"}
     assert client.submitted["runtime_env"]["working_dir"] == str(jobs.PACKAGE_DIR.parent)
@@ -214,6 +215,30 @@ def test_summary_is_per_start_url():
     assert "Total: 3 unique pages, 4 URLs fetched, 1 failed" in text
 
 
+TRUNCATED = dict(
+    RESULT,
+    config=dict(RESULT["config"], max_pages=4, max_depth=3),
+    unfetched=[{"url": f"http://a.test/u{n}", "depth": 2, "start": "http://a.test/", "found_on": "http://a.test/x"}
+               for n in range(5)],
+    stats=dict(RESULT["stats"], truncated=True, unfetched=5),
+)
+
+
+def test_summary_of_a_crawl_cut_by_max_pages_says_so_in_words():
+    text = summarize(TRUNCATED)
+    lines = text.splitlines()
+    assert lines[1] == ("  http://a.test/  2 pages (depth 0: 1, depth 1: 1), 1 broken, "
+                        "5 found but left unfetched (--max-pages)")
+    assert lines[3] == "  http://a.test/b/  1 pages (depth 0: 1), 0 broken"
+    assert ("Truncated: --max-pages 4 stopped the crawl; 5 URLs found within depth 3 were left unfetched. "
+            "Raise --max-pages to crawl them.") in lines
+
+
+def test_summary_of_a_whole_crawl_says_nothing_of_truncation():
+    assert "Truncated" not in summarize(dict(RESULT, unfetched=[], stats=dict(RESULT["stats"], truncated=False)))
+    assert "left unfetched" not in summarize(RESULT)
+
+
 def test_cli_options_become_the_crawl_config():
     args = build_parser().parse_args(
         ["http://a.test/", "http://a.test/b/", "--prefix", "http://a.test/", "--depth", "3", "--max-pages", "50",
@@ -252,3 +277,42 @@ def test_progress_in_a_log_is_a_line_per_depth_not_per_page():
     assert [line.split("]")[1].split()[:4] for line in lines] == [
         ["depth", "0", "fetched", "1"], ["depth", "1", "fetched", "2"], ["depth", "2", "fetched", "5"],
     ]
+
+
+# -- invoke ray.crawl: the step that submits the job ------------------------------------------
+
+
+def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(fake_jobs):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from playbooks.ray import crawl_args, crawl_steps
+
+    long_line = "crawler: " + "x" * 150 + " [not markup] " + "/".join(f"segment{n}" for n in range(30))
+    done = f"starting\n{long_line}\n" + "\n".join(result_lines(TRUNCATED)) + "\n"
+    fake_jobs([(Status.RUNNING, f"starting\n{long_line}\n"), (Status.SUCCEEDED, done)])
+    out = io.StringIO()
+    console = Console(file=out, width=80, highlight=False)
+    said = []
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+                        address="http://127.0.0.1:8265", show=console.print)
+    detail = steps[0].apply(SimpleNamespace(say=said.append))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("submitted Ray job raysubmit_fake:")
+    follow = next(n for n, line in enumerate(lines) if line.startswith("follow it:"))
+    assert " ".join(lines[follow:follow + 2]).startswith(
+        "follow it: ray job logs --follow --address http://127.0.0.1:8265 raysubmit_fake")
+    assert follow < lines.index("starting")
+    assert long_line in "".join(out.getvalue().split("\n"))  # wrapped at 80 columns, nothing cut
+    assert "Truncated: --max-pages 4" in " ".join(lines)
+    assert "cut by --max-pages, 5 URLs left unfetched" in detail
+    assert said and all(len(message) < 80 for message in said)
+
+
+def test_crawl_args_let_concurrency_reach_one_host():
+    from playbooks.ray import crawl_args
+
+    args = build_parser().parse_args(crawl_args(["http://a.test/"], "", 2, 10, 32))
+    assert (args.concurrency, args.per_host) == (32, 32)

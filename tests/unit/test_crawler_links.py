@@ -108,3 +108,39 @@ def test_binary_extensions_are_recognised_without_a_request():
     assert not looks_binary("http://docs.test/page.html")
     assert not looks_binary("http://docs.test/v1.2/")
     assert not looks_binary("http://docs.test/api")
+
+
+def test_links_a_browser_would_not_follow_are_not_links():
+    html = (
+        '<!-- <a href="commented.html">old</a> -->'
+        '<script>document.write(\'<a href="scripted.html">x</a>\')</script>'
+        '<style>/* <a href="styled.html"> */</style>'
+        '<textarea><a href="typed.html">x</a></textarea>'
+        '<title>A <a href="titled.html">title</a></title>'
+        '<abbr href="abbr.html">x</abbr>'
+        '<a href="kept.html">kept</a>'
+    )
+    assert extract_links(html, PAGE) == ["http://docs.test/guide/install/kept.html"]
+
+
+def test_attribute_forms_a_browser_accepts():
+    html = (
+        "<A HREF='single.html'>x</A>"
+        '<a title="a > b" href="after-gt.html">x</a>'
+        '<a class=x href = spaced.html >x</a>'
+        '<a\nhref="newline.html">x</a>'
+        '<a href="first.html" href="second.html">x</a>'
+        '<a data-href="not-this.html">x</a>'
+    )
+    assert extract_links(html, PAGE) == [
+        "http://docs.test/guide/install/single.html",
+        "http://docs.test/guide/install/after-gt.html",
+        "http://docs.test/guide/install/spaced.html",
+        "http://docs.test/guide/install/newline.html",
+        "http://docs.test/guide/install/first.html",
+    ]
+
+
+@pytest.mark.parametrize("href", ["http:other.html", "HTTP:other.html"])
+def test_same_scheme_relative_link_resolves_as_urljoin_does(href):
+    assert links(href) == ["http://docs.test/guide/install/other.html"]

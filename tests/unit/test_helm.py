@@ -62,8 +62,23 @@ class FakeHelm:
         pass
 
 
-def ctx_for(shell, lab=None):
-    return StepContext(lab or Lab(provider="kwok", cluster="t", kubeconfig=Path("/k/config")), shell)
+class FakeKube:
+    """The cluster as the release check reads it: helm's release Secret (with kindlab's chart digest
+    label) and the release's pods (none here: a release without pods is healthy)."""
+
+    def __init__(self, digest=None):
+        from types import SimpleNamespace as NS
+        from playbooks.core.helm import DIGEST_LABEL, chart_digest
+        labels = {"version": "1", DIGEST_LABEL: digest or chart_digest(Release("demo", "ns", str(DEMO)))}
+        secret = NS(metadata=NS(labels=labels))
+        self.core = NS(list_namespaced_secret=lambda ns, label_selector: NS(items=[secret]),
+                       list_namespaced_pod=lambda ns: NS(items=[]))
+
+
+def ctx_for(shell, lab=None, kube=None):
+    ctx = StepContext(lab or Lab(provider="kwok", cluster="t", kubeconfig=Path("/k/config")), shell,
+                      kube_factory=lambda: kube or FakeKube())
+    return ctx
 
 
 def deployed(chart="demo-0.1.0", revision="1", status="deployed", name="demo"):
@@ -320,3 +335,43 @@ def test_local_release_drops_the_repository_and_reads_the_version_from_the_chart
     assert (local.chart, local.version, local.repo_name, local.repo_url) == (str(DEMO), None, None, None)
     assert helm_mod.desired_chart(local) == "demo-0.1.0"
     assert [s.name for s in release_steps(Lab(), local)] == ["demo namespace ns", "demo release"]
+
+
+def _crd_text(plural):
+    return (f"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n"
+            f"  name: {plural}.example.com\nspec:\n  group: example.com\n")
+
+
+def test_crd_files_are_read_one_by_one_including_packaged_subcharts(tmp_path):
+    """`helm show crds` joins CRD files with no separator: two files without a leading `---`
+    read as one document there. Reading the files themselves keeps every CRD."""
+    import io
+    import tarfile
+
+    from playbooks.core import kyaml
+    from playbooks.core.helm import chart_files, crd_files
+
+    chart = tmp_path / "top"
+    (chart / "crds").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: top\nversion: 1.0.0\n")
+    (chart / "crds" / "a.yaml").write_text(_crd_text("alphas"))
+    (chart / "crds" / "b.yaml").write_text(_crd_text("betas"))
+    (chart / "templates").mkdir()
+    (chart / "templates" / "crds-like.yaml").write_text(_crd_text("templated"))  # not in crds/: helm renders it
+    (chart / "charts" / "unpacked" / "crds").mkdir(parents=True)
+    (chart / "charts" / "unpacked" / "crds" / "c.yaml").write_text(_crd_text("gammas"))
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as archive:
+        for name, text in (("sub/Chart.yaml", "apiVersion: v2\nname: sub\nversion: 0.1.0\n"),
+                           ("sub/crds/d.yaml", _crd_text("deltas"))):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    (chart / "charts" / "sub-0.1.0.tgz").write_bytes(packed.getvalue())
+
+    files = crd_files(chart_files(chart))
+    assert list(files) == ["charts/sub/crds/d.yaml", "charts/unpacked/crds/c.yaml", "crds/a.yaml", "crds/b.yaml"]
+    names = [o["metadata"]["name"] for text in files.values() for o in kyaml.objects(text)]
+    assert sorted(names) == ["alphas.example.com", "betas.example.com", "deltas.example.com", "gammas.example.com"]
+    # the joined stream loses a CRD: the trait this guards against
+    assert len(kyaml.objects("".join(files.values()))) < 4

@@ -2,6 +2,7 @@
 import pytest
 import yaml
 
+from playbooks import parts
 from playbooks import cluster, faas, images, lab as lab_play, nginx
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab, lab_from_config, remember_lab
@@ -85,7 +86,7 @@ def run_checks(steps, sh):
 
 def test_all_offline_runs_parts_whose_images_exist_and_skips_the_others_with_the_reason():
     built = Engine({images.reference("nginx"): images.inputs_hash("nginx")})
-    steps = lab_play.all_steps(Lab(offline=True), list(lab_play.PARTS))
+    steps = lab_play.all_steps(Lab(offline=True), parts.choose())
     gates = {s.name: s for s in steps if s.name.endswith("images (offline)")}
     results = run_checks(gates.values(), built)
     assert results["nginx images (offline)"].state == "ok"
@@ -99,18 +100,19 @@ def test_all_offline_runs_parts_whose_images_exist_and_skips_the_others_with_the
 
 
 def test_offline_nginx_not_built_is_skipped_with_the_build_command():
-    reason = images.offline_blocker(Engine({}), "nginx")
+    reason = lab_play.offline_blocker(Engine({}), parts.REGISTRY["nginx"])
     assert "invoke images.build --only nginx" in reason
     stale = Engine({images.reference("nginx"): "an older hash"})
-    assert images.offline_blocker(stale, "nginx") is not None
+    assert lab_play.offline_blocker(stale, parts.REGISTRY["nginx"]) is not None
 
 
 def test_online_all_has_no_offline_gates():
-    names = [s.name for s in lab_play.all_steps(Lab(), list(lab_play.PARTS))]
+    names = [s.name for s in lab_play.all_steps(Lab(), parts.choose())]
     assert not [n for n in names if "(offline)" in n]
 
 
 def test_the_addresses_list_only_the_parts_that_ran():
     from playbooks.core.runner import Outcome
     outcomes = [Outcome("nginx images (offline)", "ok", 0.0), Outcome("faas images (offline)", "skipped", 0.0)]
-    assert lab_play.parts_that_ran(["nginx", "faas", "ray"], outcomes) == ["nginx", "ray"]
+    chosen = [parts.REGISTRY[name] for name in ("nginx", "faas", "ray")]
+    assert [p.name for p in lab_play.parts_that_ran(chosen, outcomes)] == ["nginx", "ray"]

@@ -1,0 +1,97 @@
+"""Local daemons (the simulated cluster's operators): started detached, found again, stopped."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from playbooks.core import daemons
+from playbooks.core.daemons import Daemon
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses sleep(1) and /proc")
+
+
+def sleeper(tmp_path, name="sleeper"):
+    return Daemon(name, ["sleep", "60"], tmp_path / "daemons")
+
+
+def test_start_finds_and_stops_a_daemon(tmp_path):
+    daemon = sleeper(tmp_path)
+    assert daemons.running_pid(daemon) is None
+    pid = daemons.start(daemon)
+    try:
+        assert daemons.running_pid(daemon) == pid
+        assert os.getsid(pid) == pid  # its own session: Ctrl-C in the terminal does not reach it
+        assert "starting sleep 60" in daemon.log_file.read_text()
+    finally:
+        assert daemons.stop(daemon) is True
+    assert daemons.running_pid(daemon) is None
+    assert not daemon.pid_file.exists()
+    assert daemons.stop(daemon) is False  # stopping what does not run is fine
+
+
+def test_a_pid_file_naming_another_program_is_not_trusted_or_killed(tmp_path):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        daemon = Daemon("operator", ["ray-operator", "--flag"], tmp_path)
+        tmp_path.mkdir(exist_ok=True)
+        daemon.pid_file.write_text(str(other.pid))  # a recycled pid now running `sleep`
+        assert daemons.running_pid(daemon) is None
+        assert daemons.stop(daemon) is False
+        assert other.poll() is None  # still running: never killed by mistake
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_daemon_that_exits_is_not_running_and_its_last_words_are_kept(tmp_path):
+    daemon = Daemon("failing", ["sh", "-c", "echo unrecognized feature gate: X >&2; exit 1"], tmp_path / "d")
+    daemons.start(daemon)
+    deadline = time.monotonic() + 5
+    while daemons.running_pid(daemon) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemons.running_pid(daemon) is None
+    assert "unrecognized feature gate: X" in daemons.last_lines(daemon)
+
+
+def test_a_supervised_program_that_exits_is_started_again_and_stops_with_its_supervisor(tmp_path):
+    marker = tmp_path / "runs"
+    daemon = Daemon("flaky", ["sh", "-c", f"echo run >> {marker}; sleep 0.2; exit 3"], tmp_path / "d", restart=True)
+    daemons.start(daemon)
+    try:
+        deadline = time.monotonic() + 10
+        while (not marker.exists() or marker.read_text().count("run") < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.read_text().count("run") >= 3  # a kubelet-like restart, again and again
+        assert "sh exited with code 3; starting it again" in daemon.log_file.read_text()
+        assert daemons.running_pid(daemon) is not None  # the supervisor itself keeps running
+    finally:
+        assert daemons.stop(daemon) is True
+    runs = marker.read_text().count("run")
+    time.sleep(1.5)
+    assert marker.read_text().count("run") == runs  # nothing starts it after stop
+
+
+def test_a_supervisor_waits_for_its_crds_before_starting_the_program(tmp_path):
+    fake_kubectl = tmp_path / "kubectl"
+    fake_kubectl.write_text("#!/bin/sh\nexit 1\n")  # `kubectl get crd ...`: not found
+    fake_kubectl.chmod(0o755)
+    marker = tmp_path / "ran"
+    daemon = Daemon("op", ["sh", "-c", f"touch {marker}; sleep 60"], tmp_path / "d", restart=True,
+                    needs_crds=("widgets.example.com",), kubectl=str(fake_kubectl))
+    daemons.start(daemon)
+    try:
+        deadline = time.monotonic() + 5
+        while "waiting for CRDs" not in daemon.log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "waiting for CRDs widgets.example.com before starting sh" in daemon.log_file.read_text()
+        assert not marker.exists()
+        fake_kubectl.write_text('#!/bin/sh\necho \'{"items": [{"status": {"conditions": '
+                                '[{"type": "Established", "status": "True"}]}}]}\'\n')
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists()  # started once the CRD is Established
+    finally:
+        daemons.stop(daemon)

@@ -7,6 +7,10 @@ limits). `invoke images.build` makes every image the offline lab needs:
 - `debian`: Debian's minimal base, made with debootstrap (needs root);
 - `nginx`: Debian's nginx serving its welcome page;
 - `registry`: the local registry of the faas part (distribution v3, a Go module);
+- `ray`, `kuberay-operator`: the ray part's Ray (Debian's Python and Ray from
+  PyPI) and its KubeRay operator (a Go module);
+- `prometheus-operator`, `prometheus-config-reloader`, `prometheus`,
+  `node-exporter`, `alertmanager`: the monitoring part's programs (Go modules);
 - `node`: a kind node image for the pinned Kubernetes, its control-plane images
   preloaded, with a small CNI of its own (images/kindlab-cni) that routes pod
   subnets between nodes.
@@ -29,9 +33,11 @@ import json
 import os
 import shutil
 import sys
+import re
 import tarfile
 import tempfile
 import threading
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +56,17 @@ LABEL_IMAGE = "kindlab.dev/image"
 DEBIAN_SUITE = "bookworm"  # Python 3.11, the version the project pins
 BUILD_TIMEOUT_S = 1800
 KIND_MODULE = f"sigs.k8s.io/kind@{toolchain.KIND_VERSION}"
+HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+
+
+def _pinned_ray() -> str:
+    """The Ray the project pins (pyproject.toml): the Jobs client's and the cluster's must be equal."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = [m.group(1) for d in project["dependencies"] if (m := re.fullmatch(r"ray(?:\[[^]]*\])?==(\S+)", d))]
+    return pins[0]
+
+
+RAY_VERSION = _pinned_ray()
 # What a kind node needs from Debian (kind v0.29.0's base image, less its storage packages).
 NODE_PACKAGES = ("systemd", "conntrack", "iptables", "nftables", "iproute2", "ethtool", "util-linux",
                  "mount", "kmod", "libseccomp2", "pigz", "fuse-overlayfs", "bash", "ca-certificates",
@@ -78,6 +95,12 @@ def _component(name: str, version: str, binary: str, path: str, entrypoint: tupl
                  binaries=((binary, path),), entrypoint=entrypoint, fixed_tag=True, internal=True)
 
 
+def _program(name: str, version: str, what: str, path: str) -> Image:
+    """An image of one static Go binary, run as its entrypoint (pods pass the arguments)."""
+    return Image(name, "files", version, f"{what}, the static binary alone", binaries=((name, path),),
+                 entrypoint=(path,))
+
+
 _CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CATALOG: dict[str, Image] = {
     "debian": Image("debian", "debootstrap", DEBIAN_SUITE, f"Debian {DEBIAN_SUITE} (minbase, debootstrap)",
@@ -92,6 +115,22 @@ CATALOG: dict[str, Image] = {
     "etcd": _component("etcd", toolchain.ETCD_VERSION, "etcd", "/usr/local/bin/etcd"),
     "coredns": _component("coredns", toolchain.COREDNS_VERSION, "coredns", "/coredns", ("/coredns",)),
     "pause": _component("pause", toolchain.KINDLAB_COMPONENT_VERSION, "pause", "/pause", ("/pause",)),
+    "ray": Image("ray", "ray", RAY_VERSION,
+                 f"Ray {RAY_VERSION} (PyPI) on Debian {DEBIAN_SUITE}'s Python 3.11, with what KubeRay's pods run",
+                 base="debian", files="ray"),
+    "kuberay-operator": Image("kuberay-operator", "files", toolchain.RAY_OPERATOR_VERSION,
+                              "the KubeRay operator (its Go module; the charts run /manager)",
+                              binaries=(("ray-operator", "/manager"),), entrypoint=("/manager",)),
+    "prometheus-operator": _program("prometheus-operator", toolchain.PROMETHEUS_OPERATOR_VERSION,
+                                    "prometheus-operator", "/bin/operator"),
+    "prometheus-config-reloader": _program("prometheus-config-reloader", toolchain.PROMETHEUS_OPERATOR_VERSION,
+                                           "prometheus-config-reloader", "/bin/prometheus-config-reloader"),
+    "prometheus": _program("prometheus", toolchain.PROMETHEUS_VERSION, "Prometheus (Kubernetes service discovery "
+                           "only; its web UI's assets are not in the Go module: the API and /metrics serve)",
+                           "/bin/prometheus"),
+    "node-exporter": _program("node-exporter", toolchain.NODE_EXPORTER_VERSION, "node_exporter",
+                              "/bin/node_exporter"),
+    "alertmanager": _program("alertmanager", toolchain.ALERTMANAGER_VERSION, "Alertmanager", "/bin/alertmanager"),
     "kube-proxy": Image("kube-proxy", "dockerfile", toolchain.KUBE_VERSION,
                         "kube-proxy (nftables mode) with Debian's nft", base="debian", files="kube-proxy",
                         binaries=(("kube-proxy", "kube-proxy"),), fixed_tag=True, internal=True),
@@ -144,7 +183,7 @@ def _binary_fingerprint(name: str) -> str:
     """A Go binary's pinned version and how it is built (its wrapper module's files included)."""
     spec = toolchain.spec(name)
     digest = hashlib.sha256(json.dumps([spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper,
-                                        spec.go.ldflags(), spec.go.cgo]).encode())
+                                        spec.go.ldflags(), spec.go.cgo, spec.go.patches]).encode())
     if spec.go.wrapper:
         _hash_folder(digest, toolchain.TOOLS_DIR / spec.go.wrapper)
     return digest.hexdigest()
@@ -590,7 +629,20 @@ def _kind_base_files(ctx) -> Path:
     return folder
 
 
-RECIPES = {"debootstrap": _debootstrap, "files": _files, "dockerfile": _dockerfile, "node": _node}
+def _ray(ctx, lab: Lab, name: str, workdir: Path) -> None:
+    """Ray from PyPI in a two-stage build; pip's stage trusts the host's CA bundle (a proxy may re-sign TLS)."""
+    ca = workdir / "host-ca"
+    ca.mkdir()
+    bundle = next((Path(p) for p in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), *HOST_CA_BUNDLES)
+                   if p and Path(p).is_file()), None)
+    (ca / "ca-certificates.crt").write_bytes(bundle.read_bytes() if bundle else b"")
+    args = {"RAY_VERSION": RAY_VERSION, "STAGE_LABEL_KEY": LABEL_IMAGE, "STAGE_LABEL_VALUE": name}
+    if os.environ.get("PIP_INDEX_URL"):  # a mirror the host's pip uses
+        args["PIP_INDEX_URL"] = os.environ["PIP_INDEX_URL"]
+    _dockerfile(ctx, lab, name, workdir, extra_args=args, extra_context={"host-ca": ca})
+
+
+RECIPES = {"debootstrap": _debootstrap, "files": _files, "dockerfile": _dockerfile, "node": _node, "ray": _ray}
 
 
 # --- listing ---------------------------------------------------------------------------

@@ -83,6 +83,12 @@ CRICTL_VERSION = "v1.34.0"
 CNI_PLUGINS_VERSION = "v1.7.1"
 COREDNS_VERSION = "v1.12.0"  # kubeadm 1.33's default, so its image tag needs no patch
 REGISTRY_VERSION = "v3.0.0"  # distribution, the local registry of the faas part
+# The monitoring part's programs offline (kube-prometheus-stack 79.9.0 runs Prometheus
+# v3.7.x, node-exporter 1.10.x, Alertmanager 0.28.x). Prometheus' Go module numbers
+# its releases v0.<major*100+minor>.<patch>: v0.307.3 is Prometheus 3.7.3.
+PROMETHEUS_VERSION, PROMETHEUS_MODULE_VERSION = "v3.7.3", "v0.307.3"
+NODE_EXPORTER_VERSION = "v1.10.2"
+ALERTMANAGER_VERSION = "v0.28.1"
 KINDLAB_COMPONENT_VERSION = "v0.1.0"  # kindlab's own small programs (tools/pause, tools/capdrop-runc)
 
 GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
@@ -105,6 +111,12 @@ class GoBuild:
     `module_query` set: `go install package@module_query` (the package's module
     is fetched at that version). `wrapper` set: `go build -o ... package` inside
     tools/<wrapper>, whose go.mod pins every module.
+
+    `patches` (wrapper builds only): files of one pinned module replaced by
+    files of the wrapper folder, for a build that leaves parts out (Prometheus'
+    generated list of service-discovery plugins). Go refuses to overlay files
+    in its module cache, so the module's verified source is copied beside a
+    copy of the wrapper, patched there, and the copy's go.mod points at it.
     """
 
     package: str
@@ -112,6 +124,7 @@ class GoBuild:
     wrapper: str | None = None
     stamps: tuple[tuple[str, str], ...] = ()  # (Go variable, value) for -ldflags -X
     cgo: bool = False
+    patches: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (module, ((file in it, wrapper file), ...))
 
     def ldflags(self) -> str:
         # -s -w drop the symbol table and DWARF: a third of the size, no runtime cost.
@@ -323,6 +336,11 @@ def _cni_plugin(name: str, path: str) -> ToolSpec:
                                         CNI_PLUGINS_VERSION),)))
 
 
+def _prometheus_stamps(version: str) -> tuple[tuple[str, str], ...]:
+    """The Prometheus projects print the version prometheus/common/version holds (empty unless stamped)."""
+    return (("github.com/prometheus/common/version.Version", version.lstrip("v")),)
+
+
 def _kube_node(name: str, version_args: tuple[str, ...] = ("--version",)) -> ToolSpec:
     return ToolSpec(name=name, version=KUBE_VERSION, version_args=version_args,
                     go=GoBuild(package=f"k8s.io/kubernetes/cmd/{name}", wrapper="kube-node",
@@ -360,6 +378,27 @@ COMPONENTS: dict[str, ToolSpec] = {
         name="registry", version=REGISTRY_VERSION, version_args=("--version",),
         go=GoBuild(package="github.com/distribution/distribution/v3/cmd/registry", module_query=REGISTRY_VERSION,
                    stamps=(("github.com/distribution/distribution/v3/version.version", REGISTRY_VERSION),))),
+    # The monitoring part's images. prometheus-operator itself is the testbed's tool.
+    "prometheus-config-reloader": ToolSpec(
+        name="prometheus-config-reloader", version=PROMETHEUS_OPERATOR_VERSION, version_args=("--version",),
+        go=GoBuild(package="github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader",
+                   wrapper="prometheus-operator",  # the operator's wrapper: one build cache serves both
+                   stamps=_prometheus_stamps(PROMETHEUS_OPERATOR_VERSION))),
+    "prometheus": ToolSpec(
+        name="prometheus", version=PROMETHEUS_VERSION, version_args=("--version",),
+        go=GoBuild(package="github.com/prometheus/prometheus/cmd/prometheus", wrapper="prometheus",
+                   stamps=_prometheus_stamps(PROMETHEUS_VERSION),
+                   # only Kubernetes service discovery: half the build time and binary
+                   patches=("github.com/prometheus/prometheus",
+                            (("plugins/plugins.go", "_overlay/plugins.go"),)))),
+    "node-exporter": ToolSpec(
+        name="node-exporter", version=NODE_EXPORTER_VERSION, version_args=("--version",),
+        go=GoBuild(package="github.com/prometheus/node_exporter", module_query=NODE_EXPORTER_VERSION,
+                   stamps=_prometheus_stamps(NODE_EXPORTER_VERSION))),
+    "alertmanager": ToolSpec(
+        name="alertmanager", version=ALERTMANAGER_VERSION, version_args=("--version",),
+        go=GoBuild(package="github.com/prometheus/alertmanager/cmd/alertmanager", module_query=ALERTMANAGER_VERSION,
+                   stamps=_prometheus_stamps(ALERTMANAGER_VERSION))),
 }
 
 Log = Callable[[str], None]
@@ -584,9 +623,11 @@ def _go_command(go: str, spec: ToolSpec, staging: Path) -> tuple[list[str], Path
             raise ToolInstallError(
                 f"{spec.name}: the wrapper module {cwd} is missing; restore the repository's tools/ folder"
             )
+        env.pop("GOFLAGS", None)
+        if build.patches:
+            cwd = _patched_wrapper(go, spec, cwd, staging, env)
         # -mod=readonly: the committed go.mod/go.sum are the pin; never rewrite them.
         argv = [go, "build", *flags, "-mod=readonly", "-o", str(staging / exe_name(spec.name)), build.package]
-        env.pop("GOFLAGS", None)
         return argv, cwd, env
     if not build.module_query:
         raise ToolInstallError(f"{spec.name}: kindlab's tool table gives no module version; this is a bug")
@@ -596,6 +637,30 @@ def _go_command(go: str, spec: ToolSpec, staging: Path) -> tuple[list[str], Path
         env.pop(variable, None)
     argv = [go, "install", *flags, f"{build.package}@{build.module_query}"]
     return argv, None, env
+
+
+def _patched_wrapper(go: str, spec: ToolSpec, wrapper: Path, staging: Path, env: dict[str, str]) -> Path:
+    """A copy of the wrapper whose go.mod points at a patched copy of one module's source (GoBuild.patches)."""
+    module, files = spec.go.patches
+    copy, source = staging / "wrapper", staging / "module"
+    shutil.copytree(wrapper, copy)
+    _run_build(spec, [go, "mod", "download", module], copy, env)  # verified against go.sum
+    listed = subprocess.run([go, "list", "-mod=readonly", "-m", "-f", "{{.Dir}}", module], cwd=copy, env=env,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=VERSION_TIMEOUT_S)
+    if listed.returncode != 0 or not listed.stdout.strip():
+        raise ToolInstallError(f"{spec.name}: `go list -m {module}` in {wrapper} failed: "
+                               f"{(listed.stderr or listed.stdout).strip()[-300:]}")
+    shutil.copytree(listed.stdout.strip(), source)
+    for path in [source, *source.rglob("*")]:  # the module cache's copies are read-only
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for target, replacement in files:
+        if not (source / target).is_file():
+            raise ToolInstallError(f"{spec.name}: {module} has no {target} to replace; kindlab's patch for it "
+                                   f"(tools/{spec.go.wrapper}) needs updating for this version")
+        shutil.copyfile(copy / replacement, source / target)
+    with open(copy / "go.mod", "a", encoding="utf-8") as go_mod:
+        go_mod.write(f"\nreplace {module} => {source.as_posix()}\n")
+    return copy
 
 
 def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str, str]) -> None:

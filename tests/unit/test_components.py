@@ -37,3 +37,13 @@ def test_wrapper_modules_pin_what_the_table_stamps():
     assert _required(tools / "containerd" / "go.mod", "github.com/containerd/containerd/v2") == \
         toolchain.CONTAINERD_VERSION
     assert _required(tools / "coredns" / "go.mod", "github.com/coredns/coredns") == toolchain.COREDNS_VERSION
+    assert _required(tools / "prometheus" / "go.mod", "github.com/prometheus/prometheus") == \
+        toolchain.PROMETHEUS_MODULE_VERSION
+    assert _required(tools / "prometheus-operator" / "go.mod", "github.com/prometheus-operator/prometheus-operator") \
+        == toolchain.COMPONENTS["prometheus-config-reloader"].version == toolchain.PROMETHEUS_OPERATOR_VERSION
+
+
+def test_prometheus_module_version_names_the_release_it_pins():
+    """Prometheus' Go module numbers release X.Y.Z as v0.(X*100+Y).Z."""
+    major, minor, patch = toolchain.PROMETHEUS_VERSION.lstrip("v").split(".")
+    assert toolchain.PROMETHEUS_MODULE_VERSION == f"v0.{int(major) * 100 + int(minor)}.{patch}"

@@ -89,3 +89,18 @@ def test_a_missing_node_image_needs_its_parts_but_not_images_nobody_asked_for(tm
     assert results["image node"].state == "change" and results["image debian"].state == "change"
     assert results["image kube-apiserver"].state == "change"
     assert "image nginx" not in results and "image registry" not in results
+
+
+def test_the_ray_image_carries_the_ray_the_project_pins_and_the_values_name_it():
+    """The Jobs client (pyproject.toml) and the cluster's Ray must be one version; the image follows the pin."""
+    import re
+    from pathlib import Path
+
+    from playbooks.core import kyaml
+
+    root = Path(__file__).resolve().parents[2]
+    pinned = re.search(r'"ray\[default\]==([^"]+)"', (root / "pyproject.toml").read_text()).group(1)
+    assert images.RAY_VERSION == pinned
+    assert images.reference("ray").startswith(f"kindlab.local/ray:{pinned}-")
+    values = kyaml.load((root / "helm-values" / "ray-cluster.yaml").read_text())
+    assert values["image"]["tag"] == f"{pinned}-py311"  # bookworm's Python, what the image is built on

@@ -120,10 +120,32 @@ FAKE_GO = textwrap.dedent(
     # Records how it was called, then behaves like `go build`/`go install`.
     import json, os, sys
     args = sys.argv[1:]
+    go_mod = os.path.join(os.getcwd(), "go.mod")
+
+    def replaced_sources(path):
+        # the files of the directories go.mod's `replace` lines point at, as the build sees them
+        found = {{}}
+        lines = open(path).read().splitlines() if os.path.exists(path) else []
+        for line in lines:
+            if line.startswith("replace ") and "=>" in line:
+                root = line.split("=>", 1)[1].strip()
+                for folder, _, names in os.walk(root):
+                    for name in names:
+                        full = os.path.join(folder, name)
+                        found[os.path.relpath(full, root)] = open(full).read()
+        return found
+
     with open(os.environ["FAKE_GO_RECORD"], "a") as record:
         record.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(),
                                  "GOBIN": os.environ.get("GOBIN"),
-                                 "CGO_ENABLED": os.environ.get("CGO_ENABLED")}}) + "\\n")
+                                 "CGO_ENABLED": os.environ.get("CGO_ENABLED"),
+                                 "go.mod": open(go_mod).read() if os.path.exists(go_mod) else None,
+                                 "replaced": replaced_sources(go_mod)}}) + "\\n")
+    if args[:2] == ["mod", "download"]:
+        sys.exit(0)
+    if args[:1] == ["list"]:  # `go list -m -f ... MODULE`: where the module's source is
+        print(os.environ["FAKE_MODULE_DIR"])
+        sys.exit(0)
     if os.environ.get("FAKE_GO_FAIL"):
         print("go: downloading example.com/dep v1.0.0")
         print(os.environ["FAKE_GO_FAIL"])
@@ -218,6 +240,50 @@ def test_install_stamps_helm_version_and_kubernetes_capabilities(fake_go, monkey
     assert "-X helm.sh/helm/v3/internal/version.version=v3.22.0" in ldflags
     assert "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=33" in ldflags
     assert argv[-1] == "helm.sh/helm/v3/cmd/helm@v3.22.0"
+
+
+@posix_only
+def test_a_patched_build_compiles_a_copy_of_the_module_with_kindlabs_file_and_leaves_both_originals_alone(
+        fake_go, monkeypatch, tmp_path):
+    """Prometheus with only Kubernetes service discovery: its generated plugin list swapped for kindlab's."""
+    module = tmp_path / "modcache" / "prometheus@v0.307.3"
+    (module / "plugins").mkdir(parents=True)
+    (module / "plugins" / "plugins.go").write_text("package plugins // every service discovery\n")
+    (module / "plugins").chmod(0o555)  # as the module cache keeps it
+    monkeypatch.setenv("FAKE_MODULE_DIR", str(module))
+    monkeypatch.setenv("FAKE_TOOL_PRINTS", "prometheus, version 3.7.3 (branch: , revision: unknown)")
+    bin_dir = tmp_path / "bin"
+    wrapper_before = (toolchain.TOOLS_DIR / "prometheus" / "go.mod").read_text()
+
+    toolchain.install("prometheus", bin_dir, source="go", log=lambda _: None)
+
+    download, listing, build = fake_go()
+    assert download["argv"][1:] == ["mod", "download", "github.com/prometheus/prometheus"]
+    assert build["argv"][1] == "build" and build["argv"][-1] == "github.com/prometheus/prometheus/cmd/prometheus"
+    assert Path(build["cwd"]) != toolchain.TOOLS_DIR / "prometheus"  # a copy of the wrapper
+    replace = [line for line in build["go.mod"].splitlines() if line.startswith("replace ")]
+    assert len(replace) == 1 and replace[0].startswith("replace github.com/prometheus/prometheus => ")
+    assert "-mod=readonly" in build["argv"]
+    patched = build["replaced"]["plugins/plugins.go"]
+    assert patched == (toolchain.TOOLS_DIR / "prometheus" / "_overlay" / "plugins.go").read_text()
+    ldflags = build["argv"][build["argv"].index("-ldflags") + 1]
+    assert "-X github.com/prometheus/common/version.Version=3.7.3" in ldflags
+    # the module cache and the repository are untouched; the patched copy is gone with the staging folder
+    assert (module / "plugins" / "plugins.go").read_text() == "package plugins // every service discovery\n"
+    assert (toolchain.TOOLS_DIR / "prometheus" / "go.mod").read_text() == wrapper_before
+    assert toolchain.installed_version("prometheus", bin_dir) == "v3.7.3"
+    assert _leftovers(bin_dir) == []
+    (module / "plugins").chmod(0o755)
+
+
+def test_kindlabs_prometheus_plugin_list_keeps_kubernetes_discovery_alone():
+    spec = toolchain.COMPONENTS["prometheus"].go
+    module, files = spec.patches
+    ((target, replacement),) = files
+    text = (toolchain.TOOLS_DIR / spec.wrapper / replacement).read_text()
+    imports = re.findall(r'_ "([^"]+)"', text)
+    assert imports == ["github.com/prometheus/prometheus/discovery/kubernetes"]
+    assert target == "plugins/plugins.go" and module == "github.com/prometheus/prometheus"
 
 
 @posix_only

@@ -291,8 +291,10 @@ def render_kwok_config(lab: Lab) -> str:
 # prometheus-operator would run without the controllers of the missing ones).
 OPERATOR_CRDS = {
     "ray-operator": ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"),
+    # (its Alertmanager controller lists AlertmanagerConfigs before it reconciles anything)
     "prometheus-operator": tuple(f"{plural}.monitoring.coreos.com" for plural in (
-        "prometheuses", "alertmanagers", "servicemonitors", "podmonitors", "probes", "prometheusrules")),
+        "prometheuses", "alertmanagers", "alertmanagerconfigs", "servicemonitors", "podmonitors", "probes",
+        "prometheusrules")),
 }
 
 

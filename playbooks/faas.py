@@ -300,6 +300,7 @@ PART = Part(
     addresses=lambda lab: [("OpenFaaS gateway", gateway_url(lab), "user admin; invoke faas.login")],
     status=lambda lab, kube: function_status(kube),
     memory_mib=768, cpus=0.5, requests=(450, 800), tools=("kubectl", "helm", "faas-cli"), images=("registry",),
+    releases=lambda lab: {"faas": openfaas_release(lab)},
     offline_blocker="OpenFaaS's images cannot be built from package registries (the Go module proxy refuses "
                     "github.com/openfaas/*)")
 

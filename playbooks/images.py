@@ -87,6 +87,7 @@ class Image:
     preload: tuple[str, ...] = ()  # catalog images imported into its containerd (node)
     entrypoint: tuple[str, ...] = ()
     fixed_tag: bool = False  # kubeadm computes the name: the tag is the version alone
+    user: str = ""  # uid:gid it runs as (charts that set runAsNonRoot refuse root)
     internal: bool = False  # a part of another image; built when that one needs it
 
 
@@ -95,10 +96,13 @@ def _component(name: str, version: str, binary: str, path: str, entrypoint: tupl
                  binaries=((binary, path),), entrypoint=entrypoint, fixed_tag=True, internal=True)
 
 
+NOBODY = "65534:65534"  # what the upstream images run as; their charts ask for a non-root user
+
+
 def _program(name: str, version: str, what: str, path: str) -> Image:
     """An image of one static Go binary, run as its entrypoint (pods pass the arguments)."""
     return Image(name, "files", version, f"{what}, the static binary alone", binaries=((name, path),),
-                 entrypoint=(path,))
+                 entrypoint=(path,), user=NOBODY)
 
 
 _CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -120,7 +124,7 @@ CATALOG: dict[str, Image] = {
                  base="debian", files="ray"),
     "kuberay-operator": Image("kuberay-operator", "files", toolchain.RAY_OPERATOR_VERSION,
                               "the KubeRay operator (its Go module; the charts run /manager)",
-                              binaries=(("ray-operator", "/manager"),), entrypoint=("/manager",)),
+                              binaries=(("ray-operator", "/manager"),), entrypoint=("/manager",), user=NOBODY),
     "prometheus-operator": _program("prometheus-operator", toolchain.PROMETHEUS_OPERATOR_VERSION,
                                     "prometheus-operator", "/bin/operator"),
     "prometheus-config-reloader": _program("prometheus-config-reloader", toolchain.PROMETHEUS_OPERATOR_VERSION,
@@ -163,6 +167,8 @@ def inputs_hash(name: str) -> str:
         "binaries": [(b, path, _binary_fingerprint(b)) for b, path in image.binaries],
         "preload": [(p, inputs_hash(p)) for p in image.preload],
     }
+    if image.user:
+        facts["user"] = image.user
     if image.recipe == "debootstrap":
         facts["debootstrap"] = [DEBIAN_SUITE, "minbase"]
     if image.recipe == "node":
@@ -182,8 +188,10 @@ def _hash_folder(digest, folder: Path) -> None:
 def _binary_fingerprint(name: str) -> str:
     """A Go binary's pinned version and how it is built (its wrapper module's files included)."""
     spec = toolchain.spec(name)
-    digest = hashlib.sha256(json.dumps([spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper,
-                                        spec.go.ldflags(), spec.go.cgo, spec.go.patches]).encode())
+    facts = [spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper, spec.go.ldflags(), spec.go.cgo]
+    if spec.go.patches:  # only where there are any: the other images keep their inputs
+        facts.append(spec.go.patches)
+    digest = hashlib.sha256(json.dumps(facts).encode())
     if spec.go.wrapper:
         _hash_folder(digest, toolchain.TOOLS_DIR / spec.go.wrapper)
     return digest.hexdigest()
@@ -194,6 +202,12 @@ def reference(name: str) -> str:
     image = CATALOG[name]
     tag = image.version if image.fixed_tag else f"{image.version}-{inputs_hash(name)[:12]}"
     return f"{REPOSITORY}/{name}:{tag}"
+
+
+def for_part(lab: Lab, name: str) -> str | None:
+    """The image a part runs for catalog image `name`: kindlab.images.<name>, else offline kindlab's own,
+    else None (the chart's or manifest's own)."""
+    return lab.image_override(name) or (reference(name) if lab.offline else None)
 
 
 def is_kindlab_node(ref: str) -> bool:
@@ -477,6 +491,8 @@ def _files(ctx, lab: Lab, name: str, workdir: Path) -> None:
             for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
                 layer.add(str(path), arcname=path.relative_to(folder).as_posix(), filter=_root_owned(0o644))
     changes = ["ENV PATH=/usr/local/bin:/usr/bin:/bin"]
+    if image.user:
+        changes.append(f"USER {image.user}")
     if image.entrypoint:
         changes.append(f"ENTRYPOINT {json.dumps(list(image.entrypoint))}")
     _import(ctx, name, tarball, changes)

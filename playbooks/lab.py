@@ -14,6 +14,7 @@ from typing import Sequence
 from rich.table import Table
 
 from . import cluster, images
+from .core.helm import chart_at_hand
 from .core.part import Part
 from .core.settings import Lab, SettingsError
 from .core.steps import Step, ok, skip
@@ -52,14 +53,20 @@ def in_order(parts: Sequence[Part]) -> list[Part]:
     return ordered
 
 
-def offline_blocker(sh, part: Part) -> str | None:
-    """Why `part` cannot run offline here, or None when its images are built."""
+def offline_blocker(sh, part: Part, lab: Lab | None = None) -> str | None:
+    """Why `part` cannot run offline here, or None when its images are built and its charts at hand."""
     if part.offline_blocker:
         return part.offline_blocker
     missing = [name for name in part.images if not images.current(sh, name)]
     if missing:
         return (f"offline, {part.name} needs image(s) {', '.join(missing)}, not built yet: "
                 f"run `invoke images.build --only {','.join(missing)}`")
+    away = {key: r for key, r in (part.releases(lab) if lab is not None else {}).items()
+            if chart_at_hand(lab, r) is None}
+    if away:
+        return (f"offline, {part.name} needs its chart(s) on this machine, and no chart repository is reached: "
+                + "; ".join(f"{r.chart} {r.version}: set kindlab.charts.{key} to a copy of it (a chart directory "
+                            "or .tgz)" for key, r in away.items()))
     return None
 
 
@@ -79,7 +86,7 @@ def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
     blocked: dict[str, str] = {}
 
     def check_gate(ctx):
-        reason = offline_blocker(ctx.sh, part)
+        reason = offline_blocker(ctx.sh, part, ctx.lab)
         if reason:
             blocked["reason"] = reason
             return skip(reason)

@@ -13,11 +13,13 @@ import json
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import cluster as cluster_play, probes
-from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from . import cluster as cluster_play, images, probes, toolchain
+from .cluster import images_loaded_step, needs_loading
+from .core.helm import Release, load_values, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.part import Part
 from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
@@ -41,16 +43,99 @@ NO_CONTAINERS = ("a simulated (kwok) cluster runs no containers, so there is no 
 
 
 def release(lab: Lab, chart: str | None = None) -> Release:
-    """The kube-prometheus-stack release; `chart` (or kindlab.charts.monitoring) a local chart instead."""
+    """The kube-prometheus-stack release; `chart` (or kindlab.charts.monitoring) a local chart instead.
+
+    Offline, kindlab's images and the parts that cannot run without a registry
+    turned off (OFFLINE_OFF) go over the lab's values, which keep the rest.
+    """
     base = Release(name=RELEASE_NAME, namespace=NAMESPACE, chart=CHART, version=CHART_VERSION,
                    repo_name=REPO[0], repo_url=REPO[1], values_files=(VALUES,), crds_from_chart=True,
-                   min_pods=2)
+                   min_pods=2, values=offline_values(lab))
     return local_release(base, chart or lab.local_chart("monitoring"))
 
 
+# --- offline: kindlab's images, and what cannot run without a registry ---------
+# (values that turn it off, what the output calls it, why)
+OFFLINE_OFF = (
+    ({"grafana": {"enabled": False}}, "Grafana",
+     "its image cannot be built from package registries (the Go module proxy refuses github.com/grafana/grafana)"),
+    ({"kubeStateMetrics": {"enabled": False}}, "kube-state-metrics",
+     "its image cannot be built (the Go module proxy refuses k8s.io/kube-state-metrics)"),
+    ({"prometheusOperator": {"admissionWebhooks": {"enabled": False, "patch": {"enabled": False}},
+                             "tls": {"enabled": False}}},
+     "the admission webhooks, their certificate Job and the operator's TLS",
+     "the Job's image (kube-webhook-certgen) cannot be built (the Go module proxy refuses it), and the "
+     "operator's TLS certificate is that Job's work: the operator serves plain HTTP"),
+)
+# catalog image -> where kube-prometheus-stack's values name it
+OFFLINE_IMAGES = {
+    "prometheus-operator": ("prometheusOperator", "image"),
+    "prometheus-config-reloader": ("prometheusOperator", "prometheusConfigReloader", "image"),
+    "prometheus": ("prometheus", "prometheusSpec", "image"),
+    "alertmanager": ("alertmanager", "alertmanagerSpec", "image"),
+    "node-exporter": ("prometheus-node-exporter", "image"),
+}
+# The custom resources' `version` defaults to the image tag: kindlab's tags carry a hash too.
+OFFLINE_VERSIONS = {("prometheus", "prometheusSpec", "version"): toolchain.PROMETHEUS_VERSION,
+                    ("alertmanager", "alertmanagerSpec", "version"): toolchain.ALERTMANAGER_VERSION}
+
+
+def offline_values(lab: Lab) -> dict:
+    """What offline mode sets over the lab's values: kindlab's images, and OFFLINE_OFF turned off."""
+    from .core.helm import deep_merge
+
+    values: dict = {}
+    for name, path in OFFLINE_IMAGES.items():
+        ref = images.for_part(lab, name)
+        if ref:
+            registry, _, rest = ref.partition("/")
+            repository, _, tag = rest.rpartition(":")
+            values = deep_merge(values, _nested(path, {"registry": registry, "repository": repository, "tag": tag}))
+    if lab.offline:
+        for path, version in OFFLINE_VERSIONS.items():
+            values = deep_merge(values, _nested(path, version))
+        for off, _, _ in OFFLINE_OFF:
+            values = deep_merge(values, off)
+    return values
+
+
+def _nested(path: tuple[str, ...], leaf) -> dict:
+    for key in reversed(path):
+        leaf = {key: leaf}
+    return leaf
+
+
+def grafana_on(rel: Release) -> bool:
+    """Whether the release runs Grafana (its values, offline's included)."""
+    return (load_values(rel).get("grafana") or {}).get("enabled", True) is not False
+
+
+def grafana_off_reason(lab: Lab) -> str:
+    if lab.offline:
+        return f"Grafana is off offline: {OFFLINE_OFF[0][2]}"
+    return "Grafana is off in this lab's values (grafana.enabled: false)"
+
+
+def offline_step(lab: Lab) -> Step:
+    """Says what offline mode turned off in kube-prometheus-stack, and why (nothing to change)."""
+    def check(ctx):
+        return ok("; ".join(f"{what} off: {why}" for _, what, why in OFFLINE_OFF)
+                  + "; the rest keeps the lab's values, with kindlab's images")
+
+    return Step(f"{RELEASE_NAME} offline values", check)
+
+
+def served(rel: Release) -> tuple[str, ...]:
+    """The Services that must answer: Prometheus, and Grafana where it runs."""
+    return (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if grafana_on(rel) else (PROMETHEUS_SERVICE,)
+
+
 # --- the Grafana admin secret ------------------------------------------------
-def admin_secret_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
-    """Secret grafana-admin with a random password: created when absent, never rotated."""
+def admin_secret_step(lab: Lab, namespace: str = NAMESPACE, needed: str = "") -> Step:
+    """Secret grafana-admin with a random password: created when absent, never rotated.
+
+    `needed`: why there is no Grafana to read it (the step is then skipped with that reason).
+    """
     def read(ctx):
         from kubernetes.client.exceptions import ApiException
         try:
@@ -65,6 +150,8 @@ def admin_secret_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
         return [k for k in (ADMIN_USER_KEY, ADMIN_PASSWORD_KEY) if not data.get(k)]
 
     def check(ctx):
+        if needed:
+            return skip(f"no Grafana admin password needed: {needed}")
         secret = read(ctx)
         if secret is None:
             return change(f"create secret {namespace}/{ADMIN_SECRET} with a random admin password")
@@ -116,42 +203,61 @@ def password(lab: Lab, kube=None, namespace: str = NAMESPACE) -> str:
 
 # --- install / uninstall -----------------------------------------------------
 def install_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
-    """Repository, namespace, admin secret, CRDs (server-side), the release, Prometheus and Grafana serving."""
+    """Repository, namespace, admin secret, CRDs (server-side), the release, Prometheus (and Grafana) serving.
+
+    With kindlab's images (offline) they are loaded into the kind nodes first.
+    """
     rel = rel or release(lab)
-    return [*release_steps(lab, rel, prepare=[admin_secret_step(lab, rel.namespace)]),
-            serving_step(lab, rel.namespace)]
+    refs = [ref for ref in (images.for_part(lab, name) for name in OFFLINE_IMAGES) if ref]
+    before = [offline_step(lab)] if lab.offline else []
+    if refs and needs_loading(lab, refs[0]):
+        before.append(images_loaded_step(lab, RELEASE_NAME, refs))
+    secret = admin_secret_step(lab, rel.namespace, needed="" if grafana_on(rel) else grafana_off_reason(lab))
+    return [*before, *release_steps(lab, rel, prepare=[secret]), serving_step(lab, rel)]
 
 
-def serving_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
-    """Until both Services have a ready endpoint: the operator makes Prometheus only after the release."""
+def serving_step(lab: Lab, rel: Release) -> Step:
+    """Until the Services have a ready endpoint: the operator makes Prometheus only after the release."""
+    namespace, services = rel.namespace, served(rel)
+    # what the operator makes pods from, some time after the release (Alertmanager unless it is off)
+    alertmanager = (load_values(rel).get("alertmanager") or {}).get("enabled", True) is not False
+    made_by_the_operator = ("prometheuses", "alertmanagers") if alertmanager else ("prometheuses",)
+
     def check(ctx):
         reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
         if reason:
             return skip(reason)
-        missing = [s for s in (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if not ctx.kube.ready_endpoints(namespace, s)]
+        missing = [s for s in services if not ctx.kube.ready_endpoints(namespace, s)]
         return unknown(f"ready endpoints for {', '.join(missing)}") if missing else ok()
 
     def wait(ctx):
         from .core.kube import Verdict, explain
 
-        ctx.kube.wait_reconciled("monitoring.coreos.com", "v1", "prometheuses", namespace,
-                                 operator="prometheus-operator", timeout=lab.timeout, say=ctx.say)
+        for plural in made_by_the_operator:
+            ctx.kube.wait_reconciled("monitoring.coreos.com", "v1", plural, namespace,
+                                     operator="prometheus-operator", timeout=lab.timeout, say=ctx.say)
 
         def evaluate():
-            missing = [s for s in (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if not ctx.kube.ready_endpoints(namespace, s)]
+            missing = [s for s in services if not ctx.kube.ready_endpoints(namespace, s)]
             pods = [p for p in ctx.kube.core.list_namespaced_pod(namespace).items if p.status.phase != "Succeeded"]
             _, progress, failure = explain(pods, len(pods), "monitoring", lab.context, namespace)
             if not missing:
-                return Verdict(True, f"{PROMETHEUS_SERVICE} and {GRAFANA_SERVICE} have ready endpoints")
+                return Verdict(True, f"{' and '.join(services)} {'have' if len(services) > 1 else 'has'} "
+                                     "ready endpoints")
             return Verdict(False, f"no ready endpoint yet for {', '.join(missing)}; {progress}", failure)
 
         ctx.kube.wait_for("monitoring services", evaluate,
                           [(ctx.kube.core.list_namespaced_pod, {"namespace": namespace})],
                           timeout=lab.timeout, say=ctx.say)
         # the operator's StatefulSets count too, now that they exist
-        return ctx.kube.wait_namespace_ready(namespace, timeout=lab.timeout, say=ctx.say, what="monitoring")
+        done = ctx.kube.wait_namespace_ready(namespace, timeout=lab.timeout, say=ctx.say, what="monitoring")
+        return done if GRAFANA_SERVICE in services else f"{done} ({grafana_off_reason(lab)})"
 
-    return Step(f"{RELEASE_NAME} Prometheus and Grafana serving", check, wait=wait)
+    return Step(f"{RELEASE_NAME} {' and '.join(_named(services))} serving", check, wait=wait)
+
+
+def _named(services: tuple[str, ...]) -> list[str]:
+    return [{PROMETHEUS_SERVICE: "Prometheus", GRAFANA_SERVICE: "Grafana"}[s] for s in services]
 
 
 def uninstall_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
@@ -161,11 +267,14 @@ def uninstall_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
 
 # --- verify -----------------------------------------------------------------
 def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
-    """Services with ready endpoints; on a real cluster, every target up and Grafana healthy."""
+    """Services with ready endpoints; on a real cluster, every target up and Grafana healthy (where it runs)."""
+    rel = release(lab)
+    services = served(rel)
+
     def endpoints(ctx):
         from kubernetes.client.exceptions import ApiException
         found = []
-        for service in (PROMETHEUS_SERVICE, GRAFANA_SERVICE):
+        for service in services:
             try:
                 ctx.kube.core.read_namespaced_service(service, namespace)
             except ApiException as exc:
@@ -183,10 +292,13 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
     def http_check(ctx):
         return ok() if lab.can.runs_containers else skip(NO_CONTAINERS)
 
+    def grafana_check(ctx):
+        return http_check(ctx) if GRAFANA_SERVICE in services else skip(grafana_off_reason(lab))
+
     def targets(ctx):
         with forwarded(ctx, namespace, f"svc/{PROMETHEUS_SERVICE}", PROMETHEUS_PORT) as base:
-            return poll_until_healthy(lambda: _target_problems(base), min(lab.timeout, 180.0), ctx.say,
-                                      what="Prometheus targets")
+            judge = TargetJudge()
+            return poll_targets(lambda: judge.judge(*_read_targets(base)), min(lab.timeout, 180.0), ctx.say)
 
     def health(ctx):
         with forwarded(ctx, namespace, f"svc/{GRAFANA_SERVICE}", GRAFANA_PORT) as base:
@@ -195,15 +307,100 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
 
     return [action("monitoring services have ready endpoints", endpoints),
             action("prometheus targets up", targets, check=http_check),
-            action("grafana healthy", health, check=http_check)]
+            action("grafana healthy", health, check=grafana_check)]
 
 
-def _target_problems(base: str) -> tuple[list[str], str]:
-    status, body = probes.http_get(f"{base}/api/v1/targets?state=active", timeout=10, attempts=5)
-    answer = json.loads(body)
-    problems = probes.prometheus_target_problems(answer)
-    count = len(answer["data"]["activeTargets"])
-    return problems, f"all {count} active Prometheus targets up"
+def _read_targets(base: str) -> tuple[dict, dict | None]:
+    """Prometheus' active targets, and its scrape pools (None from a Prometheus too old to list them)."""
+    _, body = probes.http_get(f"{base}/api/v1/targets?state=active", timeout=10, attempts=5)
+    try:
+        _, pools = probes.http_get(f"{base}/api/v1/scrape_pools", timeout=10, attempts=2)
+    except probes.HttpGetError as exc:
+        if exc.status != 404:
+            raise
+        return json.loads(body), None
+    return json.loads(body), json.loads(pools)
+
+
+EMPTY_POOL_GRACE_S = 10.0  # Prometheus applies what service discovery found every 5 s
+
+
+@dataclass
+class Targets:
+    failures: list[str]  # problems that waiting will not cure
+    waiting: list[str]   # targets not scraped yet, or not since the check began
+    healthy: str = ""
+
+
+class TargetJudge:
+    """Which target problems are real, over successive reads of one Prometheus.
+
+    A target never scraped yet is waited for. A target down in a scrape made
+    after the check began is named at once: it is down now (one scrape interval
+    at most after it went down). Down only in an older scrape (its pod turned
+    Ready since), it gets its next scrape. A scrape pool (one endpoint of a
+    ServiceMonitor, say) with no target at all is named once it has stayed
+    empty for EMPTY_POOL_GRACE_S: what it scrapes is gone (node-exporter
+    scheduled nowhere, a Deployment scaled to 0).
+    """
+
+    def __init__(self, clock=time.monotonic, now=None):
+        from datetime import datetime, timezone
+
+        self.clock = clock
+        self.began = now or datetime.now(timezone.utc)
+        self.empty_since: dict[str, float] = {}
+
+    def judge(self, targets_json: dict, pools_json: dict | None) -> Targets:
+        from datetime import datetime
+
+        probes.prometheus_target_problems(targets_json)  # the answer's shape, or ValueError
+        active = targets_json["data"]["activeTargets"]
+        failures, waiting = [], []
+        for target in active:
+            if target["health"] == "up":
+                continue
+            last = datetime.fromisoformat(str(target.get("lastScrape") or "0001-01-01T00:00:00Z"))
+            fresh = target["health"] == "down" and last >= self.began
+            (failures if fresh else waiting).append(probes.describe_target(target))
+        pools = ((pools_json or {}).get("data") or {}).get("scrapePools") or []
+        seen = {t.get("scrapePool") for t in active}
+        now = self.clock()
+        for pool in pools:
+            if pool in seen:
+                self.empty_since.pop(pool, None)
+                continue
+            since = self.empty_since.setdefault(pool, now)
+            problem = (f"scrape pool {pool} has no target: nothing it scrapes is running (a ServiceMonitor's "
+                       "Service without endpoints, a DaemonSet scheduled nowhere)")
+            (failures if now - since >= EMPTY_POOL_GRACE_S else waiting).append(problem)
+        healthy = f"all {len(active)} active Prometheus targets up" + (
+            f", in {len(pools)} scrape pools" if pools else "")
+        return Targets(failures, waiting, healthy)
+
+
+def poll_targets(read: Callable[[], Targets], timeout: float, say: Callable[[str], None], interval: float = 2.0,
+                 sleep: Callable[[float], None] = time.sleep) -> str:
+    """Until every target is up: a target that is down now fails at once, one not scraped yet is waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = read()
+        except (probes.HttpGetError, ValueError) as exc:
+            found = Targets([], [str(exc)])
+        if found.failures:
+            raise StepFailed(f"Prometheus targets: {len(found.failures)} down: {_shown(found.failures)}")
+        if not found.waiting:
+            return found.healthy
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"Prometheus targets: {len(found.waiting)} problem(s) after {timeout:.0f}s: "
+                             f"{_shown(found.waiting)}")
+        say(f"Prometheus targets: {len(found.waiting)} not up yet, asking again: {found.waiting[0][:100]}")
+        sleep(interval)
+
+
+def _shown(problems: list[str]) -> str:
+    return "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
 
 
 def _grafana_problems(base: str) -> tuple[list[str], str]:
@@ -235,12 +432,12 @@ def poll_until_healthy(read: Callable[[], tuple[list[str], str]], timeout: float
         sleep(interval)
 
 
-def _require_services(lab: Lab, kube, namespace: str = NAMESPACE) -> None:
+def _require_services(lab: Lab, kube, services: tuple[str, ...], namespace: str = NAMESPACE) -> None:
     from kubernetes.client.exceptions import ApiException
     if kube is None:
         from .core.kube import Kube
         kube = Kube(lab.kubeconfig, lab.context)
-    for service in (GRAFANA_SERVICE, PROMETHEUS_SERVICE):
+    for service in services:
         try:
             kube.core.read_namespaced_service(service, namespace)
         except ApiException as exc:
@@ -251,31 +448,42 @@ def _require_services(lab: Lab, kube, namespace: str = NAMESPACE) -> None:
 
 
 def dashboard_forwards(lab: Lab, namespace: str = NAMESPACE, grafana_port: int = LOCAL_GRAFANA_PORT,
-                       prometheus_port: int = LOCAL_PROMETHEUS_PORT) -> list[Forward]:
+                       prometheus_port: int = LOCAL_PROMETHEUS_PORT,
+                       services: tuple[str, ...] = (GRAFANA_SERVICE, PROMETHEUS_SERVICE)) -> list[Forward]:
     def argv(service: str, local: int, remote: int) -> list[str]:
         return ["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", namespace,
                 "port-forward", "--address", "127.0.0.1", f"svc/{service}", f"{local}:{remote}"]
 
-    return [Forward("Grafana", argv(GRAFANA_SERVICE, grafana_port, GRAFANA_PORT), grafana_port),
-            Forward("Prometheus", argv(PROMETHEUS_SERVICE, prometheus_port, PROMETHEUS_PORT), prometheus_port)]
+    forwards = {GRAFANA_SERVICE: Forward("Grafana", argv(GRAFANA_SERVICE, grafana_port, GRAFANA_PORT), grafana_port),
+                PROMETHEUS_SERVICE: Forward("Prometheus", argv(PROMETHEUS_SERVICE, prometheus_port, PROMETHEUS_PORT),
+                                            prometheus_port)}
+    return [forward for service, forward in forwards.items() if service in services]
 
 
 def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = print,
                stop: threading.Event | None = None, grafana_port: int = LOCAL_GRAFANA_PORT,
                prometheus_port: int = LOCAL_PROMETHEUS_PORT) -> None:
-    """Forward Grafana to 127.0.0.1:3000 and Prometheus to :9090 until Ctrl-C; restart a forward that drops."""
+    """Forward Grafana to 127.0.0.1:3000 and Prometheus to :9090 until Ctrl-C; restart a forward that drops.
+
+    Where Grafana is off (offline: no image for it), Prometheus alone, and the output says why.
+    """
     if not lab.can.runs_containers:
         raise StepFailed(NO_CONTAINERS.replace("these checks need", "dashboards need"))
-    _require_services(lab, kube)
+    services = served(release(lab))
+    _require_services(lab, kube, services)
     own_shell = shell is None
     if own_shell:
         from .core.commands import make_shell
         shell = make_shell(lab.tools_dir, verbose=lab.verbose)
     supervisor = Supervisor(shell, dashboard_forwards(lab, grafana_port=grafana_port,
-                                                      prometheus_port=prometheus_port), out)
+                                                      prometheus_port=prometheus_port, services=services), out)
     try:
         supervisor.start()
-        out(f"Grafana     http://127.0.0.1:{grafana_port}  (user {ADMIN_USER}; password: `invoke monitoring.password`)")
+        if GRAFANA_SERVICE in services:
+            out(f"Grafana     http://127.0.0.1:{grafana_port}  (user {ADMIN_USER}; password: "
+                "`invoke monitoring.password`)")
+        else:
+            out(f"no Grafana to forward: {grafana_off_reason(lab)}")
         out(f"Prometheus  http://127.0.0.1:{prometheus_port}")
         out("forwarding until Ctrl-C")
         supervisor.run(stop or threading.Event())
@@ -286,17 +494,21 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
             shell.close()
 
 
+def addresses(lab: Lab) -> list[tuple[str, str, str]]:
+    grafana = [("Grafana", f"http://127.0.0.1:{LOCAL_GRAFANA_PORT}",
+                f"invoke monitoring.dashboards; user {ADMIN_USER}, password: invoke monitoring.password")]
+    return [*(grafana if grafana_on(release(lab)) else []),
+            ("Prometheus", f"http://127.0.0.1:{LOCAL_PROMETHEUS_PORT}", "invoke monitoring.dashboards")]
+
+
 PART = Part(
     name="monitoring", namespaces=(NAMESPACE,), install=install_steps, uninstall=uninstall_steps,
-    help=("Install kube-prometheus-stack (Prometheus, Grafana) with Helm and wait until both serve.",
+    help=("Install kube-prometheus-stack (Prometheus, Grafana; offline Prometheus alone) with Helm and wait "
+          "until it serves.",
           "Uninstall the monitoring release and delete its namespace (the CRDs stay)."),
-    addresses=lambda lab: [
-        ("Grafana", f"http://127.0.0.1:{LOCAL_GRAFANA_PORT}",
-         f"invoke monitoring.dashboards; user {ADMIN_USER}, password: invoke monitoring.password"),
-        ("Prometheus", f"http://127.0.0.1:{LOCAL_PROMETHEUS_PORT}", "invoke monitoring.dashboards")],
+    addresses=addresses,
     memory_mib=2048, cpus=1, requests=(250, 600),  # the chart's 120m / 240Mi, and the operator's Prometheus
-    offline_blocker="Grafana's image cannot be built from package registries (the Go module proxy refuses "
-                    "github.com/grafana/grafana)")
+    images=tuple(OFFLINE_IMAGES), releases=lambda lab: {"monitoring": release(lab)})
 
 
 __all__ = ["install_steps", "uninstall_steps", "verify_steps", "password", "dashboards", "release",

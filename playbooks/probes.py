@@ -53,7 +53,7 @@ def prometheus_target_problems(targets_json: dict) -> list[str]:
                 "is this the answer of /api/v1/targets?"
             )
     return [
-        _describe_target(target)
+        describe_target(target)
         for target in targets_json["data"]["activeTargets"]
         if target["health"] != "up"
     ]
@@ -81,7 +81,7 @@ def _active_targets(targets_json: dict) -> list:
     return targets
 
 
-def _describe_target(target: dict) -> str:
+def describe_target(target: dict) -> str:
     labels = target.get("labels") if isinstance(target.get("labels"), dict) else {}
     job = labels.get("job") or target.get("scrapePool") or "unknown job"
     pool = target.get("scrapePool")

@@ -10,9 +10,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import cluster as cluster_play
+from . import cluster as cluster_play, images, toolchain
+from .cluster import images_loaded_step, needs_loading
 from .core.part import Part
-from .core.helm import Release, load_values, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, load_values, local_release,
+                        release_steps, uninstall_steps as helm_uninstall_steps)
 from .core.portforward import forwarded
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, ok, skip, unknown
@@ -36,6 +38,48 @@ def releases(lab: Lab) -> tuple[Release, Release]:
     """Operator and RayCluster releases, from local charts when kindlab.charts names them."""
     return (local_release(OPERATOR, lab.local_chart("kuberay-operator")),
             local_release(CLUSTER, lab.local_chart("ray-cluster")))
+
+
+# --- the images: kindlab's own offline ------------------------------------------
+# The feature gates of the KubeRay operator kindlab builds (its pkg/features at
+# toolchain.RAY_OPERATOR_VERSION): it exits on any other, and the 1.7.0 chart
+# passes three newer ones (RayClusterMTLS, RayClusterNetworkPolicy, RayClusterHistoryServer).
+OPERATOR_FEATURE_GATES = ("RayClusterStatusConditions", "RayJobDeletionPolicy", "RayMultiHostIndexing",
+                          "RayServiceIncrementalUpgrade", "RayCronJob", "AsyncJobInfoQuery")
+
+
+def image_values(ref: str | None) -> dict:
+    """The charts' `image:` values for an image reference (both charts spell them alike)."""
+    if not ref:
+        return {}
+    repository, _, tag = ref.rpartition(":")
+    return {"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}}
+
+
+def operator_values_step(lab: Lab, operator: Release, plan: dict) -> Step:
+    """The operator image offline (or named), and the chart's feature gates that image knows."""
+    ref = images.for_part(lab, "kuberay-operator")
+
+    def check(ctx):
+        plan.clear()
+        plan.update(image_values(ref))
+        detail = f"operator image {ref}"
+        if ref.startswith(f"{images.REPOSITORY}/kuberay-operator:"):
+            chart = chart_at_hand(lab, operator)
+            if chart is None:
+                raise StepFailed(f"the chart {operator.chart} {operator.version} is not on this machine, so "
+                                 "kindlab cannot tell which of its feature gates to leave out: set "
+                                 "kindlab.charts.kuberay-operator to a copy of it")
+            gates = chart_defaults(chart).get("featureGates") or []
+            kept = [g for g in gates if g.get("name") in OPERATOR_FEATURE_GATES]
+            dropped = [g.get("name") for g in gates if g not in kept]
+            plan["featureGates"] = kept
+            if dropped:
+                detail += (f"; feature gates {', '.join(dropped)} left out: the KubeRay operator "
+                           f"{toolchain.RAY_OPERATOR_VERSION} kindlab builds does not know them (it would exit)")
+        return ok(detail)
+
+    return Step("kuberay-operator values for its image", check)
 
 
 # --- sizing the RayCluster to the cluster it lands on ---------------------------
@@ -115,7 +159,9 @@ def _reserve(lab: Lab, kube) -> tuple[int, int]:
     from .parts import REGISTRY  # the registry imports this module: read it only when sizing
 
     present = {ns.metadata.name for ns in kube.core.list_namespace().items}
-    waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present]
+    # offline, a part that cannot run there (faas: no OpenFaaS images) never comes: nothing is kept for it
+    waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present
+               and not (lab.offline and p.offline_blocker)]
     return sum(p.requests[0] for p in waiting), sum(p.requests[1] for p in waiting)
 
 
@@ -124,8 +170,11 @@ def _ceiling() -> tuple[int, int]:
     return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
 
 
-def sizing_step(lab: Lab, plan: dict) -> Step:
-    """Decide the Ray pods' size once, before the RayCluster release; an oversized lab fails here, in seconds."""
+def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
+    """Decide the Ray pods' size once, before the RayCluster release; an oversized lab fails here, in seconds.
+
+    `fixed`: values the RayCluster release gets besides the size (kindlab's Ray image offline).
+    """
     def check(ctx):
         sizing = size_cluster(ctx.kube, _reserve(lab, ctx.kube), _ceiling())
         if not sizing.fits:
@@ -133,17 +182,31 @@ def sizing_step(lab: Lab, plan: dict) -> Step:
                              f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods; "
                              "free resources (leave parts out: invoke all --skip monitoring) or add a larger node")
         plan.clear()
-        plan.update(sizing.values())
+        plan.update(deep_merge(fixed or {}, sizing.values()))
         return ok(sizing.describe())
 
     return Step("ray pods sized to the cluster", check)
 
 
 def install_steps(lab: Lab) -> list[Step]:
-    """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready."""
+    """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready.
+
+    With kindlab's images (offline), each is loaded into the kind nodes just
+    before the release that runs it: the Ray image, the big one, only once the
+    RayCluster is known to fit.
+    """
     operator, cluster = releases(lab)
     plan: dict = {}  # the sizing step decides, the RayCluster release reads it as its inline values
     cluster = replace(cluster, values=plan)
+    operator_ref, ray_ref = images.for_part(lab, "kuberay-operator"), images.for_part(lab, "ray")
+    before_operator: list[Step] = []
+    if operator_ref:
+        operator_plan: dict = {}
+        operator = replace(operator, values=operator_plan)
+        before_operator.append(operator_values_step(lab, operator, operator_plan))
+        if needs_loading(lab, operator_ref):
+            before_operator.append(images_loaded_step(lab, "kuberay-operator", [operator_ref]))
+    load_ray = [images_loaded_step(lab, "ray", [ray_ref])] if ray_ref and needs_loading(lab, ray_ref) else []
 
     def check_operator(ctx):
         reason = cluster_play.operator_unavailable(lab, "ray-operator")
@@ -159,8 +222,8 @@ def install_steps(lab: Lab) -> list[Step]:
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2)
 
-    return [*release_steps(lab, operator), sizing_step(lab, plan), *release_steps(lab, cluster),
-            Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
+    return [*before_operator, *release_steps(lab, operator), sizing_step(lab, plan, image_values(ray_ref)),
+            *load_ray, *release_steps(lab, cluster), Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
 
 
 def cluster_status(kube) -> list[tuple[str, str]]:
@@ -260,4 +323,5 @@ PART = Part(
     use=lambda lab: crawl_steps(lab, crawl_args(DEFAULT_CRAWL, "", 2, 200, 8)),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
-    memory_mib=3072, cpus=1.5, preflight=fits, offline_blocker="kindlab has no recipe yet for the Ray and KubeRay operator images")
+    memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator"),
+    releases=lambda lab: dict(zip(("kuberay-operator", "ray-cluster"), releases(lab))))

@@ -254,6 +254,26 @@ def desired_chart(release: Release) -> str | None:
     return None
 
 
+def cached_chart(lab: Lab, release: Release) -> Path:
+    """Where a pinned repository chart is kept once pulled (it may not be there yet)."""
+    repo, _, name = release.chart.rpartition("/")
+    return lab.home / "charts" / f"{repo or 'chart'}-{name}-{release.version}.tgz"
+
+
+def chart_at_hand(lab: Lab, release: Release) -> Path | None:
+    """The chart on this machine, needing no network: a local chart, or a pinned one pulled before."""
+    if release.is_local:
+        return Path(release.chart).expanduser()
+    cached = cached_chart(lab, release) if release.version else None
+    return cached if cached is not None and cached.exists() else None
+
+
+def chart_defaults(path: Path) -> dict:
+    """A chart's own values.yaml (directory or archive), as helm reads it."""
+    text = chart_files(path).get("values.yaml", b"").decode("utf-8")
+    return kyaml.load(text) or {}
+
+
 def chart_source(ctx, lab: Lab, release: Release) -> list[str]:
     """The chart argument for helm: a local path, the cached archive of a pinned repo chart, or repo/chart."""
     if release.is_local:
@@ -262,8 +282,8 @@ def chart_source(ctx, lab: Lab, release: Release) -> list[str]:
         return [release.chart]
     # A pinned repository chart is pulled once and reused, so later runs (and the
     # CRD check on every run) need no network.
-    repo, _, name = release.chart.rpartition("/")
-    cached = lab.home / "charts" / f"{repo or 'chart'}-{name}-{release.version}.tgz"
+    cached = cached_chart(lab, release)
+    name = release.chart.rpartition("/")[2]
     if not cached.exists():
         tmp = cached.parent / f".pull-{os.getpid()}-{name}"
         tmp.mkdir(parents=True, exist_ok=True)

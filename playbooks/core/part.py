@@ -36,6 +36,8 @@ class Part:
     requests: tuple[int, int] = (0, 0)  # what its pods request with kindlab's values: millicores, MiB
     tools: tuple[str, ...] = ("kubectl", "helm")  # the lab tools its steps run (doctor)
     images: tuple[str, ...] = ()       # kindlab's offline images it runs (playbooks/images.py)
+    # its Helm releases by their kindlab.charts key (offline, their charts must be at hand)
+    releases: Callable[[Lab], dict] = lambda lab: {}
     offline_blocker: str = ""          # why it cannot run offline at all, if it cannot
     task_names: tuple[str, str] = ("install", "uninstall")
     # doctor, when the cluster exists: (ok|warn|fail, detail, fix) about the part fitting in it

@@ -1,7 +1,7 @@
 """tests/kind: a real kind cluster made from kindlab's own images, as an offline user makes it.
 
 These run wherever a Docker engine answers and `invoke images.build` has made
-the node and nginx images. In CI (`CI` set, or KINDLAB_REQUIRE_REAL=1) a missing
+the offline images. In CI (`CI` set, or KINDLAB_REQUIRE_REAL=1) a missing
 engine or image fails the run; elsewhere the tests skip, naming the command
 that fixes it. One cluster serves a whole module; host ports 30080, 8080 and
 31112 must be free (one kind cluster holds them at a time).
@@ -17,7 +17,7 @@ from playbooks.core.commands import LocalShell
 from playbooks.core.settings import Lab
 
 REAL_CLUSTER = "kindlab-real"
-NEEDED_IMAGES = ("node", "nginx")
+NEEDED_IMAGES = tuple(images.user_images())  # what `invoke setup` builds: the node, nginx, ray, monitoring's
 
 
 def real_required() -> bool:

@@ -296,6 +296,132 @@ def test_dashboards_before_install_name_the_missing_service():
         def read_namespaced_service(self, name, namespace):
             raise ApiException(status=404)
 
-    with pytest.raises(StepFailed, match="service monitoring/kps-grafana not found"):
+    with pytest.raises(StepFailed, match="service monitoring/kps-prometheus not found.*invoke monitoring.install"):
         monitoring.dashboards(Lab(provider="kind"), shell=FakeShell({}), kube=FakeKube(NoServices()),
                               out=lambda m: None)
+
+
+# --- offline: kindlab's images, Grafana and the rest that cannot run turned off ---------
+def test_offline_turns_off_what_has_no_image_and_keeps_the_labs_other_values():
+    from playbooks import images
+    from playbooks.core.helm import load_values
+
+    online = load_values(monitoring.release(Lab()))
+    offline = load_values(monitoring.release(Lab(offline=True)))
+    assert monitoring.offline_values(Lab()) == {} and online.get("grafana", {}).get("enabled", True)
+    assert offline["grafana"]["enabled"] is False and offline["kubeStateMetrics"]["enabled"] is False
+    hooks = offline["prometheusOperator"]["admissionWebhooks"]
+    assert hooks["enabled"] is False and hooks["patch"]["enabled"] is False
+    assert offline["prometheusOperator"]["tls"]["enabled"] is False  # its certificate was the hook Job's work
+    prometheus = offline["prometheus"]["prometheusSpec"]
+    assert f"{prometheus['image']['registry']}/{prometheus['image']['repository']}:{prometheus['image']['tag']}" \
+        == images.reference("prometheus")
+    assert prometheus["version"] == "v3.7.3"  # not the hash-carrying tag
+    # the lab's own values stay: everything online has the same value offline unless offline set it
+    assert prometheus["retention"] == online["prometheus"]["prometheusSpec"]["retention"] == "2d"
+    assert offline["grafana"]["admin"] == online["grafana"]["admin"]
+    assert offline["prometheus-node-exporter"]["hostRootFsMount"] == {"enabled": False}
+
+
+def test_offline_install_names_each_part_turned_off_and_why_and_loads_the_images_first():
+    steps = monitoring.install_steps(Lab(offline=True))
+    names = [s.name for s in steps]
+    assert names[:2] == ["monitoring offline values", "monitoring image(s) in the kind nodes"]
+    assert names[-1] == "monitoring Prometheus serving"  # not Grafana: it is off
+    said = steps[0].check(None).detail
+    for what in ("Grafana off", "kube-state-metrics off", "the admission webhooks, their certificate Job and the "
+                 "operator's TLS off"):
+        assert what in said
+    assert "github.com/grafana/grafana" in said and "kube-webhook-certgen" in said
+    secret = next(s for s in steps if s.name == "monitoring grafana admin secret").check(None)
+    assert secret.state == "skip" and "Grafana is off offline" in secret.detail
+    online = [s.name for s in monitoring.install_steps(Lab())]
+    assert "monitoring offline values" not in online and online[-1] == "monitoring Prometheus and Grafana serving"
+
+
+def test_offline_verify_skips_grafana_with_the_reason_and_dashboards_forward_prometheus_alone():
+    lab = Lab(provider="kind", offline=True)
+    grafana = monitoring.verify_steps(lab)[2].check(StepContext(lab, None))
+    assert grafana.state == "skip" and "Grafana is off offline" in grafana.detail
+    p = free_port()
+    shell = FakeShell({p: [FakeProc()]})
+    stop = threading.Event()
+    printed = []
+
+    def out(message):
+        printed.append(message)
+        if message.startswith("forwarding until"):
+            stop.set()
+
+    monitoring.dashboards(lab, shell=shell, kube=FakeKube(FakeCore()), out=out, stop=stop, prometheus_port=p)
+    assert [argv[-2] for argv, _ in shell.spawned] == ["svc/kps-prometheus"]
+    assert printed[0].startswith("no Grafana to forward: Grafana is off offline")
+    assert [row[0] for row in monitoring.PART.addresses(lab)] == ["Prometheus"]
+    assert [row[0] for row in monitoring.PART.addresses(Lab())] == ["Grafana", "Prometheus"]
+
+
+# --- which target problems are real --------------------------------------------------
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+BEGAN = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def target(pool, health, scraped=None, error=""):
+    stamp = (scraped or datetime(1, 1, 1, tzinfo=timezone.utc)).isoformat().replace("+00:00", "Z")
+    return {"scrapePool": pool, "health": health, "lastScrape": stamp, "lastError": error,
+            "scrapeUrl": f"http://{pool}:9100/metrics", "labels": {"job": pool.split("/")[2]}}
+
+
+def answer(*targets):
+    return {"status": "success", "data": {"activeTargets": list(targets)}}
+
+
+def pools(*names):
+    return {"status": "success", "data": {"scrapePools": list(names)}}
+
+
+NODE_EXPORTER = "serviceMonitor/monitoring/monitoring-prometheus-node-exporter/0"
+PROMETHEUS = "serviceMonitor/monitoring/kps-prometheus/0"
+
+
+def test_a_target_down_in_a_scrape_since_the_check_began_is_named_at_once():
+    judge = monitoring.TargetJudge(now=BEGAN)
+    found = judge.judge(answer(target(PROMETHEUS, "up", BEGAN),
+                               target(NODE_EXPORTER, "down", BEGAN + timedelta(seconds=3), "connection refused")),
+                        pools(PROMETHEUS, NODE_EXPORTER))
+    assert len(found.failures) == 1 and not found.waiting
+    assert "monitoring-prometheus-node-exporter" in found.failures[0] and "connection refused" in found.failures[0]
+
+
+def test_a_target_down_only_before_the_check_or_not_scraped_yet_is_waited_for():
+    judge = monitoring.TargetJudge(now=BEGAN)
+    found = judge.judge(answer(target(PROMETHEUS, "unknown"),
+                               target(NODE_EXPORTER, "down", BEGAN - timedelta(seconds=20), "connection refused")),
+                        pools(PROMETHEUS, NODE_EXPORTER))
+    assert found.failures == [] and len(found.waiting) == 2
+
+
+def test_a_scrape_pool_left_without_targets_is_named_after_a_short_grace():
+    clock = [100.0]
+    judge = monitoring.TargetJudge(clock=lambda: clock[0], now=BEGAN)
+    gone = answer(target(PROMETHEUS, "up", BEGAN))
+    first = judge.judge(gone, pools(PROMETHEUS, NODE_EXPORTER))
+    assert first.failures == [] and "monitoring-prometheus-node-exporter/0 has no target" in first.waiting[0]
+    clock[0] += monitoring.EMPTY_POOL_GRACE_S
+    later = judge.judge(gone, pools(PROMETHEUS, NODE_EXPORTER))
+    assert len(later.failures) == 1 and "monitoring-prometheus-node-exporter/0 has no target" in later.failures[0]
+    back = monitoring.TargetJudge(clock=lambda: clock[0], now=BEGAN)
+    healthy = back.judge(answer(target(PROMETHEUS, "up", BEGAN), target(NODE_EXPORTER, "up", BEGAN)),
+                         pools(PROMETHEUS, NODE_EXPORTER))
+    assert healthy.failures == healthy.waiting == [] and healthy.healthy.startswith("all 2 active")
+
+
+def test_poll_targets_fails_on_the_first_real_problem_and_waits_out_the_others():
+    reads = iter([monitoring.Targets([], ["not scraped yet"]), monitoring.Targets(["node-exporter down"], [])])
+    slept = []
+    with pytest.raises(StepFailed, match="Prometheus targets: 1 down: node-exporter down"):
+        monitoring.poll_targets(lambda: next(reads), 120, lambda m: None, sleep=slept.append)
+    assert slept == [2.0]
+    healthy = iter([monitoring.Targets([], ["x"]), monitoring.Targets([], [], "all 3 active Prometheus targets up")])
+    assert monitoring.poll_targets(lambda: next(healthy), 120, lambda m: None, sleep=lambda s: None) \
+        == "all 3 active Prometheus targets up"

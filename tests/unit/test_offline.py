@@ -1,4 +1,6 @@
 """Offline mode: settings, which images each part runs, kind's config for kindlab's node image, gating."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -76,27 +78,55 @@ class Engine:
 
 
 class Ctx:
-    def __init__(self, sh):
+    def __init__(self, sh, lab=None):
         self.sh = sh
+        self.lab = lab or Lab(offline=True)
 
 
-def run_checks(steps, sh):
-    return {s.name: s.check(Ctx(sh)) for s in steps}
+def run_checks(steps, sh, lab=None):
+    return {s.name: s.check(Ctx(sh, lab)) for s in steps}
 
 
-def test_all_offline_runs_parts_whose_images_exist_and_skips_the_others_with_the_reason():
-    built = Engine({images.reference("nginx"): images.inputs_hash("nginx")})
-    steps = lab_play.all_steps(Lab(offline=True), parts.choose())
+STUBS = Path(__file__).resolve().parents[1] / "fixtures" / "charts"
+LOCAL_CHARTS = (("kuberay-operator", str(STUBS / "kuberay-operator-stub")), ("monitoring", str(STUBS / "kps-stub")),
+                ("ray-cluster", str(STUBS / "ray-cluster-stub")))
+
+
+def built(*names):
+    return Engine({images.reference(n): images.inputs_hash(n) for n in names})
+
+
+def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_others_with_the_reason():
+    everything = built(*images.CATALOG)
+    lab = Lab(offline=True, charts=LOCAL_CHARTS)
+    steps = lab_play.all_steps(lab, parts.choose())
     gates = {s.name: s for s in steps if s.name.endswith("images (offline)")}
-    results = run_checks(gates.values(), built)
-    assert results["nginx images (offline)"].state == "ok"
-    assert results["monitoring images (offline)"].state == "skip"
-    assert "Grafana" in results["monitoring images (offline)"].detail
+    results = run_checks(gates.values(), everything, lab)
+    assert {name: r.state for name, r in results.items()} == {
+        "nginx images (offline)": "ok", "monitoring images (offline)": "ok", "ray images (offline)": "ok",
+        "faas images (offline)": "skip"}
     assert "OpenFaaS" in results["faas images (offline)"].detail
-    assert results["ray images (offline)"].state == "skip"
     # every later step of a skipped part is skipped too, not just its first
     faas_steps = [s for s in steps if s.name in ("namespace openfaas-fn", "function reverse deployed")]
-    assert all(s.check(Ctx(built)).state == "skip" for s in faas_steps)
+    assert all(s.check(Ctx(everything, lab)).state == "skip" for s in faas_steps)
+
+
+def test_offline_a_part_whose_chart_only_a_repository_has_is_skipped_naming_the_setting():
+    results = run_checks([s for s in lab_play.all_steps(Lab(offline=True), parts.choose())
+                          if s.name in ("monitoring images (offline)", "ray images (offline)")],
+                         built(*images.CATALOG))
+    monitoring_, ray_ = results["monitoring images (offline)"], results["ray images (offline)"]
+    assert monitoring_.state == ray_.state == "skip"
+    assert "prometheus-community/kube-prometheus-stack 79.9.0: set kindlab.charts.monitoring" in monitoring_.detail
+    assert "kindlab.charts.kuberay-operator" in ray_.detail and "kindlab.charts.ray-cluster" in ray_.detail
+
+
+def test_offline_a_part_whose_images_are_not_built_is_skipped_with_the_build_command():
+    lab = Lab(offline=True, charts=LOCAL_CHARTS)
+    result = run_checks([s for s in lab_play.all_steps(lab, parts.choose(only="ray"))
+                         if s.name == "ray images (offline)"], built("nginx", "kuberay-operator"), lab)
+    assert result["ray images (offline)"].state == "skip"
+    assert "invoke images.build --only ray" in result["ray images (offline)"].detail
 
 
 def test_offline_nginx_not_built_is_skipped_with_the_build_command():

@@ -1,0 +1,357 @@
+"""Ray and Prometheus for real, on a real kind cluster from kindlab's offline images.
+
+What runs for real here: the kind node, the KubeRay operator (v1.6.2, built from
+its Go module), Ray 2.52.0 (PyPI, on Debian's Python) as a RayCluster sized to
+this machine, a crawl submitted through the Ray Jobs API to a site nginx serves
+inside the cluster, prometheus-operator, Prometheus, Alertmanager and
+node-exporter (Go modules), `monitoring.verify` against the real Prometheus API,
+and the port-forwards of `invoke monitoring.dashboards`. What stays a stand-in:
+the charts (tests/fixtures/charts/*-stub: the upstream charts are not in the
+repository; they render the same kinds of objects from the same value keys,
+and the operators make the pods from them as they do for users).
+
+The tests run in file order on one cluster of their own, `kindlab-parts`,
+with Ray's tests first and monitoring's after (this machine has two cores).
+Each prints the figures the issues ask for; none asserts a duration.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from playbooks import cluster, images, monitoring, ray
+from playbooks.core.cli import make_context
+from playbooks.core.resources import absent, applied
+from playbooks.core.runner import PlayFailed
+
+from ..conftest import PlayRun
+from .conftest import kind_containers
+
+ROOT = Path(__file__).resolve().parents[2]
+STUBS = ROOT / "tests" / "fixtures" / "charts"
+CLUSTER = "kindlab-parts"
+CHARTS = (("kuberay-operator", str(STUBS / "kuberay-operator-stub")), ("monitoring", str(STUBS / "kps-stub")),
+          ("ray-cluster", str(STUBS / "ray-cluster-stub")))
+SITE_NAMESPACE = "crawl-site"
+SITE_URL = f"http://site.{SITE_NAMESPACE}.svc.cluster.local/"
+NODE_EXPORTER = "monitoring-prometheus-node-exporter"
+
+
+@pytest.fixture(scope="module")
+def lab(real_lab):
+    lab = replace(real_lab, cluster=CLUSTER, charts=CHARTS)
+    run = PlayRun(lab)
+    run(cluster.delete_steps(lab))  # a leftover of an interrupted session
+    try:
+        run(cluster.create_steps(lab))
+    except PlayFailed:
+        pytest.fail(f"the kind cluster did not come up:\n{run.output}")
+    yield lab
+    run(cluster.delete_steps(lab))
+    assert kind_containers(make_context(lab).sh, CLUSTER) == []
+
+
+@pytest.fixture
+def play(lab):
+    return PlayRun(lab)
+
+
+@pytest.fixture
+def kube(lab):
+    return make_context(lab).kube
+
+
+def outcomes_of(outcomes):
+    return {o.step: o for o in outcomes}
+
+
+def lab_changes(outcomes):
+    return [o.step for o in outcomes if o.status == "changed" and not o.action]
+
+
+def timed(play, steps):
+    start = time.monotonic()
+    outcomes = play(steps)
+    return outcomes, time.monotonic() - start
+
+
+def figure(text: str) -> None:
+    """A measured figure for the log (pytest -s, or CI's captured output of a failure)."""
+    print(f"\nFIGURE {text}")
+
+
+def ready(pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+# --- Ray ---------------------------------------------------------------------------
+def test_ray_install_fits_this_machine_first_time_and_a_rerun_changes_nothing(play, lab, kube):
+    first, took = timed(play, ray.install_steps(lab))
+    result = outcomes_of(first)
+    figure(f"ray.install first run: {took:.1f} s, changed={len(lab_changes(first))}")
+    assert result["ray head and worker pods Ready"].status == "ok", play.output
+    assert result["ray image(s) in the kind nodes"].status == "changed"
+    gates = result["kuberay-operator values for its image"].detail
+    assert "RayClusterMTLS, RayClusterNetworkPolicy, RayClusterHistoryServer left out" in gates
+    # the real operator, kindlab's image, without the gates it would exit on
+    (operator,) = kube.core.list_namespaced_pod("kuberay").items
+    container = operator.spec.containers[0]
+    assert container.image == images.reference("kuberay-operator") and ready(operator)
+    assert "RayClusterMTLS" not in " ".join(container.args) and (operator.status.container_statuses[0]
+                                                                 .restart_count == 0)
+    # head and worker made by the operator, on kindlab's Ray, within what the node has
+    pods = kube.core.list_namespaced_pod("ray").items
+    assert {p.metadata.labels["ray.io/node-type"] for p in pods} == {"head", "worker"} and all(map(ready, pods))
+    assert {p.spec.containers[0].image for p in pods} == {images.reference("ray")}
+    sizing = result["ray pods sized to the cluster"].detail
+    cpu_m = int(re.search(r"head and worker (\d+)m CPU", sizing).group(1))
+    assert {p.spec.containers[0].resources.requests["cpu"] for p in pods} == {f"{cpu_m}m"}
+    figure(f"ray sizing: {sizing}")
+
+    again, took = timed(play, ray.install_steps(lab))
+    figure(f"ray.install rerun: {took:.1f} s, changed={len(lab_changes(again))}")
+    assert lab_changes(again) == [] and {o.status for o in again} == {"ok"}, play.output
+
+
+def site_pages() -> dict[str, str]:
+    """21 pages (home, 4 sections, 16 pages under them) and one link to a page that does not exist."""
+    def page(title: str, links: list[str]) -> str:
+        items = "".join(f'<li><a href="{link}">{link}</a></li>' for link in links)
+        return f"<!doctype html><html><head><title>{title}</title></head><body><ul>{items}</ul></body></html>"
+
+    pages = {"index.html": page("home", [f"s{s}.html" for s in range(4)])}
+    for s in range(4):
+        pages[f"s{s}.html"] = page(f"section {s}", [f"s{s}p{p}.html" for p in range(4)] + ["/"])
+        for p in range(4):
+            links = ["/", f"s{s}.html", f"s{s}p{(p + 1) % 4}.html"] + (["missing.html"] if (s, p) == (3, 3) else [])
+            pages[f"s{s}p{p}.html"] = page(f"page {s}.{p}", links)
+    return pages
+
+
+def site_documents(lab) -> list[dict]:
+    labels = {"app": "site"}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SITE_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "site", "namespace": SITE_NAMESPACE},
+         "data": site_pages()},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "site", "namespace": SITE_NAMESPACE},
+         "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+             "containers": [{"name": "nginx", "image": images.reference("nginx"),
+                             "volumeMounts": [{"name": "site", "mountPath": "/var/www/html"}]}],
+             "volumes": [{"name": "site", "configMap": {"name": "site"}}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "site", "namespace": SITE_NAMESPACE},
+         "spec": {"selector": labels, "ports": [{"port": 80}]}},
+    ]
+
+
+def test_a_crawl_of_a_site_served_in_the_cluster_reports_exactly_its_pages_and_broken_link(play, lab):
+    site = [cluster.images_loaded_step(lab, "site", [images.reference("nginx")]),
+            applied("crawl site namespace", lab, lambda: site_documents(lab)[:1]),
+            applied("crawl site", lab, lambda: site_documents(lab)[1:],
+                    wait=lambda ctx: ctx.kube.wait_deployment(SITE_NAMESPACE, "site", timeout=120, say=ctx.say))]
+    play(site)
+    shown = []
+    args = ray.crawl_args([SITE_URL], "", depth=5, max_pages=200, concurrency=8)
+    outcomes, took = timed(play, ray.crawl_steps(lab, args, show=lambda text: shown.append(str(text))))
+    crawl = outcomes_of(outcomes)["crawler job on Ray"]
+    figure(f"ray.crawl of the in-cluster site: {took:.1f} s; {crawl.detail}")
+    assert crawl.status == "changed" and crawl.action, play.output
+    assert re.search(r"job finished in \d+s: 21 pages, 1 failed$", crawl.detail), crawl.detail
+    summary = "\n".join(shown)
+    assert "Total: 21 unique pages" in summary
+    assert f"broken: {SITE_URL}missing.html (HTTP 404) on {SITE_URL}s3p3.html" in summary
+    assert re.search(r"submitted Ray job raysubmit_\w+", summary)  # the job's identity, from the Jobs API
+
+
+def test_an_oversized_ray_cluster_fails_in_seconds_naming_requested_and_free(play, lab, kube):
+    play(ray.uninstall_steps(lab))
+    node = kube.core.list_node().items[0]
+    allocatable = ray.quantity(node.status.allocatable["cpu"], "m")
+    used = sum(ray.quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
+               for p in kube.core.list_pod_for_all_namespaces(field_selector="status.phase=Running").items
+               for c in p.spec.containers)
+    # room for the operator (100m) and not much else: Ray needs two pods of 250m at least
+    hog_m = allocatable - used - 400
+    hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hog", "namespace": "default"},
+           "spec": {"selector": {"matchLabels": {"app": "hog"}}, "template": {"metadata": {"labels": {"app": "hog"}},
+                    "spec": {"containers": [{"name": "hog", "image": images.reference("nginx"),
+                                             "resources": {"requests": {"cpu": f"{hog_m}m"}}}]}}}}
+    hogging = applied("hog", lab, lambda: [hog], wait=lambda ctx: ctx.kube.wait_deployment(
+        "default", "hog", timeout=60, say=ctx.say))
+    play([hogging])
+    try:
+        start = time.monotonic()
+        with pytest.raises(PlayFailed):
+            play(ray.install_steps(lab))
+        took = time.monotonic() - start
+        out = play.output
+        figure(f"oversized ray.install failed after {took:.1f} s")
+        failed = re.search(r"failed\s+ray pods sized to the cluster.*?\n(.*?)\n(?:skipped|PLAY)", out, re.S)
+        assert failed, out
+        message = " ".join(failed.group(1).split())
+        figure(f"oversized message: {message}")
+        assert re.search(r"does not fit: head and worker \d+m CPU / \d+Mi each \(free for Ray: -?\d+m CPU", message)
+        assert "Ray needs at least 250m CPU / 768Mi for each of its two pods" in message
+        assert "free resources" in message  # what to do next
+        assert re.search(r"skipped\s+ray image\(s\) in the kind nodes", out)  # nothing heavy was started
+        assert "not ready after" not in out  # decided, not waited out
+    finally:
+        PlayRun(lab)([absent("hog absent", lab, lambda: [hog])])
+
+
+def test_ray_uninstall_removes_operator_and_cluster_and_a_rerun_is_ok(play, lab, kube):
+    outcomes = play(ray.uninstall_steps(lab))
+    assert "failed" not in {o.status for o in outcomes}, play.output
+    names = {ns.metadata.name for ns in kube.core.list_namespace().items}
+    assert not names & {"ray", "kuberay"}
+    assert {o.status for o in play(ray.uninstall_steps(lab))} == {"ok"}, play.output
+    play([absent("crawl site absent", lab, lambda: site_documents(lab)[:1])])
+
+
+# --- monitoring ------------------------------------------------------------------------
+def test_monitoring_install_runs_the_real_operator_offline_and_a_rerun_changes_nothing(play, lab, kube):
+    first, took = timed(play, monitoring.install_steps(lab))
+    result = outcomes_of(first)
+    figure(f"monitoring.install first run: {took:.1f} s, changed={len(lab_changes(first))}")
+    assert result["monitoring Prometheus serving"].status == "ok", play.output
+    said = result["monitoring offline values"].detail
+    assert "Grafana off" in said and "kube-state-metrics off" in said and "certificate Job" in said
+    assert result["monitoring grafana admin secret"].status == "skipped"
+    # the real operator, in the cluster, made Prometheus and Alertmanager from the release's resources
+    operator = kube.apps.read_namespaced_deployment("kps-operator", "monitoring")
+    assert operator.spec.template.spec.containers[0].image == images.reference("prometheus-operator")
+    statefulset = kube.apps.read_namespaced_stateful_set("prometheus-kps-prometheus", "monitoring")
+    assert [ref.kind for ref in statefulset.metadata.owner_references] == ["Prometheus"]
+    running = {c.image for p in kube.core.list_namespaced_pod("monitoring").items for c in p.spec.containers}
+    assert running == {images.reference(n) for n in monitoring.OFFLINE_IMAGES}
+    assert not [d for d in kube.apps.list_namespaced_deployment("monitoring").items if "grafana" in d.metadata.name]
+
+    again, took = timed(play, monitoring.install_steps(lab))
+    figure(f"monitoring.install rerun: {took:.1f} s, changed={len(lab_changes(again))}")
+    assert lab_changes(again) == [] and "failed" not in {o.status for o in again}, play.output
+
+
+def test_verify_asks_the_real_prometheus_and_finds_every_target_up(play, lab):
+    outcomes, took = timed(play, monitoring.verify_steps(lab))
+    result = outcomes_of(outcomes)
+    figure(f"monitoring.verify: {took:.1f} s; {result['prometheus targets up'].detail}")
+    assert result["prometheus targets up"].status == "changed", play.output
+    count = int(re.search(r"all (\d+) active Prometheus targets up", result["prometheus targets up"].detail).group(1))
+    assert count >= 6  # Prometheus and its reloader, Alertmanager and its reloader, the operator, node-exporter
+    assert result["grafana healthy"].status == "skipped" and "Grafana is off offline" in result["grafana healthy"].detail
+
+
+def test_a_target_taken_down_is_named_without_waiting_out_the_timeout(play, lab, kube):
+    def node_exporters():
+        return kube.core.list_namespaced_pod("monitoring", label_selector="app.kubernetes.io/name="
+                                             "prometheus-node-exporter").items
+
+    # node-exporter "scaled to 0": a DaemonSet scheduled on no node
+    nowhere = {"spec": {"template": {"spec": {"nodeSelector": {"kindlab.dev/nowhere": "true"}}}}}
+    kube.apps.patch_namespaced_daemon_set(NODE_EXPORTER, "monitoring", nowhere)
+    try:
+        deadline = time.monotonic() + 60
+        while node_exporters():
+            assert time.monotonic() < deadline, "node-exporter's pod was not removed"
+            time.sleep(0.5)
+        gone = time.monotonic()
+        with pytest.raises(PlayFailed):
+            play(monitoring.verify_steps(lab))
+        figure(f"target down named {time.monotonic() - gone:.1f} s after node-exporter's pod was gone "
+               "(scrape interval 30 s)")
+        failed = re.search(r"failed\s+prometheus targets up.*?\n(.*?)\n(?:skipped|PLAY)", play.output, re.S)
+        message = " ".join(failed.group(1).split())
+        assert f"serviceMonitor/monitoring/{NODE_EXPORTER}/0 has no target" in message, play.output
+        assert "after 180s" not in message  # named as down, not waited out
+    finally:
+        kube.apps.patch_namespaced_daemon_set(NODE_EXPORTER, "monitoring", [
+            {"op": "remove", "path": "/spec/template/spec/nodeSelector/kindlab.dev~1nowhere"}])
+    back = outcomes_of(play(monitoring.verify_steps(lab)))
+    assert back["prometheus targets up"].status == "changed", play.output
+
+
+def group(pgid: int) -> list[tuple[int, str]]:
+    out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return [(int(r[0]), r[3]) for r in rows if len(r) == 4 and r[1] == str(pgid) and not r[2].startswith("Z")]
+
+
+def prometheus_answers(url: str = "http://127.0.0.1:9090/api/v1/query?query=up") -> list:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        answer = yaml.safe_load(response.read())
+    assert answer["status"] == "success"
+    return answer["data"]["result"]
+
+
+def until(check, seconds: float, what: str):
+    """check() once it stops raising, within `seconds` (a bound on a wait, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} after {seconds:.0f}s: {exc}") from exc
+            time.sleep(0.3)
+
+
+def printed(output: Path, text: str, proc) -> None:
+    """Raises until the task has printed `text`; fails at once if it exited."""
+    if text in output.read_text():
+        return
+    if proc.poll() is not None:
+        pytest.fail(f"invoke monitoring.dashboards exited with {proc.returncode}:\n{output.read_text()}")
+    raise AssertionError(f"not printed yet: {text!r}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
+def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl_c(lab, tmp_path):
+    config = tmp_path / "kindlab.yaml"
+    config.write_text(yaml.safe_dump({"kindlab": {
+        "home": str(lab.home), "kubeconfig": str(lab.kubeconfig), "provider": "kind", "cluster": lab.cluster,
+        "offline": True, "charts": dict(CHARTS)}}))
+    output = tmp_path / "dashboards.log"
+    with open(output, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), "monitoring.dashboards"], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        until(lambda: printed(output, "forwarding until Ctrl-C", proc), 60, "dashboards never started")
+        assert "no Grafana to forward: Grafana is off offline" in output.read_text()
+        results = until(prometheus_answers, 30, "Prometheus did not answer at 127.0.0.1:9090")
+        assert {r["metric"]["job"] for r in results} >= {"kps-prometheus", NODE_EXPORTER}
+        # the forward's kubectl dies (its pod replaced, a laptop asleep): it comes back by itself
+        (kubectl,) = [pid for pid, args in group(proc.pid) if "port-forward" in args]
+        os.kill(kubectl, signal.SIGKILL)
+        killed = time.monotonic()
+        until(lambda: printed(output, "Prometheus port-forward exited", proc), 30, "the supervisor never noticed")
+        until(prometheus_answers, 30, "Prometheus did not answer again at 127.0.0.1:9090")
+        figure(f"dashboards: Prometheus answered again {time.monotonic() - killed:.1f} s after its kubectl was killed")
+        (again,) = [pid for pid, args in group(proc.pid) if "port-forward" in args]
+        assert again != kubectl
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        proc.wait(timeout=30)
+        text = output.read_text()
+        assert "port-forwards stopped" in text, text
+        assert group(proc.pid) == []  # no kubectl left behind
+        with pytest.raises(OSError):
+            urllib.request.urlopen("http://127.0.0.1:9090/-/ready", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_monitoring_uninstall_removes_release_and_namespace_and_a_rerun_is_ok(play, lab, kube):
+    outcomes = play(monitoring.uninstall_steps(lab))
+    assert {o.step: o.status for o in outcomes} == {"monitoring release absent": "changed",
+                                                    "monitoring namespace monitoring absent": "changed"}, play.output
+    assert "monitoring" not in {ns.metadata.name for ns in kube.core.list_namespace().items}
+    assert {o.status for o in play(monitoring.uninstall_steps(lab))} == {"ok"}, play.output

@@ -142,11 +142,20 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped by its parent) is not alive.
+    # A zombie (exited, not yet reaped by its parent) is not alive. Its first thread turns zombie
+    # before the others have closed the program's files (its listening sockets among them), so
+    # every thread is looked at.
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return True
+    for tid in tasks:
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+                return True
+        except (OSError, IndexError):
+            continue  # that thread is gone
+    return False
 
 
 def crds_established(kubectl: str, names: Sequence[str]) -> bool:

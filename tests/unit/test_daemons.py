@@ -3,11 +3,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from playbooks.core import daemons
-from playbooks.core.daemons import Daemon
+from playbooks.core.daemons import Daemon, alive
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses sleep(1) and /proc")
 
@@ -95,3 +96,25 @@ def test_a_supervisor_waits_for_its_crds_before_starting_the_program(tmp_path):
         assert marker.exists()  # started once the CRD is Established
     finally:
         daemons.stop(daemon)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads are read from Linux's /proc")
+def test_a_program_whose_first_thread_ended_is_alive_while_another_runs():
+    # A killed Go program looks like this for a moment: its first thread is a zombie while the others
+    # still hold its files (a listening port a restart would need).
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+            "print('ready', flush=True)\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not alive(proc.pid)

@@ -41,7 +41,9 @@ def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
     from .kube import Kube  # the kubernetes client is slow to import; only plays need it
 
     shell = make_shell(lab.tools_dir, host=lab.host, verbose=lab.verbose)
-    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context), reporter)
+    # kindlab made kind and kwok clusters, so it can start what died in them; an existing cluster is the user's
+    fix = "" if lab.provider == "existing" else "`invoke cluster.create` restarts it"
+    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix), reporter)
 
 
 def lock_path(lab: Lab) -> Path:

@@ -3,10 +3,17 @@
 Waits are driven by watches: each event wakes the wait, which then reads the
 current state and decides. While it waits it says which pods are not Ready and
 why; it fails at once on a reason that time will not cure (a missing image, a
-crash loop) and names the pod, the reason and what to do next.
+crash loop) and names the pod, the reason and what to do next. Pods that do
+not exist cannot say why: for those the wait looks one level up, at the
+ReplicaSet and Deployment and at the controller-manager that makes pods.
+
+Every API call has a request timeout, and inside a wait one bounded by the
+wait's deadline, so an API server that stops answering is reported while the
+wait goes on and named as the reason when it ends, on time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -15,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import urllib3
 from kubernetes import client, config, watch
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
-from .steps import StepFailed, WaitTimeout
+from .steps import StepFailed, WaitTimeout, is_transient
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -31,6 +40,14 @@ METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 CRASH_LOOP_LIMIT = 3
 OPERATOR_GRACE_S = 30.0  # an operator writes a resource's status within seconds
 PULL_GRACE_S = 90.0
+REQUEST_TIMEOUT_S = 30.0      # any API call
+WAIT_REQUEST_TIMEOUT_S = 5.0  # an API call inside a wait: it comes back to report a stall and keep its deadline
+MIN_REQUEST_TIMEOUT_S = 1.0   # even the last look before a deadline gets this long
+EVENTS_GRACE_S = 2.0          # reading recent warnings for a timeout message, after the deadline
+# The leader leases of the components that turn objects into pods: lease -> (who, what stops without it).
+LEADERS = {"kube-controller-manager": ("controller-manager", "no pod is being created"),
+           "kube-scheduler": ("scheduler", "no pod is being placed on a node")}
+LEASE_SLACK_S = 5.0  # beyond its duration, before an unrenewed lease means its holder is gone
 
 NEXT_STEP = {
     "ImagePullBackOff": "check the image name and tag, or your network",
@@ -132,17 +149,75 @@ def next_step(state: PodState, context: str, namespace: str) -> str:
     return hint.format(context=context, namespace=namespace, pod=state.name)
 
 
-class Kube:
-    """A client bound to one kubeconfig file and one context: never the current one."""
+class ApiServerUnreachable(ConnectionError):
+    """The API server did not answer. A ConnectionError, so the runner retries it; `why` is short."""
 
-    def __init__(self, kubeconfig: Path, context: str):
+    def __init__(self, why: str, message: str):
+        self.why = why
+        super().__init__(message)
+
+
+class _BoundedRest(rest.RESTClientObject):
+    """Requests with a timeout (bounded by the deadline of the wait they serve), and a dead or
+    stalled API server as one sentence with a next step instead of urllib3's MaxRetryError."""
+
+    def __init__(self, configuration, kube: "Kube"):
+        super().__init__(configuration)
+        self.kube = kube
+
+    def request(self, method, url, *args, _request_timeout=None, **kwargs):
+        seconds = self.kube.request_timeout(_request_timeout)
+        try:
+            # a pair: the client drops a plain float timeout without a word
+            return super().request(method, url, *args, _request_timeout=(seconds, seconds), **kwargs)
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.kube.unreachable(exc, seconds) from exc
+
+
+def _stall_reason(exc: Exception) -> str:
+    """A few words on why an API call failed for now: a timeout, a refused connection, a 503."""
+    if isinstance(exc, ApiServerUnreachable):
+        return exc.why
+    if isinstance(exc, ApiException):
+        return f"only HTTP {exc.status} {exc.reason}"
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+def _unreachable_why(exc: Exception, seconds: float) -> str:
+    cause = getattr(exc, "reason", None) or exc
+    text = str(cause).lower()
+    for known in ("connection refused", "connection reset", "remote end closed connection"):
+        if known in text:
+            return known
+    if isinstance(cause, urllib3.exceptions.TimeoutError):  # after the texts: a refusal is a NewConnectionError,
+        return f"no answer within {seconds:.0f}s"            # which urllib3 derives from its timeout errors
+    return str(cause).splitlines()[0][:120]
+
+
+class Kube:
+    """A client bound to one kubeconfig file and one context: never the current one.
+
+    `fix` is the next step when the cluster's API server does not answer.
+    """
+
+    def __init__(self, kubeconfig: Path, context: str, fix: str = ""):
         self.kubeconfig = Path(kubeconfig)
         self.context = context
+        self.fix = fix or f"check the cluster: `kubectl --context {context} get --raw /readyz`"
+        configuration = client.Configuration()
         try:
-            self.api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
+            # persist_config=False: the client never writes the user's kubeconfig (refreshed tokens stay in memory)
+            config.load_kube_config(config_file=str(kubeconfig), context=context,
+                                    client_configuration=configuration, persist_config=False)
         except config.ConfigException as exc:
             raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
                              "create the cluster first (invoke cluster.create)") from None
+        # One quick retry of a refused connection; a timed-out read is not repeated behind the deadline's back.
+        configuration.retries = urllib3.Retry(total=1, read=0)
+        self.host = configuration.host
+        self.api = client.ApiClient(configuration)
+        self.api.rest_client = _BoundedRest(configuration, self)
+        self._local = threading.local()  # the deadline of the wait this thread is in
         self.cancel = threading.Event()  # set by interrupt(): Ctrl-C ends every wait at once
         self._waiting: set[queue.Queue] = set()
         self.core = client.CoreV1Api(self.api)
@@ -150,12 +225,43 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api)
         self.apiext = client.ApiextensionsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+
+    # --- request timeouts ---------------------------------------------------
+    def request_timeout(self, asked=None) -> float:
+        """Seconds for one request: what the caller asked, or the default; inside a wait, no later than its deadline."""
+        deadline = getattr(self._local, "deadline", None)
+        if isinstance(asked, tuple):
+            asked = max(asked)
+        seconds = float(asked or (WAIT_REQUEST_TIMEOUT_S if deadline else REQUEST_TIMEOUT_S))
+        if deadline is not None:
+            seconds = min(seconds, max(MIN_REQUEST_TIMEOUT_S, deadline - time.monotonic()))
+        return seconds
+
+    @contextlib.contextmanager
+    def deadline(self, at: float):
+        """API calls made by this thread inside the block end by `at` (time.monotonic())."""
+        outer = getattr(self._local, "deadline", None)
+        self._local.deadline = at if outer is None else min(at, outer)
+        try:
+            yield
+        finally:
+            self._local.deadline = outer
+
+    def unreachable(self, exc: Exception, seconds: float) -> ApiServerUnreachable:
+        why = _unreachable_why(exc, seconds)
+        return ApiServerUnreachable(why, f"the API server of {self.context} ({self.host}) is down or stalled: "
+                                         f"{why}; {self.fix}")
 
     # --- generic wait -----------------------------------------------------
     def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
                  *, timeout: float, say: Callable[[str], None] = lambda m: None,
                  recheck: float = 2.0, events_of: Callable[[], list[str]] | None = None) -> str:
-        """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`."""
+        """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`.
+
+        Ends by its deadline whatever the API server does: each call is bounded by it, and an
+        API server that does not answer is waited for, reported, and named at the deadline.
+        """
         events: queue.Queue = queue.Queue()
         self._waiting.add(events)
         stop = threading.Event()
@@ -164,24 +270,33 @@ class Kube:
         for t in threads:
             t.start()
         start = time.monotonic()
+        deadline = start + timeout
+        answered = start  # when the API server last answered
         verdict = Verdict(False, "starting")
         try:
             while True:
                 if self.cancel.is_set():
                     raise StepFailed(f"{what}: interrupted (Ctrl-C) while waiting")
-                verdict = evaluate()
-                if verdict.done:
-                    return verdict.progress
-                elapsed = time.monotonic() - start
-                if verdict.failure:
-                    raise StepFailed(f"{verdict.failure} (after {elapsed:.0f}s)")
-                if elapsed >= timeout:
-                    recent = events_of() if events_of else []
-                    raise WaitTimeout(f"{what}: not ready after {timeout:.0f}s: {verdict.progress}"
-                                      + (f"; recent warnings: {'; '.join(recent)}" if recent else ""))
-                say(f"{verdict.progress} ({elapsed:.0f}s)")
                 try:
-                    events.get(timeout=min(recheck, max(0.05, timeout - elapsed)))
+                    with self.deadline(deadline):
+                        verdict = evaluate()
+                    answered, stalled = time.monotonic(), ""
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    stalled = _stall_reason(exc)
+                now = time.monotonic()
+                if not stalled and verdict.done:
+                    return verdict.progress
+                if not stalled and verdict.failure:
+                    raise StepFailed(f"{verdict.failure} (after {now - start:.0f}s)")
+                if now >= deadline:
+                    raise WaitTimeout(self._timeout_message(what, timeout, verdict, stalled, now - answered,
+                                                            events_of))
+                say(f"the API server does not answer ({stalled}); waiting ({now - answered:.0f}s)" if stalled
+                    else f"{verdict.progress} ({now - start:.0f}s)")
+                try:
+                    events.get(timeout=min(recheck, max(0.05, deadline - now)))
                     while True:  # a burst of events needs one look, not one each
                         events.get_nowait()
                 except queue.Empty:
@@ -189,6 +304,22 @@ class Kube:
         finally:
             stop.set()
             self._waiting.discard(events)
+
+    def _timeout_message(self, what: str, timeout: float, verdict: Verdict, stalled: str, silent: float,
+                         events_of: Callable[[], list[str]] | None) -> str:
+        if stalled:  # the last count is old news: the reason is the API server
+            return (f"{what}: gave up after {timeout:.0f}s: the API server did not answer for {silent:.0f}s "
+                    f"({stalled}); {self.fix}")
+        recent: list[str] = []
+        if events_of:
+            try:
+                with self.deadline(time.monotonic() + EVENTS_GRACE_S):
+                    recent = events_of()
+            except Exception as exc:  # the warnings only add to the message
+                if not is_transient(exc):
+                    raise
+        return (f"{what}: not ready after {timeout:.0f}s: {verdict.progress}"
+                + (f"; recent warnings: {'; '.join(recent)}" if recent else ""))
 
     def interrupt(self) -> None:
         """Wake every wait now and make it fail as interrupted."""
@@ -223,20 +354,25 @@ class Kube:
                 raise
             want = dep.spec.replicas if dep.spec.replicas is not None else 1
             st = dep.status
-            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
-            pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            pods = self.core.list_namespaced_pod(namespace, label_selector=_selector(dep)).items
             ready, progress, failure = explain(pods, want, name, self.context, namespace)
             rolled = ((st.observed_generation or 0) >= (dep.metadata.generation or 0)
                       and (st.updated_replicas or 0) == want and (st.ready_replicas or 0) == want
                       and (st.available_replicas or 0) == want and (st.replicas or 0) == want)
             if rolled:
                 return Verdict(True, f"{name}: {want}/{want} pods Ready")
+            if not failure:
+                why = self.why_not_rolled_out(dep, pods)
+                if why:
+                    progress += f"; {why}"
+                elif ready >= want:  # Ready pods, but not yet the new ones, or old ones still there
+                    progress += (f"; rollout in progress: {st.updated_replicas or 0}/{want} updated, "
+                                 f"{st.replicas or 0} in all")
             return Verdict(False, f"{name}: {progress}", failure)
 
         def events_of() -> list[str]:
             dep = self.apps.read_namespaced_deployment(name, namespace)
-            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
-            return self.pod_warnings(namespace, selector)
+            return self.pod_warnings(namespace, _selector(dep))
 
         return self.wait_for(what, evaluate, [
             (self.apps.list_namespaced_deployment, {"namespace": namespace,
@@ -250,11 +386,12 @@ class Kube:
         what = what or f"namespace {namespace}"
 
         def evaluate() -> Verdict:
-            pending = []
+            pending, behind = [], []
             for dep in self.apps.list_namespaced_deployment(namespace).items:
                 want = dep.spec.replicas if dep.spec.replicas is not None else 1
                 if (dep.status.ready_replicas or 0) < want or (dep.status.updated_replicas or 0) < want:
                     pending.append(f"deployment {dep.metadata.name} {dep.status.ready_replicas or 0}/{want}")
+                    behind.append(dep)
             for ss in self.apps.list_namespaced_stateful_set(namespace).items:
                 want = ss.spec.replicas if ss.spec.replicas is not None else 1
                 if (ss.status.ready_replicas or 0) < want:
@@ -270,8 +407,10 @@ class Kube:
                 return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
             if len(pods) < min_pods:
                 progress = f"waiting for pods to appear ({len(pods)}/{min_pods})"
-            return Verdict(False, f"{what}: {progress}" + (f"; {', '.join(pending[:3])}" if pending else ""),
-                           failure)
+            why = next((f"deployment {d.metadata.name}: {w}" for d in behind[:3]
+                        if (w := self.why_not_rolled_out(d, [p for p in pods if _selects(d, p)]))), "")
+            return Verdict(False, f"{what}: {progress}" + (f"; {', '.join(pending[:3])}" if pending else "")
+                           + (f"; {why}" if why and not failure else ""), failure)
 
         return self.wait_for(what, evaluate, [
             (self.core.list_namespaced_pod, {"namespace": namespace}),
@@ -334,6 +473,75 @@ class Kube:
                              [(self.core.list_namespaced_service_account, {"namespace": namespace})],
                              timeout=timeout, say=say)
 
+    # --- one level up: why pods are missing -----------------------------------
+    def why_not_rolled_out(self, dep, pods: list) -> str:
+        """Why a Deployment lacks pods, which the pods themselves cannot say: a controller-manager
+        or scheduler that is not running, or the ReplicaSet failing to create them; "" when none of these."""
+        want = dep.spec.replicas if dep.spec.replicas is not None else 1
+        live = [p for p in pods if not p.metadata.deletion_timestamp]
+        unplaced = [p for p in live if not p.spec.node_name]
+        unseen = (dep.status.observed_generation or 0) < (dep.metadata.generation or 0)
+        if len(live) >= want and not unplaced and not unseen:
+            return ""
+        down = self.leaders_down()
+        if (len(live) < want or unseen) and "kube-controller-manager" in down:
+            return down["kube-controller-manager"]
+        if unplaced and "kube-scheduler" in down:
+            return down["kube-scheduler"]
+        if len(live) >= want:
+            return ""
+        missing = f"{want - len(live)} pod(s) not created"
+        failure = self.replica_failure(dep)
+        return f"{missing}: {failure}" if failure else missing
+
+    def leases(self) -> dict[str, tuple[float, float]]:
+        """The leader leases of LEADERS that exist: name -> (last renewal, as time.time(); duration s)."""
+        found = {}
+        for name in LEADERS:
+            try:
+                spec = self.coordination.read_namespaced_lease(name, "kube-system").spec
+            except ApiException as exc:
+                if exc.status in (403, 404):  # no leader election here, or not ours to read
+                    continue
+                raise
+            if spec.renew_time is not None:
+                found[name] = (spec.renew_time.timestamp(), float(spec.lease_duration_seconds or 15))
+        return found
+
+    def leaders_down(self) -> dict[str, str]:
+        """The components of LEADERS whose lease nobody renews, each with a sentence."""
+        down = {}
+        for name, (renewed, duration) in self.leases().items():
+            age = time.time() - renewed
+            if age > duration + LEASE_SLACK_S:
+                who, consequence = LEADERS[name]
+                down[name] = (f"the {who} is not running (its lease kube-system/{name} was last renewed "
+                              f"{age:.0f}s ago), so {consequence}; {self.fix}")
+        return down
+
+    def readyz(self) -> None:
+        """Returns when the API server says it is ready; an ApiException (HTTP 500) or ApiServerUnreachable if not."""
+        self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _return_http_data_only=True)
+
+    def replica_failure(self, dep) -> str:
+        """The ReplicaSets' and the Deployment's own word on failing to create pods (FailedCreate:
+        a quota, an admission webhook, a missing ServiceAccount), from their conditions or Warning events."""
+        namespace = dep.metadata.namespace
+        sets = [rs for rs in self.apps.list_namespaced_replica_set(namespace, label_selector=_selector(dep)).items
+                if any(o.uid == dep.metadata.uid for o in rs.metadata.owner_references or [])]
+        for obj, kind in [(rs, "replicaset") for rs in sets] + [(dep, "deployment")]:
+            for c in obj.status.conditions or []:
+                if c.type == "ReplicaFailure" and c.status == "True":
+                    return f"{kind} {obj.metadata.name}: {c.reason}: {(c.message or '').strip()}"
+        owners = {("ReplicaSet", rs.metadata.name) for rs in sets} | {("Deployment", dep.metadata.name)}
+        events = [e for e in self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
+                  if (e.involved_object.kind, e.involved_object.name) in owners]
+        latest = max(events, key=_event_time, default=None)
+        if latest is None:
+            return ""
+        return (f"{latest.involved_object.kind.lower()} {latest.involved_object.name}: {latest.reason}: "
+                f"{(latest.message or '').strip()}")
+
     # --- raw reads -----------------------------------------------------------
     def get_json(self, path: str, *, accept: str = "application/json", **query) -> dict:
         """GET an API path as plain JSON, bypassing the client's strict models.
@@ -379,8 +587,21 @@ class Kube:
             return []
         events = [e for e in self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
                   if e.involved_object.kind == "Pod" and e.involved_object.name in waiting]
-        events.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        events.sort(key=_event_time)
         return [f"{e.involved_object.name}: {e.reason}: {(e.message or '').strip()}" for e in events[-limit:]]
+
+
+def _selector(dep) -> str:
+    return ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
+
+
+def _selects(dep, pod) -> bool:
+    labels = pod.metadata.labels or {}
+    return all(labels.get(k) == v for k, v in (dep.spec.selector.match_labels or {}).items())
+
+
+def _event_time(event) -> str:
+    return str(event.last_timestamp or event.event_time or event.metadata.creation_timestamp)
 
 
 def node_ready(node) -> bool:

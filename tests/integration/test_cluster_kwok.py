@@ -95,7 +95,7 @@ def test_crash_loop_fails_fast_with_the_logs_command(play, testbed):
 def test_delete_of_an_absent_cluster_is_ok(play, testbed):
     ghost = replace(testbed, cluster="kindlab-absent")
     outcomes = play(cluster.delete_steps(ghost), lab=ghost)
-    assert [o.status for o in outcomes] == ["ok", "ok", "ok"], play.output
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok", "ok"], play.output
 
 
 def _processes_mentioning(text):
@@ -114,10 +114,14 @@ def test_a_second_cluster_is_created_and_deleted_leaving_no_process(testbed):
     assert {o.step: o.status for o in created}[f"operators of {lab.cluster} running"] == "changed"
     assert len(_processes_mentioning("prometheus-operator --web.listen-address")) >= 1
     assert all(o.status == "ok" for o in run(cluster.create_steps(lab))), run.output
+    written = [p for p in lab.home.rglob("*") if lab.cluster in str(p.relative_to(lab.home))]
+    assert any(p.name == "prometheus-operator.log" for p in written), written  # the operators' files, say
     deleted = run(cluster.delete_steps(lab))
-    assert [o.status for o in deleted] == ["changed", "changed", "changed"], run.output
+    assert [o.status for o in deleted] == ["changed", "changed", "changed", "changed"], run.output
     deadline = time.monotonic() + 10
     while _processes_mentioning(f"clusters/{lab.cluster}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_mentioning(f"clusters/{lab.cluster}")
-    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok", "ok"]
+    # nothing kindlab wrote for it is left: its kubeconfig, kwokctl config, operators' pid and log files
+    assert not [p for p in lab.home.rglob("*") if lab.cluster in str(p.relative_to(lab.home))]
+    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok", "ok", "ok"]

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import yaml
 
+from . import images
 from .core import daemons as daemons_, kubeconfig, kyaml
 from .core.daemons import Daemon
 from .core.commands import CommandError
 from .core.portforward import port_free
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import MissingPrerequisite, Step, StepFailed, change, ok, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
+# What the cluster itself needs before any part, roughly (doctor): a kind control plane.
+CLUSTER_MEMORY_MIB, CLUSTER_CPUS = 2048, 1.0
+CLUSTER_IMAGES = ("node",)  # offline: kindlab's node image
 KWOK_STAGES = ROOT / "manifests" / "kwok" / "stages.yaml"
 KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --testbed`
     "--kube-apiserver-binary": "kube-apiserver",
@@ -33,9 +37,23 @@ KWOK_BINARIES = {  # kwokctl flag -> binary built by `invoke tools.install --tes
 
 
 # --- kind ------------------------------------------------------------------
+def node_image(lab: Lab) -> str:
+    """kind's --image: the configured one, offline kindlab's own, else "" (kind's default)."""
+    if lab.node_image:
+        return lab.node_image
+    return images.reference("node") if lab.offline else ""
+
+
 def render_kind_config(lab: Lab) -> dict:
-    """The kind Cluster config with the lab's ports; mappings sit under the node."""
+    """The kind Cluster config with the lab's ports; mappings sit under the node.
+
+    With kindlab's node image, also what kubeadm must know about it: its
+    control-plane images' names and tags, and kube-proxy in nftables mode.
+    """
     config = kyaml.load(KIND_CONFIG.read_text())
+    if images.is_kindlab_node(node_image(lab)):
+        config["kubeadmConfigPatches"] = images.kubeadm_patches()
+        config.setdefault("networking", {})["kubeProxyMode"] = "nftables"
     control_plane = config["nodes"][0]
     mappings = {m["containerPort"]: m for m in control_plane["extraPortMappings"]}
     mappings[30080]["hostPort"] = lab.nginx_port
@@ -53,6 +71,15 @@ def _clusters(ctx, tool: str) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+CLUSTER_TOOL = {"kind": "kind", "kwok": "kwokctl"}  # what creates, lists and deletes a provider's clusters
+
+
+def _require_cluster(ctx, lab: Lab) -> None:
+    """For the checks after `cluster exists`: in a dry run before it exists, they cannot tell."""
+    if lab.cluster not in _clusters(ctx, CLUSTER_TOOL[lab.provider]):
+        raise MissingPrerequisite(f"{lab.provider} cluster {lab.cluster}")
+
+
 def _exists_check(lab: Lab, tool: str):
     def check(ctx):
         if lab.cluster in _clusters(ctx, tool):
@@ -68,6 +95,15 @@ def _kind_nodes(ctx) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
+def _kind_node_images(ctx) -> set[str]:
+    """The images the lab's node containers were created from."""
+    names = list(_kind_nodes(ctx))
+    if not names:
+        return set()
+    out = ctx.sh.run(["docker", "inspect", "--format", "{{.Config.Image}}", *names]).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
 def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
     """(listen address, host port, container port) of the control-plane node as it is."""
     out = ctx.sh.run(["docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}",
@@ -79,6 +115,31 @@ def _kind_mapped_ports(ctx) -> set[tuple[str, int, int]]:
             if port != 6443:  # the API server mapping kind adds itself
                 found.add((b.get("HostIp") or "0.0.0.0", int(b["HostPort"]), port))
     return found
+
+
+def _remove_half_made(ctx, lab: Lab) -> None:
+    """Delete an unfinished kind cluster, including node containers Docker creates a moment late.
+
+    Ctrl-C ends whatever child runs at that moment, this clean-up's too, so each
+    command runs again if a signal ended it; and a `docker run` that was under way
+    when kind was interrupted can still leave its container behind just after.
+    """
+    for _ in range(3):
+        deleted = ctx.sh.run(["kind", "delete", "cluster", "--name", lab.cluster,
+                              "--kubeconfig", str(own_kubeconfig(lab))], check=False, timeout=120)
+        if deleted.returncode is not None and deleted.returncode >= 0:
+            break
+    quiet = 0
+    for _ in range(20):
+        late = list(_kind_nodes(ctx))
+        if late:
+            quiet = 0
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *late], check=False)
+        else:
+            quiet += 1
+            if quiet == 3:
+                return
+        time.sleep(0.5)
 
 
 def own_kubeconfig(lab: Lab) -> Path:
@@ -102,6 +163,10 @@ def kind_create_steps(lab: Lab) -> list[Step]:
     config_path = config_file(lab)
 
     def create(ctx):
+        image = node_image(lab)
+        if image and images.is_kindlab_node(image) and images.present_inputs(ctx.sh, image) is None:
+            raise StepFailed(f"node image {image} is not built: run `invoke images.build --only node` "
+                             "(or leave offline mode for kind's own image)")
         config = render_kind_config(lab)
         busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
                 if not port_free(m["hostPort"], m["listenAddress"])]
@@ -110,11 +175,34 @@ def kind_create_steps(lab: Lab) -> list[Step]:
                              "or choose other ports in invoke.yaml (kindlab.ports)")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        ctx.sh.run(["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
-                    "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"], timeout=lab.timeout * 2)
-        return f"created kind cluster {lab.cluster}"
+        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", str(config_path),
+                "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"]
+        try:
+            ctx.sh.run(argv + (["--image", image] if image else []), timeout=lab.timeout * 2)
+        except BaseException:
+            # kind removes its nodes when it fails, not when it is interrupted (Ctrl-C) or
+            # timed out: a half-made cluster would pass the next run's exists check and
+            # leave it waiting for nodes that never turn Ready.
+            _remove_half_made(ctx, lab)
+            raise
+        return f"created kind cluster {lab.cluster}" + (f" from {image}" if image else "")
+
+    def check_exists(ctx):
+        if lab.cluster not in _clusters(ctx, "kind"):
+            return change(f"create kind cluster {lab.cluster}")
+        never_started = sorted(n for n, state in _kind_nodes(ctx).items() if state == "created")
+        if never_started:  # what an interrupted `kind create` can leave behind
+            return change(f"recreate kind cluster {lab.cluster}: it is half-made (node containers "
+                          f"{', '.join(never_started)} were never started)")
+        return ok(f"kind cluster {lab.cluster} exists")
+
+    def recreate(ctx):
+        if lab.cluster in _clusters(ctx, "kind"):
+            _remove_half_made(ctx, lab)
+        return create(ctx)
 
     def check_running(ctx):
+        _require_cluster(ctx, lab)
         stopped = [n for n, state in _kind_nodes(ctx).items() if state != "running"]
         if stopped:
             return change(f"start stopped node containers {', '.join(sorted(stopped))}")
@@ -125,6 +213,11 @@ def kind_create_steps(lab: Lab) -> list[Step]:
             return ok(f"warning: the cluster maps {sorted(actual)} but the config wants {sorted(wanted)}; "
                       "port mappings are fixed when a kind cluster is created: "
                       "`invoke cluster.delete` then `invoke cluster.create` to apply them")
+        image = node_image(lab)
+        running = _kind_node_images(ctx)
+        if image and running and running != {image}:
+            return ok(f"warning: the nodes run {', '.join(sorted(running))}, not {image}; a node image is "
+                      "fixed when a kind cluster is created: `invoke cluster.delete` then `invoke cluster.create`")
         return ok("node containers running")
 
     def start_nodes(ctx):
@@ -136,11 +229,56 @@ def kind_create_steps(lab: Lab) -> list[Step]:
         return ctx.sh.run(["kind", "get", "kubeconfig", "--name", lab.cluster]).stdout
 
     return [
-        Step(f"kind cluster {lab.cluster}", _exists_check(lab, "kind"), create),
+        Step(f"kind cluster {lab.cluster}", check_exists, recreate),
         Step(f"kind nodes of {lab.cluster} running", check_running, start_nodes),
         _context_step(lab, merged_context),
         _nodes_ready_step(lab, want=1 + lab.workers, system_pods=True),
     ]
+
+
+def needs_loading(lab: Lab, image: str) -> bool:
+    """Whether kindlab must put `image` into the kind nodes itself: offline, or an image it built."""
+    return lab.can.docker_nodes and (lab.offline or image.startswith(f"{images.REPOSITORY}/"))
+
+
+def images_loaded_step(lab: Lab, what: str, refs: list[str]) -> Step:
+    """kind: images no registry serves here, loaded from the local engine into every node's containerd."""
+    def local_id(ctx, ref: str) -> str:
+        result = ctx.sh.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
+        if result.returncode != 0:
+            build = (f"run `invoke images.build --only {ref.split('/', 1)[1].split(':')[0]}`"
+                     if ref.startswith(f"{images.REPOSITORY}/") else f"pull or build it (`docker image ls {ref}`)")
+            raise StepFailed(f"image {ref} is not in the local Docker engine, so it cannot be loaded into the "
+                             f"kind nodes: {build}")
+        return result.stdout.strip()
+
+    def node_id(ctx, node: str, ref: str) -> str | None:
+        result = ctx.sh.run(["docker", "exec", node, "crictl", "inspecti", "-o", "json", ref], check=False)
+        if result.returncode != 0:
+            return None
+        return (json.loads(result.stdout or "{}").get("status") or {}).get("id")
+
+    def missing(ctx) -> dict[str, list[str]]:
+        nodes = sorted(_kind_nodes(ctx))
+        if not nodes:
+            raise StepFailed(f"kind cluster {lab.cluster} has no nodes: run `invoke cluster.create`")
+        return {ref: [n for n in nodes if node_id(ctx, n, ref) != wanted]
+                for ref, wanted in ((ref, local_id(ctx, ref)) for ref in refs)}
+
+    def check(ctx):
+        todo = {ref: nodes for ref, nodes in missing(ctx).items() if nodes}
+        if not todo:
+            return ok(f"{', '.join(refs)} on every node")
+        return change("; ".join(f"load {ref} into {', '.join(nodes)}" for ref, nodes in todo.items()))
+
+    def load(ctx):
+        for ref, nodes in missing(ctx).items():
+            if nodes:
+                ctx.say(f"kind load docker-image {ref}")
+                ctx.sh.run(["kind", "load", "docker-image", ref, "--name", lab.cluster, "--nodes", ",".join(nodes)],
+                           timeout=lab.timeout)
+
+    return Step(f"{what} image(s) in the kind nodes", check, load)
 
 
 # --- kwok --------------------------------------------------------------------
@@ -215,7 +353,7 @@ def operator_unavailable(lab: Lab, tool: str) -> str | None:
     Only the simulated cluster knows beforehand: its operators are local
     binaries. Elsewhere the operator is the chart's own pod, judged by its wait.
     """
-    if lab.provider != "kwok" or (lab.tools_dir / tool).exists():
+    if not lab.can.local_operators or (lab.tools_dir / tool).exists():
         return None
     return (f"{tool} is not installed in {lab.tools_dir}, so on the simulated cluster nothing turns this "
             f"part's custom resources into pods: `invoke tools.install --testbed --only {tool}`, "
@@ -286,6 +424,7 @@ def kwok_control_plane_step(lab: Lab) -> Step:
         return [name for name, pid in kwok_components(ctx, lab).items() if pid is None]
 
     def check(ctx):
+        _require_cluster(ctx, lab)
         stopped = dead(ctx)
         if stopped:
             return change(f"restart {', '.join(stopped)} of kwok cluster {lab.cluster} (not running)")
@@ -322,7 +461,9 @@ def kwok_control_plane_step(lab: Lab) -> Step:
                     + "; fix what the log says (a port in use: stop what listens there, or "
                       "`invoke cluster.delete` and `invoke cluster.create` for new ports), then run "
                       "`invoke cluster.create` again"))
-            kube.readyz()
+            not_ready = kube.api_not_ready()
+            if not_ready:
+                return Verdict(False, f"API server not ready: {not_ready}")
             if since is None:
                 behind = list(kube.leaders_down())
             else:  # renewed since the restart: a live leader (same clock: kwok runs here)
@@ -397,6 +538,8 @@ def _context_step(lab: Lab, read_source) -> Step:
         return kubeconfig.context_entries(read_source(ctx), lab.context)
 
     def check(ctx):
+        if lab.provider in CLUSTER_TOOL:
+            _require_cluster(ctx, lab)
         if kubeconfig.has_entries(lab.kubeconfig, entries(ctx)):
             return ok(f"context {lab.context} in {lab.kubeconfig}")
         return change(f"add context {lab.context} to {lab.kubeconfig} (current context unchanged)")
@@ -410,13 +553,25 @@ def _context_step(lab: Lab, read_source) -> Step:
 
 def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
     def wait(ctx):
+        # A restarted API server answers 403 to everyone until its authorizer is warm:
+        # nothing below may read the cluster before /readyz says it is ready.
+        ctx.kube.wait_api_ready(timeout=lab.timeout, say=ctx.say)
         done = ctx.kube.wait_nodes_ready(want, timeout=lab.timeout, say=ctx.say)
         ctx.kube.wait_service_account(timeout=lab.timeout, say=ctx.say)
         if system_pods:
             done += "; " + ctx.kube.wait_namespace_ready("kube-system", timeout=lab.timeout, say=ctx.say)
         return done
 
-    return Step(f"nodes of {lab.context} Ready", lambda ctx: ok(), wait=wait)
+    def check(ctx):
+        from .core.kube import node_ready  # the kubernetes client is slow to import: only when used
+
+        nodes = ctx.kube.core.list_node().items
+        ready = [n for n in nodes if node_ready(n)]
+        if len(ready) >= want and len(ready) == len(nodes):
+            return ok(f"{len(ready)}/{len(nodes)} nodes Ready")
+        return unknown(f"{want} Ready node(s); {len(ready)} of {len(nodes)} are")
+
+    return Step(f"nodes of {lab.context} Ready", check, wait=wait)
 
 
 def existing_steps(lab: Lab) -> list[Step]:
@@ -434,12 +589,11 @@ def create_steps(lab: Lab) -> list[Step]:
 
 
 def delete_steps(lab: Lab) -> list[Step]:
-    if lab.provider == "existing":
+    if not lab.can.creates_clusters:
         return [Step(f"context {lab.context}",
                      lambda ctx: ok("an existing cluster is not kindlab's to delete; "
                                     "use `invoke down` to remove the lab's parts"))]
-    kind = lab.provider == "kind"
-    tool = "kind" if kind else "kwokctl"
+    tool = CLUSTER_TOOL[lab.provider]
 
     def check(ctx):
         if lab.cluster in _clusters(ctx, tool):
@@ -460,7 +614,9 @@ def delete_steps(lab: Lab) -> list[Step]:
              Step(f"context {lab.context} absent", check_context,
                   lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None),
              files_absent_step(lab)]
-    return steps if kind else [kwok_operators_stopped_step(lab), *steps]
+    if lab.can.docker_nodes:
+        return [*steps, _kind_leftovers_step(lab)]
+    return [kwok_operators_stopped_step(lab), *steps]
 
 
 def files_absent_step(lab: Lab) -> Step:
@@ -491,6 +647,42 @@ def kwok_operators_stopped_step(lab: Lab) -> Step:
     return Step(f"operators of {lab.cluster} stopped", check, apply)
 
 
+KINDLAB_LABEL = "kindlab.dev/part"  # on containers kindlab runs beside kind's (the faas registry)
+
+
+def _kind_leftovers_step(lab: Lab) -> Step:
+    """With the last kind cluster gone: kindlab's own containers, then the `kind` network, go too."""
+    def leftovers(ctx) -> tuple[list[str], list[str], list[str]]:
+        """(other kind clusters, kindlab's containers, other containers on the kind network or ["-"] if none)"""
+        others = _clusters(ctx, "kind")
+        ours = ctx.sh.run(["docker", "ps", "-a", "--filter", f"label={KINDLAB_LABEL}",
+                           "--format", "{{.Names}}"]).stdout.split()
+        result = ctx.sh.run(["docker", "network", "inspect", "--format",
+                             "{{range .Containers}}{{.Name}} {{end}}", "kind"], check=False)
+        users = [n for n in result.stdout.split() if n not in ours] if result.returncode == 0 else ["-"]
+        return others, ours, users
+
+    def check(ctx):
+        others, ours, users = leftovers(ctx)
+        if others:
+            return ok(f"other kind clusters remain ({', '.join(others)}): the kind network stays for them")
+        remove = [f"container {n}" for n in ours] + (["the kind network"] if not users else [])
+        if remove:
+            return change("remove " + ", ".join(remove))
+        if users != ["-"]:
+            return ok(f"the kind network stays: containers not of kindlab's use it ({', '.join(users)})")
+        return ok("no container or network of kindlab's left")
+
+    def remove(ctx):
+        others, ours, users = leftovers(ctx)
+        if ours:
+            ctx.sh.run(["docker", "rm", "--force", "--volumes", *ours])
+        if not others and not users:
+            ctx.sh.run(["docker", "network", "rm", "kind"])
+
+    return Step("kindlab's containers and network absent", check, remove)
+
+
 def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
     """(what, state) lines for `cluster.status`."""
     rows = [("provider", lab.provider), ("context", f"{lab.context} (in {lab.kubeconfig})")]
@@ -503,12 +695,12 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
         rows.append((f"node {node.metadata.name}",
                      f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "
                      f"{alloc.get('cpu', '?')} CPU, {alloc.get('memory', '?')}"))
-    if lab.provider == "kwok":
+    if lab.can.local_operators:
         for daemon in kwok_operators(lab):
             pid = daemons_.running_pid(daemon)
             rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
                          f"not running: `invoke cluster.create --provider kwok` starts it ({daemons_.last_lines(daemon, 1)})"))
-    if lab.provider == "kind":
+    if lab.can.docker_nodes:
         for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']}"))
     return rows

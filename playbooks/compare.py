@@ -83,3 +83,26 @@ def ray_latency(address: str, calls: int = 20, timeout: float = 300) -> Latency:
 
 
 HEADERS = ("system", "first call ms", "warm median ms", "warm p95 ms", "warm calls")
+
+
+def measure(lab, ctx, calls: int, gateway: str = "", address: str = ""):
+    """Both latencies as a table: the lab's gateway and (port-forwarded) Ray head unless given."""
+    from rich.table import Table
+
+    from . import faas, ray
+    from .core.portforward import forwarded
+
+    try:
+        rows = [faas_latency(gateway or faas.gateway_url(lab), calls)]
+        if address:
+            rows.append(ray_latency(address, calls))
+        else:
+            with forwarded(ctx, ray.NAMESPACE, f"svc/{ray.HEAD_SERVICE}", ray.DASHBOARD_PORT) as url:
+                rows.append(ray_latency(url, calls))
+    finally:
+        ctx.sh.close()
+    table = Table(*HEADERS, title=f"OpenFaaS vs Ray on {lab.context}", title_justify="left")
+    for row in rows:
+        table.add_row(*row.row())
+    return table
+

@@ -6,20 +6,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import toolchain
-from .cluster import render_kind_config
-from .core.portforward import port_free
-from .core.cli import console
+from . import engine, images, toolchain
+from .cluster import CLUSTER_CPUS, CLUSTER_IMAGES, CLUSTER_MEMORY_MIB, render_kind_config
 from .core.commands import CommandError, LocalShell
+from .core.part import Part
+from .core.portforward import port_free
 from .core.settings import Lab
-
-PARTS = ("cluster", "nginx", "monitoring", "faas", "ray")
-# Rough memory each part needs on a kind node, from the charts' requests plus headroom.
-MEMORY_MIB = {"cluster": 2048, "nginx": 128, "monitoring": 2048, "faas": 768, "ray": 3072}
-CPUS = {"cluster": 1, "nginx": 0, "monitoring": 1, "faas": 0.5, "ray": 1.5}
 # kind's known issue "too many open files": its documented minimums.
 INOTIFY = {"max_user_watches": 524288, "max_user_instances": 512}
 
@@ -32,10 +26,12 @@ class Finding:
     fix: str = ""
 
 
-def _tools(lab: Lab) -> list[Finding]:
-    names = list(toolchain.LAB_TOOLS)
-    if lab.provider == "kwok":
-        names += list(toolchain.TESTBED_TOOLS)
+def _tools(lab: Lab, parts: list[Part]) -> list[Finding]:
+    """The tools the cluster and the chosen parts run (a part not chosen needs none of its own)."""
+    names = ["kind"] if lab.can.docker_nodes else []
+    names += [t for p in parts for t in p.tools if t not in names]
+    if not lab.can.runs_containers:  # the simulated cluster: its control plane and operators
+        names += [t for t in toolchain.TESTBED_TOOLS if t not in names]
     found = []
     for name in names:
         pinned = toolchain.TOOLS[name].version
@@ -53,7 +49,7 @@ def _tools(lab: Lab) -> list[Finding]:
 
 
 def _docker(lab: Lab) -> Finding:
-    if lab.provider != "kind":
+    if not lab.can.docker_nodes:
         return Finding("docker", "ok", f"not needed with provider {lab.provider}")
     shell = LocalShell(lab.tools_dir)
     if shell.which("docker") is None:
@@ -67,8 +63,37 @@ def _docker(lab: Lab) -> Finding:
     return Finding("docker", "ok", "daemon reachable")
 
 
+def _privileged(lab: Lab, docker: Finding) -> list[Finding]:
+    """Every kind node is a --privileged container: try one (with a local image, nothing is pulled)."""
+    if not lab.can.docker_nodes or docker.status != "ok":
+        return []
+    problem = engine.privileged_problem(LocalShell(lab.tools_dir))
+    if problem:
+        return [Finding("docker --privileged", problem[0], problem[1], engine.CAPS_FIX)]
+    return [Finding("docker --privileged", "ok", "privileged containers start")]
+
+
+def _offline_images(lab: Lab, parts: list[Part], docker: Finding) -> list[Finding]:
+    if not lab.offline or not lab.can.docker_nodes or docker.status != "ok":
+        return []
+    shell = LocalShell(lab.tools_dir)
+    found = []
+    for owner, needed in (("cluster", CLUSTER_IMAGES), *((p.name, p.images) for p in parts)):
+        blocker = next((p.offline_blocker for p in parts if p.name == owner and p.offline_blocker), "")
+        if blocker:
+            found.append(Finding(f"offline {owner}", "warn", blocker,
+                                 f"leave it out offline: invoke all --offline --skip {owner}"))
+            continue
+        for name in needed:
+            built = images.current(shell, name)
+            found.append(Finding(f"image {name}", "ok" if built else "fail",
+                                 images.reference(name) + ("" if built else " not built"),
+                                 "" if built else f"invoke images.build --only {name}"))
+    return found
+
+
 def _ports(lab: Lab) -> list[Finding]:
-    if lab.provider != "kind":
+    if not lab.can.docker_nodes:
         return []
     found = []
     for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
@@ -94,18 +119,20 @@ def _memory_mib() -> int | None:
     return None
 
 
-def _resources(parts: list[str]) -> list[Finding]:
-    need_mib = sum(MEMORY_MIB[p] for p in parts)
-    need_cpu = sum(CPUS[p] for p in parts)
+def _resources(parts: list[Part]) -> list[Finding]:
+    """Memory and CPU for the cluster itself, always, and the chosen parts."""
+    need_mib = CLUSTER_MEMORY_MIB + sum(p.memory_mib for p in parts)
+    need_cpu = CLUSTER_CPUS + sum(p.cpus for p in parts)
     have_mib, have_cpu = _memory_mib(), os.cpu_count() or 1
+    biggest = max(parts, key=lambda p: p.memory_mib).name if parts else ""
     found = []
     if have_mib is None:
         found.append(Finding("memory", "warn", "could not read total memory", ""))
     else:
         status = "ok" if have_mib >= need_mib else "fail"
         found.append(Finding("memory", status, f"{have_mib} MiB, the parts need about {need_mib} MiB",
-                             "" if status == "ok" else f"free memory or leave parts out: "
-                             f"invoke all --skip {'ray' if 'ray' in parts else parts[-1]}"))
+                             "" if status == "ok" else "free memory or leave parts out"
+                             + (f": invoke all --skip {biggest}" if biggest else "")))
     status = "ok" if have_cpu >= need_cpu else "warn"
     found.append(Finding("cpu", status, f"{have_cpu} cores, the parts want about {need_cpu:g}",
                          "" if status == "ok" else "expect slow starts; leave parts out with --skip"))
@@ -113,7 +140,7 @@ def _resources(parts: list[str]) -> list[Finding]:
 
 
 def _inotify(lab: Lab) -> list[Finding]:
-    if not sys.platform.startswith("linux") or lab.provider != "kind":
+    if not sys.platform.startswith("linux") or not lab.can.docker_nodes:
         return []
     found = []
     for key, minimum in INOTIFY.items():
@@ -127,23 +154,31 @@ def _inotify(lab: Lab) -> list[Finding]:
     return found
 
 
-def findings(lab: Lab, parts: list[str]) -> list[Finding]:
-    return [*_tools(lab), _docker(lab), *_ports(lab), *_resources(parts), *_inotify(lab)]
+def _in_the_cluster(lab: Lab, parts: list[Part]) -> list[Finding]:
+    """Where the lab's cluster exists already: whether each part fits in it (a RayCluster's size)."""
+    from .core import kubeconfig
+
+    checks = [p for p in parts if p.preflight]
+    if not checks or not kubeconfig.has_context(lab.kubeconfig, lab.context):
+        return []
+    from .core.kube import Kube  # the kubernetes client is slow to import: only when needed
+    try:
+        kube = Kube(lab.kubeconfig, lab.context)
+        return [Finding(f"{p.name} in {lab.context}", *p.preflight(lab, kube)) for p in checks]
+    except Exception as exc:  # noqa: BLE001 - the cluster may be stopped: say so, do not stop the doctor
+        return [Finding(f"cluster {lab.context}", "warn", f"cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120]})", "invoke cluster.create starts it again")]
 
 
-def run(lab: Lab, parts_flag: str) -> None:
-    parts = [p.strip() for p in parts_flag.split(",") if p.strip()] or list(PARTS)
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise Exit(f"error: unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}", code=2)
-    results = findings(lab, parts)
+def findings(lab: Lab, parts: list[Part]) -> list[Finding]:
+    docker = _docker(lab)
+    return [*_tools(lab, parts), docker, *_privileged(lab, docker), *_offline_images(lab, parts, docker),
+            *_ports(lab), *_resources(parts), *_inotify(lab), *_in_the_cluster(lab, parts)]
+
+
+def table(lab: Lab, results: list[Finding]) -> Table:
     table = Table("check", "", "detail", "fix", title=f"kindlab doctor (provider {lab.provider})")
     marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[bold red]FAIL[/bold red]"}
     for f in results:
         table.add_row(f.check, marks[f.status], f.detail, f.fix)
-    console.print(table)
-    failed = [f for f in results if f.status == "fail"]
-    if failed:
-        raise Exit(f"doctor: {len(failed)} blocking problem(s): " +
-                   "; ".join(f"{f.check}: {f.fix}" for f in failed), code=1)
-    console.print("[green]doctor: ready[/green]")
+    return table

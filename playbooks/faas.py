@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from . import images
 from .core import kyaml
+from .core.part import Part
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.resources import applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok, skip
+from .core.steps import Step, StepFailed, action, change, ok, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
@@ -65,6 +67,15 @@ def deployed_image(kube) -> str | None:
     return dep.spec.template.spec.containers[0].image
 
 
+def function_status(kube) -> list[tuple[str, str]]:
+    """The reverse function's row for `invoke status`, when it is deployed."""
+    image = deployed_image(kube)
+    if image is None:
+        return []
+    dep = kube.apps.read_namespaced_deployment(FUNCTION, FN_NAMESPACE)
+    return [(f"function {FUNCTION}", f"{dep.status.ready_replicas or 0}/{dep.spec.replicas} Ready, {image}")]
+
+
 def basic_auth(kube) -> tuple[str, str]:
     """The gateway's admin user and password from the chart's `basic-auth` Secret (decoded here)."""
     from kubernetes.client.exceptions import ApiException
@@ -85,6 +96,11 @@ def _fn_namespace() -> list[dict]:
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FN_NAMESPACE}}]
 
 
+def registry_image(lab: Lab) -> str:
+    """kindlab.images.registry, else offline the registry image kindlab built, else the pinned one."""
+    return lab.image_override("registry") or (images.reference("registry") if lab.offline else REGISTRY["image"])
+
+
 def registry_steps(lab: Lab) -> list[Step]:
     """kind's documented local registry: a container on 127.0.0.1:5001, known to every node."""
     name, port = REGISTRY["name"], REGISTRY["host_port"]
@@ -92,11 +108,12 @@ def registry_steps(lab: Lab) -> list[Step]:
     hosts_toml = f'[host."http://{name}:5000"]\n'
 
     def applicable(ctx):
-        return lab.provider == "kind"
+        return lab.can.docker_nodes
 
     def check_running(ctx):
         if not applicable(ctx):
-            return skip(f"the local registry is for kind clusters (provider {lab.provider})")
+            return skip(f"the local registry is for kind clusters, whose nodes are Docker containers "
+                        f"(provider {lab.provider})")
         out = ctx.sh.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
         return ok(f"registry {name} running") if out.stdout.strip() == "true" else \
             change(f"run registry {name} on 127.0.0.1:{port}")
@@ -106,8 +123,13 @@ def registry_steps(lab: Lab) -> list[Step]:
         if exists:
             ctx.sh.run(["docker", "start", name])
         else:
+            image = registry_image(lab)
+            if lab.offline and images.present_inputs(ctx.sh, image) is None:
+                raise StepFailed(f"registry image {image} is not in the local Docker engine: "
+                                 "run `invoke images.build --only registry`")
             ctx.sh.run(["docker", "run", "-d", "--restart=always", "-p", f"127.0.0.1:{port}:5000",
-                        "--network", "bridge", "--name", name, REGISTRY["image"]], timeout=lab.timeout)
+                        "--label", "kindlab.dev/part=faas", "--network", "bridge", "--name", name, image],
+                       timeout=lab.timeout)
 
     def check_network(ctx):
         if not applicable(ctx):
@@ -137,7 +159,7 @@ def registry_steps(lab: Lab) -> list[Step]:
                "data": {"localRegistryHosting.v1": f'host: "localhost:{port}"\n'
                                                    'help: "https://kind.sigs.k8s.io/docs/user/local-registry/"\n'}}
     hosting_step = applied("local registry advertised (kube-public)", lab, lambda: [hosting])
-    if lab.provider != "kind":
+    if not lab.can.docker_nodes:
         hosting_step = Step(hosting_step.name, lambda ctx: skip("kind only"))
     return [
         Step(f"registry {name} running", check_running, run_registry),
@@ -156,16 +178,18 @@ def openfaas_release(lab: Lab) -> Release:
 def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
     """Namespaces, the local registry (kind), the OpenFaaS release, the gateway Ready."""
     release = release or openfaas_release(lab)
-    def license_note(ctx):
-        marker = lab.home / "openfaas-license-noted"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(LICENSE_NOTE)
-            return ok(f"note: {LICENSE_NOTE}")
-        return ok("licence noted before")
+    marker = lab.home / "openfaas-license-noted"
+
+    def licence_noted(ctx):
+        return ok("licence noted before") if marker.exists() else change(f"note: {LICENSE_NOTE}")
+
+    def note_licence(ctx):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(LICENSE_NOTE)
+        return f"note: {LICENSE_NOTE}"
 
     namespace = applied(f"namespace {FN_NAMESPACE}", lab, _fn_namespace)
-    return [Step("OpenFaaS CE licence", license_note), namespace, *registry_steps(lab),
+    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry_steps(lab),
             *release_steps(lab, release)]
 
 
@@ -184,7 +208,7 @@ def login_steps(lab: Lab) -> list[Step]:
         return base64.b64encode(f"{user}:{password}".encode()).decode()
 
     def check(ctx):
-        if lab.provider == "kwok":
+        if not lab.can.runs_containers:
             return skip(NO_CONTAINERS)
         auths = (kyaml.load(config.read_text()) or {}).get("auths", []) if config.exists() else []
         if any(a.get("gateway") == gateway_url(lab) and a.get("token") == token(ctx) for a in auths):
@@ -221,7 +245,7 @@ def deploy_steps(lab: Lab) -> list[Step]:
         current = deployed_image(ctx.kube)
         if current == image:
             return ok(f"{FUNCTION} runs {image} (code unchanged)")
-        if lab.provider == "kwok":
+        if not lab.can.runs_containers:
             return skip(f"building and running the function needs Docker and a real cluster; {NO_CONTAINERS}")
         return change(f"build, push and deploy {image}" + (f" (was {current})" if current else ""))
 
@@ -244,21 +268,21 @@ def deploy_steps(lab: Lab) -> list[Step]:
 
 def invoke_steps(lab: Lab, data: str) -> list[Step]:
     def check(ctx):
-        return skip(NO_CONTAINERS) if lab.provider == "kwok" else ok()
+        return ok() if lab.can.runs_containers else skip(NO_CONTAINERS)
 
     def call(ctx):
         out = ctx.sh.run(["faas-cli", "invoke", FUNCTION, "--gateway", gateway_url(lab)], input=data,
                          timeout=60).stdout
         return f"{FUNCTION}({data!r}) -> {out.rstrip(chr(10))!r}"
 
-    return [Step(f"invoke {FUNCTION}", check, wait=call)]
+    return [action(f"invoke {FUNCTION}", call, check=check)]
 
 
 def remove_steps(lab: Lab) -> list[Step]:
     def check(ctx):
         if deployed_image(ctx.kube) is None:
             return ok(f"function {FUNCTION} absent")
-        if lab.provider == "kwok":
+        if not lab.can.runs_containers:
             return skip(f"{NO_CONTAINERS}; deleting namespace {FN_NAMESPACE} removes the function's objects")
         return change(f"remove function {FUNCTION}")
 
@@ -266,6 +290,18 @@ def remove_steps(lab: Lab) -> list[Step]:
         ctx.sh.run(["faas-cli", "remove", FUNCTION, "--gateway", gateway_url(lab)])
 
     return [Step(f"function {FUNCTION} absent", check, remove)]
+
+
+PART = Part(
+    name="faas", namespaces=(NAMESPACE, FN_NAMESPACE), install=install_steps, uninstall=uninstall_steps,
+    help=("Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway.",
+          "Remove the function, uninstall OpenFaaS and delete its namespaces."),
+    use=lambda lab: deploy_steps(lab) + invoke_steps(lab, "Hello World"),
+    addresses=lambda lab: [("OpenFaaS gateway", gateway_url(lab), "user admin; invoke faas.login")],
+    status=lambda lab, kube: function_status(kube),
+    memory_mib=768, cpus=0.5, requests=(450, 800), tools=("kubectl", "helm", "faas-cli"), images=("registry",),
+    offline_blocker="OpenFaaS's images cannot be built from package registries (the Go module proxy refuses "
+                    "github.com/openfaas/*)")
 
 
 __all__ = ["install_steps", "uninstall_steps", "login_steps", "deploy_steps", "invoke_steps", "remove_steps",

@@ -1,27 +1,26 @@
-"""The whole lab: `invoke all`, `invoke status`, `invoke down`.
+"""The whole lab: `invoke all`, `invoke status`, `invoke down`, read from the registry of parts.
 
-`all` strings the plays together as one play: the cluster, then nginx, then
-monitoring, faas and ray side by side (nothing orders them), each followed by
-its own later steps (the function deployed and invoked, the crawl).
+`all` strings the parts together as one play: the cluster, then every part
+side by side (after the parts it `needs`), each followed by what uses it (the
+function deployed and invoked, the crawl). `down` is the same graph reversed:
+a part goes once the parts that need it are gone, side by side otherwise.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 from rich.table import Table
 
-from . import cluster, faas, monitoring, nginx, ray
-from .core.cli import console
+from . import cluster, images
+from .core.part import Part
 from .core.settings import Lab, SettingsError
-from .core.steps import Step
-
-PARTS = ("nginx", "monitoring", "faas", "ray")
-DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]
+from .core.steps import Step, ok, skip
+from .parts import REGISTRY
 
 
-def chain(steps: Sequence[Step], after: str | None) -> list[Step]:
+def chain(steps: Sequence[Step], after: tuple[str, ...]) -> list[Step]:
     """The steps in order (each after the one before it), the first only after `after`.
 
     Only the first gets explicit needs: inside a part, a step that is skipped
@@ -30,121 +29,126 @@ def chain(steps: Sequence[Step], after: str | None) -> list[Step]:
     steps = list(steps)
     if not steps:
         return []
-    return [replace(steps[0], needs=(after,) if after else ()), *steps[1:]]
+    return [replace(steps[0], needs=after), *steps[1:]]
 
 
-def choose_parts(only: str, skip: str) -> list[str]:
-    def names(text: str) -> list[str]:
-        items = [p.strip() for p in text.split(",") if p.strip()]
-        unknown = [p for p in items if p not in PARTS]
-        if unknown:
-            raise SettingsError(f"unknown part(s) {', '.join(unknown)}: parts are {', '.join(PARTS)}")
-        return items
+def in_order(parts: Sequence[Part]) -> list[Part]:
+    """The parts with each one after the parts it needs (among those chosen)."""
+    chosen = {p.name: p for p in parts}
+    ordered: list[Part] = []
 
-    chosen = names(only) or list(PARTS)
-    dropped = names(skip)
-    return [p for p in chosen if p not in dropped]
+    def visit(part: Part, path: tuple[str, ...]) -> None:
+        if part in ordered:
+            return
+        if part.name in path:
+            raise SettingsError(f"parts need each other in a cycle: {' -> '.join((*path, part.name))}")
+        for need in part.needs:
+            if need in chosen:
+                visit(chosen[need], (*path, part.name))
+        ordered.append(part)
 
-
-def part_groups(lab: Lab, crawl_args: list[str]) -> dict[str, list[Step]]:
-    """Each part's steps in order: install, then what uses it."""
-    return {
-        "nginx": nginx.deploy_steps(lab) + nginx.scale_steps(lab, lab.replicas) + nginx.verify_steps(lab),
-        "monitoring": monitoring.install_steps(lab),
-        "faas": faas.install_steps(lab) + faas.deploy_steps(lab) + faas.invoke_steps(lab, "Hello World"),
-        "ray": ray.install_steps(lab) + ray.crawl_steps(lab, crawl_args),
-    }
+    for part in parts:
+        visit(part, ())
+    return ordered
 
 
-def all_steps(lab: Lab, parts: list[str], crawl_args: list[str] | None = None,
-              groups: Callable[[Lab, list[str]], dict[str, list[Step]]] = part_groups) -> list[Step]:
-    steps = chain(cluster.create_steps(lab), None)
-    by_part = groups(lab, crawl_args or ray.crawl_args(DEFAULT_CRAWL, "", 2, 200, 8))
-    base = steps[-1].name
-    if "nginx" in parts:
-        steps += chain(by_part["nginx"], base)
-        base = steps[-1].name
-    for part in ("monitoring", "faas", "ray"):
-        if part in parts:
-            steps += chain(by_part[part], base)
+def offline_blocker(sh, part: Part) -> str | None:
+    """Why `part` cannot run offline here, or None when its images are built."""
+    if part.offline_blocker:
+        return part.offline_blocker
+    missing = [name for name in part.images if not images.current(sh, name)]
+    if missing:
+        return (f"offline, {part.name} needs image(s) {', '.join(missing)}, not built yet: "
+                f"run `invoke images.build --only {','.join(missing)}`")
+    return None
+
+
+def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
+    """Offline, a part runs only where its images are built: a gate step decides, and
+    skips itself and every step of the part with the reason."""
+    blocked: dict[str, str] = {}
+
+    def check_gate(ctx):
+        reason = offline_blocker(ctx.sh, part)
+        if reason:
+            blocked["reason"] = reason
+            return skip(reason)
+        return ok(f"{part.name}'s images are built")
+
+    def gated(step: Step) -> Step:
+        def check(ctx):
+            if "reason" in blocked:
+                return skip(f"{part.name} is skipped offline")
+            return step.check(ctx)
+        return replace(step, check=check)
+
+    return [Step(f"{part.name} images (offline)", check_gate), *[gated(s) for s in steps]]
+
+
+def all_steps(lab: Lab, parts: Sequence[Part]) -> list[Step]:
+    """The cluster, then every part: installed after the parts it needs, then used."""
+    steps = chain(cluster.create_steps(lab), ())
+    ready = steps[-1].name
+    installed: dict[str, str] = {}  # part -> its last install step: what a part that needs it waits for
+    for part in in_order(parts):
+        install, use = list(part.install(lab)), list(part.use(lab))
+        part_steps = install + use
+        if lab.offline and lab.can.docker_nodes:
+            part_steps = offline_gated(part, part_steps)
+        after = (ready, *(installed[n] for n in part.needs if n in installed))
+        steps += chain(part_steps, after)
+        installed[part.name] = part_steps[len(part_steps) - len(use) - 1].name
     return steps
 
 
-def down_steps(lab: Lab, parts: list[str], delete_cluster: bool) -> list[Step]:
-    """Reverse order of `all`; with delete_cluster, the cluster goes too (parts and all)."""
+def down_steps(lab: Lab, parts: Sequence[Part], delete_cluster: bool) -> list[Step]:
+    """`all` reversed: a part is removed after the parts that need it; with delete_cluster, the cluster goes."""
     if delete_cluster:
         return cluster.delete_steps(lab)
-    removal = {"ray": ray.uninstall_steps, "faas": faas.uninstall_steps,
-               "monitoring": monitoring.uninstall_steps, "nginx": nginx.delete_steps}
+    removed: dict[str, str] = {}  # part -> its last removal step
     steps: list[Step] = []
-    for part in ("ray", "faas", "monitoring", "nginx"):
-        if part in parts:
-            steps += removal[part](lab)
+    for part in reversed(in_order(parts)):
+        after = tuple(removed[p.name] for p in parts if part.name in p.needs and p.name in removed)
+        removal = chain(part.uninstall(lab), after)
+        steps += removal
+        if removal:
+            removed[part.name] = removal[-1].name
     return steps
 
 
-def addresses(lab: Lab, parts: list[str]) -> list[tuple[str, str, str]]:
-    rows = []
-    if "nginx" in parts:
-        rows.append(("nginx", f"http://{lab.listen_address}:{lab.nginx_port}", ""))
-    if "monitoring" in parts:
-        rows.append(("Grafana", "http://127.0.0.1:3000", "invoke monitoring.dashboards; user admin, "
-                                                           "password: invoke monitoring.password"))
-        rows.append(("Prometheus", "http://127.0.0.1:9090", "invoke monitoring.dashboards"))
-    if "faas" in parts:
-        rows.append(("OpenFaaS gateway", faas.gateway_url(lab), "user admin; invoke faas.login"))
-    if "ray" in parts:
-        rows.append(("Ray dashboard", "http://127.0.0.1:8265", "invoke ray.dashboard"))
-    return rows
-
-
-def print_addresses(lab: Lab, parts: list[str]) -> None:
-    table = Table("part", "address", "how", title="the lab", title_justify="left")
-    for row in addresses(lab, parts):
-        table.add_row(*row)
-    if lab.provider == "kwok":
-        console.print("[dim]simulated cluster: the objects exist, but no container serves these addresses[/dim]")
-    console.print(table)
-
-
-def status_table(lab: Lab, kube, shell) -> Table:
-    """One table for the lab: cluster and nodes, releases, Ready pods, endpoints, function, Ray."""
-    table = Table("what", "state", title=f"kindlab status: {lab.context} ({lab.provider})", title_justify="left")
-    for what, state in cluster.status_rows(lab, kube):
-        table.add_row(what, state)
-    releases = {}
-    out = shell.run(["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context,
-                     "list", "-A", "-o", "json"], check=False).stdout
-    for rel in json.loads(out or "[]"):
-        releases[rel["name"]] = rel
-    for name, rel in sorted(releases.items()):
-        table.add_row(f"release {name}", f"{rel['status']}, chart {rel['chart']}, ns {rel['namespace']}")
-    for namespace in ("default", "monitoring", "openfaas", "openfaas-fn", "kuberay", "ray"):
-        pods = [p for p in kube.core.list_namespaced_pod(namespace).items if p.status.phase != "Succeeded"]
-        if pods:
-            ready = sum(1 for p in pods if any(c.type == "Ready" and c.status == "True"
-                                               for c in p.status.conditions or []))
-            table.add_row(f"pods in {namespace}", f"{ready}/{len(pods)} Ready")
-    try:
-        table.add_row("nginx endpoints", f"{kube.ready_endpoints('default', 'nginx')} ready")
-    except Exception:  # noqa: BLE001 - status shows what it can
-        pass
-    image = faas.deployed_image(kube) if _namespace_exists(kube, "openfaas-fn") else None
-    if image:
-        dep = kube.apps.read_namespaced_deployment(faas.FUNCTION, faas.FN_NAMESPACE)
-        table.add_row("function reverse", f"{dep.status.ready_replicas or 0}/{dep.spec.replicas} Ready, {image}")
-    for rc in _ray_clusters(kube):
-        state = (rc.get("status") or {}).get("state", "unknown")
-        table.add_row(f"RayCluster {rc['metadata']['name']}", state)
+def addresses_table(lab: Lab, parts: Sequence[Part]) -> Table:
+    caption = ("simulated cluster: the objects exist, but no container serves these addresses"
+               if not lab.can.runs_containers else None)
+    table = Table("part", "address", "how", title="the lab", title_justify="left", caption=caption)
+    for part in parts:
+        for row in part.addresses(lab):
+            table.add_row(*row)
     return table
 
 
-def _namespace_exists(kube, name: str) -> bool:
-    return any(ns.metadata.name == name for ns in kube.core.list_namespace().items)
+def status_table(lab: Lab, kube, shell) -> Table:
+    """One table for the lab: cluster and nodes, releases, then each part: Ready pods and its own rows."""
+    table = Table("what", "state", title=f"kindlab status: {lab.context} ({lab.provider})", title_justify="left")
+    for what, state in cluster.status_rows(lab, kube):
+        table.add_row(what, state)
+    out = shell.run(["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context,
+                     "list", "-A", "-a", "-o", "json"], check=False).stdout
+    for rel in sorted(json.loads(out or "[]"), key=lambda r: r["name"]):
+        table.add_row(f"release {rel['name']}", f"{rel['status']}, chart {rel['chart']}, ns {rel['namespace']}")
+    from .core.kube import pod_state  # the kubernetes client is slow to import: only when used
 
-
-def _ray_clusters(kube) -> list[dict]:
-    try:
-        return kube.custom.list_cluster_custom_object("ray.io", "v1", "rayclusters")["items"]
-    except Exception:  # noqa: BLE001 - no KubeRay CRD installed
-        return []
+    for part in REGISTRY.values():
+        for namespace in part.namespaces:
+            pods = [pod_state(p) for p in kube.core.list_namespaced_pod(namespace).items
+                    if p.status.phase != "Succeeded"]
+            if pods:
+                waiting = [s.describe() for s in pods if not s.ready]
+                table.add_row(f"pods in {namespace}", f"{len(pods) - len(waiting)}/{len(pods)} Ready"
+                              + (f" ({'; '.join(waiting[:2])})" if waiting else ""))
+        try:
+            rows = part.status(lab, kube)
+        except Exception as exc:  # noqa: BLE001 - status shows what it can
+            rows = [(part.name, f"cannot tell: {type(exc).__name__}: {str(exc)[:120]}")]
+        for row in rows:
+            table.add_row(*row)
+    return table

@@ -18,9 +18,10 @@ from typing import Callable
 
 from . import cluster as cluster_play, probes
 from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.part import Part
 from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok, skip
+from .core.steps import Step, StepFailed, action, change, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "helm-values" / "kube-prometheus-stack.yaml"
@@ -125,7 +126,10 @@ def serving_step(lab: Lab, namespace: str = NAMESPACE) -> Step:
     """Until both Services have a ready endpoint: the operator makes Prometheus only after the release."""
     def check(ctx):
         reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
-        return skip(reason) if reason else ok()
+        if reason:
+            return skip(reason)
+        missing = [s for s in (PROMETHEUS_SERVICE, GRAFANA_SERVICE) if not ctx.kube.ready_endpoints(namespace, s)]
+        return unknown(f"ready endpoints for {', '.join(missing)}") if missing else ok()
 
     def wait(ctx):
         from .core.kube import Verdict, explain
@@ -177,7 +181,7 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
         return "; ".join(found)
 
     def http_check(ctx):
-        return skip(NO_CONTAINERS) if lab.provider == "kwok" else ok()
+        return ok() if lab.can.runs_containers else skip(NO_CONTAINERS)
 
     def targets(ctx):
         with forwarded(ctx, namespace, f"svc/{PROMETHEUS_SERVICE}", PROMETHEUS_PORT) as base:
@@ -189,9 +193,9 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
             return poll_until_healthy(lambda: _grafana_problems(base), min(lab.timeout, 120.0), ctx.say,
                                       what="Grafana")
 
-    return [Step("monitoring services have ready endpoints", lambda ctx: ok(), wait=endpoints),
-            Step("prometheus targets up", http_check, wait=targets),
-            Step("grafana healthy", http_check, wait=health)]
+    return [action("monitoring services have ready endpoints", endpoints),
+            action("prometheus targets up", targets, check=http_check),
+            action("grafana healthy", health, check=http_check)]
 
 
 def _target_problems(base: str) -> tuple[list[str], str]:
@@ -260,7 +264,7 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
                stop: threading.Event | None = None, grafana_port: int = LOCAL_GRAFANA_PORT,
                prometheus_port: int = LOCAL_PROMETHEUS_PORT) -> None:
     """Forward Grafana to 127.0.0.1:3000 and Prometheus to :9090 until Ctrl-C; restart a forward that drops."""
-    if lab.provider == "kwok":
+    if not lab.can.runs_containers:
         raise StepFailed(NO_CONTAINERS.replace("these checks need", "dashboards need"))
     _require_services(lab, kube)
     own_shell = shell is None
@@ -280,6 +284,19 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
         supervisor.stop()
         if own_shell:
             shell.close()
+
+
+PART = Part(
+    name="monitoring", namespaces=(NAMESPACE,), install=install_steps, uninstall=uninstall_steps,
+    help=("Install kube-prometheus-stack (Prometheus, Grafana) with Helm and wait until both serve.",
+          "Uninstall the monitoring release and delete its namespace (the CRDs stay)."),
+    addresses=lambda lab: [
+        ("Grafana", f"http://127.0.0.1:{LOCAL_GRAFANA_PORT}",
+         f"invoke monitoring.dashboards; user {ADMIN_USER}, password: invoke monitoring.password"),
+        ("Prometheus", f"http://127.0.0.1:{LOCAL_PROMETHEUS_PORT}", "invoke monitoring.dashboards")],
+    memory_mib=2048, cpus=1, requests=(250, 600),  # the chart's 120m / 240Mi, and the operator's Prometheus
+    offline_blocker="Grafana's image cannot be built from package registries (the Go module proxy refuses "
+                    "github.com/grafana/grafana)")
 
 
 __all__ = ["install_steps", "uninstall_steps", "verify_steps", "password", "dashboards", "release",

@@ -3,19 +3,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import probes
+from . import images, probes
+from .cluster import images_loaded_step, needs_loading
 from .core import kyaml
+from .core.part import Part
 from .core.resources import absent, applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import Step, StepFailed, action, change, ok
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
+POD_CPU_M = 50  # what each nginx pod requests (manifests/nginx-deploy.yaml)
+
+
+def image(lab: Lab) -> str:
+    """kindlab.images.nginx, else offline the image kindlab built, else kindlab.nginx.image."""
+    return lab.image_override("nginx") or (images.reference("nginx") if lab.offline else lab.nginx_image)
 
 
 def documents(lab: Lab) -> list[dict]:
     deploy = kyaml.load((MANIFESTS / "nginx-deploy.yaml").read_text())
-    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = lab.nginx_image
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = image(lab)
     service = kyaml.load((MANIFESTS / "nginx-svc.yaml").read_text())
     service["spec"]["ports"][0]["nodePort"] = 30080  # the node side of the kind port mapping
     return [deploy, service]
@@ -26,7 +34,27 @@ def _wait_rollout(lab: Lab):
 
 
 def deploy_steps(lab: Lab) -> list[Step]:
-    return [applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
+    load = [images_loaded_step(lab, "nginx", [image(lab)])] if needs_loading(lab, image(lab)) else []
+    return [*load, applied("nginx deployment and service", lab, lambda: documents(lab), wait=_wait_rollout(lab))]
+
+
+def room_for(kube, cpu_m: int) -> int:
+    """How many more pods requesting `cpu_m` millicores the nodes can schedule (pod slots and CPU)."""
+    from .ray import quantity  # one reader of Kubernetes quantities
+
+    pods = kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+    room = 0
+    for node in kube.core.list_node().items:
+        if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
+            continue
+        mine = [p for p in pods if p.spec.node_name == node.metadata.name]
+        used = sum(quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
+                   for p in mine for c in p.spec.containers)
+        alloc = node.status.allocatable or {}
+        slots = int(alloc.get("pods", "0")) - len(mine)
+        by_cpu = (quantity(alloc.get("cpu", "0"), "m") - used) // cpu_m if cpu_m else slots
+        room += max(0, min(slots, by_cpu))
+    return room
 
 
 def scale_steps(lab: Lab, replicas: int) -> list[Step]:
@@ -34,7 +62,11 @@ def scale_steps(lab: Lab, replicas: int) -> list[Step]:
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         if dep.spec.replicas == replicas:
             return ok(f"nginx has {replicas} replica(s)")
-        return change(f"scale nginx {dep.spec.replicas} -> {replicas}")
+        more = replicas - (dep.spec.replicas or 0)
+        room = room_for(ctx.kube, POD_CPU_M) if more > 0 else more
+        warning = (f"; warning: the nodes have room for {room} more nginx pod(s) ({POD_CPU_M}m CPU each), "
+                   f"so {more - room} will stay Pending" if more > room else "")
+        return change(f"scale nginx {dep.spec.replicas} -> {replicas}{warning}")
 
     def scale(ctx):
         ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,
@@ -47,7 +79,7 @@ def verify_steps(lab: Lab) -> list[Step]:
     def verify(ctx):
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         want = dep.spec.replicas or 0
-        if lab.provider == "kwok":
+        if not lab.can.runs_containers:
             ready = ctx.kube.ready_endpoints(NAMESPACE, "nginx")
             if ready != want:
                 raise StepFailed(f"service nginx has {ready} ready endpoint(s), want {want}: "
@@ -65,8 +97,19 @@ def verify_steps(lab: Lab) -> list[Step]:
             raise StepFailed(f"{url} answered {status} without the nginx welcome page")
         return f"{url} serves the nginx welcome page ({want} replicas)"
 
-    return [Step("nginx answers", lambda ctx: ok(), wait=verify)]
+    return [action("nginx answers", verify)]
 
 
 def delete_steps(lab: Lab) -> list[Step]:
     return [absent("nginx deployment and service absent", lab, lambda: documents(lab))]
+
+
+PART = Part(
+    name="nginx", namespaces=(NAMESPACE,), install=deploy_steps, uninstall=delete_steps,
+    help=("Apply the nginx Deployment and NodePort Service and wait for the rollout.",
+          "Delete the nginx Deployment and Service (absent is fine)."),
+    use=lambda lab: scale_steps(lab, lab.replicas) + verify_steps(lab),
+    addresses=lambda lab: [("nginx", f"http://{lab.listen_address}:{lab.nginx_port}", "")],
+    status=lambda lab, kube: [("nginx endpoints", f"{kube.ready_endpoints(NAMESPACE, 'nginx')} ready")],
+    memory_mib=128, requests=(150, 96), tools=("kubectl",), images=("nginx",),  # 3 x 50m / 32Mi
+    task_names=("deploy", "delete"))

@@ -7,13 +7,15 @@ into running pods.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import cluster as cluster_play
-from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.part import Part
+from .core.helm import Release, load_values, local_release, release_steps, uninstall_steps as helm_uninstall_steps
 from .core.portforward import forwarded
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, ok, skip
+from .core.steps import Step, StepFailed, action, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY_REPO = ("kuberay", "https://ray-project.github.io/kuberay-helm/")
@@ -27,6 +29,7 @@ CLUSTER = Release(name="raylab", namespace=NAMESPACE, chart="kuberay/ray-cluster
                   repo_name=KUBERAY_REPO[0], repo_url=KUBERAY_REPO[1],
                   values_files=(ROOT / "helm-values" / "ray-cluster.yaml",), wait=False)
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job can run there"
+DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]  # what `invoke all` crawls
 
 
 def releases(lab: Lab) -> tuple[Release, Release]:
@@ -35,13 +38,120 @@ def releases(lab: Lab) -> tuple[Release, Release]:
             local_release(CLUSTER, lab.local_chart("ray-cluster")))
 
 
+# --- sizing the RayCluster to the cluster it lands on ---------------------------
+RAY_FLOOR = {"cpu_m": 250, "memory_mib": 768}  # less, and Ray's head (GCS, dashboard, raylet) does not start
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def quantity(value, unit: str) -> int:
+    """A Kubernetes quantity in millicores (unit "m") or MiB (unit "Mi")."""
+    text = str(value).strip()
+    if unit == "m":
+        return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+    for suffix, factor in _UNITS.items():
+        if text.endswith(suffix):
+            return int(float(text[:-len(suffix)]) * factor) // 2**20
+    return int(float(text)) // 2**20
+
+
+@dataclass(frozen=True)
+class Sizing:
+    cpu_m: int          # each of head and worker
+    memory_mib: int
+    free: str           # what the nodes had for Ray, in words
+    fits: bool
+
+    def values(self) -> dict:
+        size = {"cpu": f"{self.cpu_m}m", "memory": f"{self.memory_mib}Mi"}
+        resources = {"requests": size, "limits": size}
+        return {"head": {"resources": resources}, "worker": {"resources": resources}}
+
+    def describe(self) -> str:
+        return f"head and worker {self.cpu_m}m CPU / {self.memory_mib}Mi each (free for Ray: {self.free})"
+
+
+def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Sizing:
+    """Split what the roomiest node has free between the head and the worker.
+
+    Free is allocatable minus what pods request, the Ray pods' own requests
+    counted as free (so a rerun decides the same), minus `reserve` for the
+    lab's parts not running yet; rounded down to 50m and 128Mi, at most
+    `ceiling` (the values file's size), and `fits` only at or above RAY_FLOOR.
+    """
+    used: dict[str, list[int]] = {}
+    for pod in kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items:
+        if pod.metadata.namespace == NAMESPACE or not pod.spec.node_name:
+            continue
+        for container in pod.spec.containers:
+            requests = (container.resources.requests or {}) if container.resources else {}
+            totals = used.setdefault(pod.spec.node_name, [0, 0])
+            totals[0] += quantity(requests.get("cpu", "0"), "m")
+            totals[1] += quantity(requests.get("memory", "0"), "Mi")
+    best = (0, 0)
+    for node in kube.core.list_node().items:
+        if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
+            continue
+        alloc = node.status.allocatable or {}
+        cpu, mem = used.get(node.metadata.name, [0, 0])
+        best = max(best, (quantity(alloc.get("cpu", "0"), "m") - cpu, quantity(alloc.get("memory", "0"), "Mi") - mem))
+    cpu = min(ceiling[0], (best[0] - reserve[0]) // 2 // 50 * 50)
+    mem = min(ceiling[1], (best[1] - reserve[1]) // 2 // 128 * 128)
+    free = f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's other parts"
+    return Sizing(cpu, mem, free, cpu >= RAY_FLOOR["cpu_m"] and mem >= RAY_FLOOR["memory_mib"])
+
+
+def fits(lab: Lab, kube) -> tuple[str, str, str]:
+    """`invoke doctor`: whether the RayCluster fits the cluster, before installing it."""
+    sizing = size_cluster(kube, _reserve(lab, kube), _ceiling())
+    if sizing.fits:
+        return "ok", f"the RayCluster fits: {sizing.describe()}", ""
+    return ("fail", f"the RayCluster does not fit: {sizing.describe()}; Ray needs at least "
+                    f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods",
+            "free resources, leave parts out (invoke all --skip ray) or use a larger node")
+
+
+def _reserve(lab: Lab, kube) -> tuple[int, int]:
+    """What the lab's other parts will request that is not running yet (they install beside Ray)."""
+    from .parts import REGISTRY  # the registry imports this module: read it only when sizing
+
+    present = {ns.metadata.name for ns in kube.core.list_namespace().items}
+    waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present]
+    return sum(p.requests[0] for p in waiting), sum(p.requests[1] for p in waiting)
+
+
+def _ceiling() -> tuple[int, int]:
+    requests = load_values(CLUSTER)["head"]["resources"]["requests"]
+    return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
+
+
+def sizing_step(lab: Lab, plan: dict) -> Step:
+    """Decide the Ray pods' size once, before the RayCluster release; an oversized lab fails here, in seconds."""
+    def check(ctx):
+        sizing = size_cluster(ctx.kube, _reserve(lab, ctx.kube), _ceiling())
+        if not sizing.fits:
+            raise StepFailed(f"the RayCluster does not fit: {sizing.describe()}, but Ray needs at least "
+                             f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods; "
+                             "free resources (leave parts out: invoke all --skip monitoring) or add a larger node")
+        plan.clear()
+        plan.update(sizing.values())
+        return ok(sizing.describe())
+
+    return Step("ray pods sized to the cluster", check)
+
+
 def install_steps(lab: Lab) -> list[Step]:
-    """The operator, then the RayCluster, then its head and worker pods Ready (not only its status)."""
+    """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready."""
     operator, cluster = releases(lab)
+    plan: dict = {}  # the sizing step decides, the RayCluster release reads it as its inline values
+    cluster = replace(cluster, values=plan)
 
     def check_operator(ctx):
         reason = cluster_play.operator_unavailable(lab, "ray-operator")
-        return skip(reason) if reason else ok()
+        if reason:
+            return skip(reason)
+        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items
+                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):
         ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
@@ -49,8 +159,21 @@ def install_steps(lab: Lab) -> list[Step]:
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2)
 
-    return [*release_steps(lab, operator), *release_steps(lab, cluster),
+    return [*release_steps(lab, operator), sizing_step(lab, plan), *release_steps(lab, cluster),
             Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
+
+
+def cluster_status(kube) -> list[tuple[str, str]]:
+    """A row per RayCluster for `invoke status` (none before KubeRay's CRDs exist)."""
+    from kubernetes.client.exceptions import ApiException
+    try:
+        items = kube.custom.list_cluster_custom_object("ray.io", "v1", "rayclusters")["items"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return [(f"RayCluster {rc['metadata']['name']}", (rc.get("status") or {}).get("state", "no state yet"))
+            for rc in items]
 
 
 def uninstall_steps(lab: Lab) -> list[Step]:
@@ -75,7 +198,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     from crawler import jobs  # imports ray: only when a crawl is asked for
 
     def check(ctx):
-        if not address and lab.provider == "kwok":
+        if not address and not lab.can.runs_containers:
             return skip(NO_CONTAINERS)
         return ok()
 
@@ -103,7 +226,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
                              "follow_note": "with `invoke ray.dashboard` running in another terminal"})
 
-    return [Step("crawler job on Ray", check, wait=submit)]
+    return [action("crawler job on Ray", submit, check=check)]
 
 
 def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
@@ -113,7 +236,7 @@ def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
     from .core.commands import make_shell
     from .core.portforward import Forward, Supervisor
 
-    if lab.provider == "kwok":
+    if not lab.can.runs_containers:
         raise StepFailed(NO_CONTAINERS.replace("no Ray job can run there", "there is no dashboard"))
     argv = ["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", NAMESPACE,
             "port-forward", "--address", "127.0.0.1", f"svc/{HEAD_SERVICE}", f"{local_port}:{DASHBOARD_PORT}"]
@@ -128,3 +251,13 @@ def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
     finally:
         supervisor.stop()
         shell.close()
+
+
+PART = Part(
+    name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
+    help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
+          "Uninstall the RayCluster and the KubeRay operator."),
+    use=lambda lab: crawl_steps(lab, crawl_args(DEFAULT_CRAWL, "", 2, 200, 8)),
+    addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
+    status=lambda lab, kube: cluster_status(kube),
+    memory_mib=3072, cpus=1.5, preflight=fits, offline_blocker="kindlab has no recipe yet for the Ray and KubeRay operator images")

@@ -8,8 +8,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from . import toolchain
-from .core.cli import console
-from .core.settings import Lab
+from .core.settings import Lab, SettingsError
 from .core.steps import Step, StepFailed, change, ok
 
 
@@ -30,17 +29,15 @@ def selected(testbed: bool, everything: bool, only: str) -> list[str]:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in toolchain.TOOLS]
         if unknown:
-            from invoke.exceptions import Exit
-            raise Exit(f"error: unknown tool(s) {', '.join(unknown)}; kindlab installs "
-                       f"{', '.join(toolchain.TOOLS)}", code=2)
+            raise SettingsError(f"unknown tool(s) {', '.join(unknown)}; kindlab installs "
+                                f"{', '.join(toolchain.TOOLS)}")
         names = wanted
     return names
 
 
 def install_steps(lab: Lab, names: list[str], source: str) -> list[Step]:
     if source not in ("auto", "go", "release"):
-        from invoke.exceptions import Exit
-        raise Exit(f"error: --source must be go, release or auto, not {source!r}", code=2)
+        raise SettingsError(f"--source must be go, release or auto, not {source!r}")
     return [_tool_step(lab, name, source) for name in names]
 
 
@@ -55,20 +52,20 @@ def _tool_step(lab: Lab, name: str, source: str) -> Step:
 
     def apply(ctx):
         try:
-            toolchain.install(name, lab.tools_dir, source=source, log=ctx.say)
+            how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say)
         except toolchain.ToolInstallError as exc:
             raise StepFailed(str(exc)) from None
-        return f"installed {name} {pinned} in {lab.tools_dir}"
+        return f"installed {name} {pinned} in {lab.tools_dir}: {how}"
 
     return Step(f"{name} {pinned}", check, apply)
 
 
-def print_table(lab: Lab) -> None:
-    table = Table("tool", "pinned", "installed", "part of")
+def table(lab: Lab) -> Table:
+    """The pinned tools, their versions and what is installed (`invoke tools.list`)."""
+    table = Table("tool", "pinned", "installed", "part of", caption=f"cache: {lab.tools_dir}")
     for name, spec in toolchain.TOOLS.items():
         have = toolchain.installed_version(name, lab.tools_dir) or "-"
         style = "green" if have == spec.version else "red"
         table.add_row(name, spec.version, f"[{style}]{have}[/{style}]",
                       "testbed" if name in toolchain.TESTBED_TOOLS else "lab")
-    console.print(table)
-    console.print(f"cache: {lab.tools_dir}")
+    return table

@@ -15,7 +15,7 @@ from .commands import make_shell
 from .filelock import LockBusy, locked
 from .runner import PlayFailed, Reporter, StepContext, run_play
 from .settings import Lab, SettingsError, lab_from_config
-from .steps import Step
+from .steps import Step, StepFailed
 
 # Help for the flags every play task takes (Invoke shows it under `invoke --help TASK`).
 COMMON_HELP = {
@@ -24,8 +24,8 @@ COMMON_HELP = {
     "context": "kubeconfig context, with --provider existing",
     "check": "only check: print what would change, change nothing",
     "verbose": "stream the tools' own output",
-    "host": "run the tools on user@server over SSH instead of here",
-    "timeout": "seconds to wait for readiness (default 300)",
+    "timeout": "seconds a wait may take before it fails with its reason (default 300, at most a day)",
+    "offline": "no container registry: use the images `invoke images.build` made (kind: its node image)",
 }
 console = Console(highlight=False)
 
@@ -37,12 +37,27 @@ def lab_for(c, **flags) -> Lab:
         raise Exit(f"error: {exc}", code=2) from None
 
 
+def user_errors(body: Callable) -> Callable:
+    """A task body whose user errors end it with one `error:` line: bad input exit 2, a failure exit 1."""
+    import functools
+
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except SettingsError as exc:
+            raise Exit(f"error: {exc}", code=2) from None
+        except StepFailed as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+    return run
+
+
 def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
     from .kube import Kube  # the kubernetes client is slow to import; only plays need it
 
-    shell = make_shell(lab.tools_dir, host=lab.host, verbose=lab.verbose)
-    # kindlab made kind and kwok clusters, so it can start what died in them; an existing cluster is the user's
-    fix = "" if lab.provider == "existing" else "`invoke cluster.create` restarts it"
+    shell = make_shell(lab.tools_dir, verbose=lab.verbose)
+    # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
+    fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
     return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix), reporter)
 
 
@@ -86,4 +101,4 @@ def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Ste
     return outcomes
 
 
-__all__ = ["COMMON_HELP", "lab_for", "play", "make_context", "cluster_lock", "console"]
+__all__ = ["COMMON_HELP", "lab_for", "play", "make_context", "cluster_lock", "console", "user_errors"]

@@ -1,15 +1,12 @@
 """Running the external tools: argument lists only, never a shell.
 
-`LocalShell` runs on this machine with kindlab's tool cache first on PATH;
-`RemoteShell` runs the same argument lists over SSH through a Fabric
-Connection. Secrets travel through stdin or the environment and are masked in
-every message kindlab prints.
+`LocalShell` runs on this machine with kindlab's tool cache first on PATH.
+Secrets travel through stdin or the environment and are masked in every
+message kindlab prints.
 """
 from __future__ import annotations
 
-import io
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -208,53 +205,7 @@ def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
             return
 
 
-class RemoteShell:
-    """The same argument lists over SSH, through a Fabric Connection (or a stand-in)."""
-
-    def __init__(self, connection, bin_dir: str | None = None, *, verbose: bool = False):
-        self.connection = connection
-        self.bin_dir = bin_dir
-        self.verbose = verbose
-
-    def which(self, tool: str) -> str | None:
-        res = self.connection.run(shlex.join(["command", "-v", tool]), hide=True, warn=True,
-                                  env=self._env(None))
-        return res.stdout.strip() or None
-
-    def _env(self, env):
-        merged = dict(env or {})
-        if self.bin_dir:
-            merged["PATH"] = f"{self.bin_dir}:$PATH"
-        return merged
-
-    def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
-            secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
-            cwd: str | Path | None = None, stop: threading.Event | None = None) -> Result:
-        # `stop` is not supported over SSH: the remote command runs to its own end or timeout.
-        argv = [str(a) for a in argv]
-        command = shlex.join(argv)
-        if cwd:
-            command = f"cd {shlex.quote(str(cwd))} && {command}"
-        res = self.connection.run(
-            command, hide=not self.verbose, warn=True, timeout=timeout, env=self._env(env),
-            in_stream=io.StringIO(input) if input is not None else False)
-        result = Result(tuple(argv), res.return_code, res.stdout, res.stderr)
-        if check and res.return_code != 0:
-            raise CommandError(argv, res.return_code, _tail(res.stderr or res.stdout), secrets)
-        return result
-
-    def spawn(self, argv, *, env=None):
-        raise NotImplementedError("port-forwards run on the machine that runs kindlab; "
-                                  "use the cluster's kubeconfig locally for dashboards")
-
-    def close(self) -> None:
-        pass
-
-
-def make_shell(bin_dir: Path | None, *, host: str = "", verbose: bool = False):
-    """A LocalShell, or a RemoteShell over SSH for `--host user@server`."""
-    if not host:
-        return LocalShell(bin_dir, verbose=verbose)
-    from fabric import Connection  # imported lazily: paramiko is slow to import
-    return RemoteShell(Connection(host), "$HOME/.cache/kindlab/bin", verbose=verbose)
+def make_shell(bin_dir: Path | None, *, verbose: bool = False) -> LocalShell:
+    """The shell the plays run their tools through, kindlab's tool cache first on PATH."""
+    return LocalShell(bin_dir, verbose=verbose)
 

@@ -34,11 +34,12 @@ from . import kyaml
 from .commands import CommandError
 from .resources import applied
 from .settings import Lab
-from .steps import Step, StepFailed, change, is_transient, ok
+from .steps import Step, StepFailed, change, is_transient, ok, unknown
 
 DEFAULT_INDEX_MAX_AGE = 24 * 3600.0  # seconds before a repository index is refreshed
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 HELM_HOOK = "helm.sh/hook"
+DIGEST_LABEL = "kindlab.dev/chart-digest"  # on helm's release Secret: the local chart's files it came from
 CRDS_HASH = "kindlab.dev/chart-crds-sha256"  # on each CRD: the chart CRD text it came from
 _SECRET_KEY_WORDS = ("password", "secret", "token", "apikey", "api_key", "privatekey")
 
@@ -516,9 +517,14 @@ def release_step(lab: Lab, release: Release) -> Step:
         want_chart = desired_chart(release)
         paths = values_diff(installed_values(ctx, lab, release), load_values(release))
         drift = describe_drift(current.get("chart", ""), want_chart, paths)
+        if release.is_local:  # a local chart can change under the same version: its files count
+            have, want = installed_digest(ctx, release), chart_digest(release)
+            if have != want:
+                drift = "; ".join(filter(None, [drift, f"chart files changed (digest {have or 'none'} -> {want})"]))
         if drift:
             return change(f"upgrade ({drift})")
-        return ok(f"{release.name} {current.get('chart')} deployed (revision {current.get('revision')})")
+        return release_health(ctx, lab, release, f"{release.name} {current.get('chart')} deployed "
+                                                 f"(revision {current.get('revision')})")
 
     def apply(ctx):
         current = installed(ctx, lab, release)
@@ -598,6 +604,36 @@ class HookWatch:
                 self.ctx.say(f"helm waits for {'; '.join(self.waiting[:2])} ({time.monotonic() - started:.0f}s)")
 
 
+def chart_digest(release: Release) -> str:
+    """A local chart's identity beyond its version: 32 hex digits over its files' names and bytes."""
+    digest = hashlib.sha256()
+    for name, data in sorted(chart_files(release.chart).items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:32]
+
+
+def installed_digest(ctx, release: Release) -> str | None:
+    """The chart digest kindlab recorded on the deployed revision (a label of helm's release Secret)."""
+    secrets = ctx.kube.core.list_namespaced_secret(
+        release.namespace, label_selector=f"owner=helm,name={release.name},status=deployed").items
+    latest = max(secrets, key=lambda s: int((s.metadata.labels or {}).get("version", 0)), default=None)
+    return (latest.metadata.labels or {}).get(DIGEST_LABEL) if latest is not None else None
+
+
+def release_health(ctx, lab: Lab, release: Release, detail: str):
+    """A deployed release is only ok while its pods run: a pod that cannot recover fails the check, and
+    under --check pods still starting are 'unknown' (the wait covers them in a real run)."""
+    from .kube import explain
+
+    pods = [p for p in ctx.kube.core.list_namespaced_pod(release.namespace).items if p.status.phase != "Succeeded"]
+    ready, progress, failure = explain(pods, len(pods), f"release {release.name}", lab.context, release.namespace)
+    if failure:
+        raise StepFailed(f"{failure}; the release is deployed but does not run")
+    if ready < len(pods) and lab.check_mode:
+        return unknown(f"its pods Ready: {progress}")
+    return ok(detail)
+
+
 def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
     """`helm upgrade --install` with the merged values on stdin; roll back a failed upgrade.
 
@@ -609,6 +645,8 @@ def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
                 "-n", release.namespace, "--reset-values", "-f", "-", "--timeout", f"{int(lab.timeout)}s")
     if release.crds_from_chart:
         argv.append("--skip-crds")
+    if release.is_local:
+        argv += ["--labels", f"{DIGEST_LABEL}={chart_digest(release)}"]
     watch = HookWatch(ctx, release.namespace, lab.context)
     try:
         with watch:

@@ -27,7 +27,7 @@ from kubernetes import client, config, watch
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
-from .steps import StepFailed, WaitTimeout, is_transient
+from .steps import MissingPrerequisite, StepFailed, WaitTimeout, is_transient
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -210,8 +210,9 @@ class Kube:
             config.load_kube_config(config_file=str(kubeconfig), context=context,
                                     client_configuration=configuration, persist_config=False)
         except config.ConfigException as exc:
-            raise StepFailed(f"context {context!r} not found in {kubeconfig}: {exc}; "
-                             "create the cluster first (invoke cluster.create)") from None
+            raise MissingPrerequisite(f"the cluster of context {context}",
+                                      f"context {context!r} not found in {kubeconfig}: {exc}; "
+                                      "create the cluster first (invoke cluster.create)") from None
         # One quick retry of a refused connection; a timed-out read is not repeated behind the deadline's back.
         configuration.retries = urllib3.Retry(total=1, read=0)
         self.host = configuration.host
@@ -445,6 +446,45 @@ class Kube:
 
         return self.wait_for(what, evaluate, [], timeout=timeout, say=say, recheck=1.0)
 
+    def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
+                       poll: float = 0.5) -> str:
+        """Until the API server's /readyz answers 200 (see api_not_ready). No watch exists for
+        readiness, so this one wait polls."""
+        start = time.monotonic()
+        while True:
+            if self.cancel.is_set():
+                raise StepFailed("API server readiness: interrupted (Ctrl-C) while waiting")
+            with self.deadline(start + timeout):
+                last = self.api_not_ready()
+            if not last:
+                return "API server ready"
+            elapsed = time.monotonic() - start
+            if elapsed >= timeout:
+                raise WaitTimeout(f"API server of {self.context}: not ready after {timeout:.0f}s: {last}")
+            say(f"API server not ready: {last} ({elapsed:.0f}s)")
+            self.cancel.wait(poll)
+
+    def api_not_ready(self) -> str:
+        """Why the API server is not ready, or "" when /readyz answers 200: every check passed.
+
+        An API server that has just (re)started answers before it is ready: with
+        connection errors, with 500 while post-start hooks run, and with 403
+        Forbidden to every user until its RBAC authorizer has read the role
+        bindings. Those answers mean "not yet", never a failure.
+        """
+        try:
+            self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], response_type="str",
+                              _return_http_data_only=True, _request_timeout=5)
+            return ""
+        except ApiException as exc:
+            failing = [line[3:].split(" ")[0] for line in str(exc.body or "").splitlines()
+                       if line.startswith("[-]")]
+            last = f"/readyz answers {exc.status} {exc.reason}" + \
+                (f" (not ready: {', '.join(failing[:3])})" if failing else "")
+            return last + (" while its authorizer warms up" if exc.status == 403 else "")
+        except Exception as exc:  # noqa: BLE001 - connection refused/reset while it starts
+            return f"/readyz: {_stall_reason(exc)}"
+
     def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
         def evaluate() -> Verdict:
             nodes = self.core.list_node().items
@@ -518,10 +558,6 @@ class Kube:
                 down[name] = (f"the {who} is not running (its lease kube-system/{name} was last renewed "
                               f"{age:.0f}s ago), so {consequence}; {self.fix}")
         return down
-
-    def readyz(self) -> None:
-        """Returns when the API server says it is ready; an ApiException (HTTP 500) or ApiServerUnreachable if not."""
-        self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _return_http_data_only=True)
 
     def replica_failure(self, dep) -> str:
         """The ReplicaSets' and the Deployment's own word on failing to create pods (FailedCreate:

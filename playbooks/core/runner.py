@@ -22,18 +22,19 @@ from rich.text import Text
 
 from .commands import CommandError
 from .settings import Lab
-from .steps import Check, Step, StepFailed, is_transient
+from .steps import Check, Step, StepFailed, is_transient, missing_prerequisite, unknown
 
 _ELAPSED = re.compile(r"\s*\(\d+s\)$")
-STYLES = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "cyan"}
+STYLES = {"ok": "green", "changed": "yellow", "unknown": "magenta", "failed": "bold red", "skipped": "cyan"}
 
 
 @dataclass(frozen=True)
 class Outcome:
     step: str
-    status: str  # ok | changed | failed | skipped
+    status: str  # ok | changed | unknown (check mode) | failed | skipped
     seconds: float
     detail: str = ""
+    action: bool = False  # an action step: `changed` says it ran, not that the lab changed
 
 
 class Reporter:
@@ -103,10 +104,17 @@ class Reporter:
         self.console.print(message)
 
     def recap(self, title: str, outcomes: Sequence[Outcome], seconds: float) -> None:
+        """Every step of the play with its status and its own time, then the counts."""
         counts = {status: sum(1 for o in outcomes if o.status == status) for status in STYLES}
         parts = [Text(f"{status}={counts[status]}", style=STYLES[status] if counts[status] else "dim")
                  for status in STYLES]
+        actions = sum(1 for o in outcomes if o.status == "changed" and o.action)
+        if actions:  # a converged lab still verifies itself: say which changes were only actions run
+            parts[1].append(f" ({actions} action{'s' if actions > 1 else ''})")
         self.console.print(Text(f"\nPLAY RECAP {title} ".ljust(60, "*"), style="bold"))
+        for o in outcomes:
+            self.console.print(Text.assemble(("  ", ""), (f"{o.status:<8}", STYLES[o.status]), (o.step, ""),
+                                             (f"  {o.seconds:.1f}s", "dim")))
         self.console.print(Text("  ").join(parts) + Text(f"   in {seconds:.1f}s", style="dim"))
 
 
@@ -184,40 +192,57 @@ def _sleep_unless_cancelled(ctx: StepContext, sleep: Callable[[float], None], se
         raise Interrupted("interrupted (Ctrl-C)")
 
 
+def _checked(step: Step, ctx: StepContext, retry) -> Check:
+    """The step's check; a check that failed for want of something made before it is 'unknown'."""
+    try:
+        return retry(step.check, ctx)
+    except Exception as exc:
+        needs = missing_prerequisite(exc)
+        if needs is None:
+            raise
+        return unknown(needs)
+
+
 def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
              sleep: Callable[[float], None] = time.sleep) -> Outcome:
     start = time.monotonic()
+
+    def outcome(status: str, detail: str) -> Outcome:
+        return Outcome(step.name, status, time.monotonic() - start, detail, step.action)
+
     retry = _retrying(ctx.lab, ctx, sleep)
     try:
-        result: Check = retry(step.check, ctx)
+        result = _checked(step, ctx, retry)
         if result.state == "skip":
-            return Outcome(step.name, "skipped", time.monotonic() - start, result.detail)
+            return outcome("skipped", result.detail)
+        if result.state == "unknown":
+            if check_mode:
+                return outcome("unknown", result.detail)
+            if step.apply is not None or step.wait is None:
+                raise StepFailed(f"cannot be checked: {result.detail}")
+            # a step that only waits: its wait finds out
         if check_mode:
+            if step.action:
+                return outcome("changed", "would run" + (f": {result.detail}" if result.detail else ""))
             if result.needs_change:
-                ctx.shared["would_change"] = True
-            status = "changed" if result.needs_change else "ok"
-            detail = f"would change: {result.detail}" if result.needs_change else result.detail
-            return Outcome(step.name, status, time.monotonic() - start, detail)
+                return outcome("changed", f"would change: {result.detail}")
+            return outcome("ok", result.detail)
+        changes = result.needs_change or step.action
         detail = result.detail
-        if result.needs_change and step.apply is not None:
-            ctx.say(f"applying: {result.detail}")
+        if changes and step.apply is not None:
+            ctx.say(("running" if step.action else "applying") + (f": {result.detail}" if result.detail else ""))
             detail = retry(step.apply, ctx) or result.detail
         if step.wait is not None:
             ctx.say("waiting")
             waited = retry(step.wait, ctx)
-            if waited and not result.needs_change:
+            if waited and not changes:
                 detail = waited
-        status = "changed" if result.needs_change else "ok"
-        return Outcome(step.name, status, time.monotonic() - start, detail)
+        return outcome("changed" if changes else "ok", detail)
     except Exception as exc:
-        if check_mode and ctx.shared.get("would_change"):
-            # e.g. the cluster a later check reads does not exist yet in a dry run
-            return Outcome(step.name, "changed", time.monotonic() - start,
-                           "would change: cannot be checked before the changes above are made")
         if isinstance(exc, (StepFailed, CommandError)):
-            return Outcome(step.name, "failed", time.monotonic() - start, str(exc))
+            return outcome("failed", str(exc))
         # API errors and the like: name the step and the error
-        return Outcome(step.name, "failed", time.monotonic() - start, f"{type(exc).__name__}: {exc}")
+        return outcome("failed", f"{type(exc).__name__}: {exc}")
 
 
 def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode: bool = False,
@@ -243,7 +268,7 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
     outcomes: dict[str, Outcome] = {}
     blocked: set[str] = set()  # failed, or skipped because something they needed failed
     pending = list(steps)
-    running: dict = {}
+    running: dict = {}  # future -> (step, when it started)
     start = time.monotonic()
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="kindlab-step")
@@ -268,7 +293,7 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                         continue
                     reporter.started(s.name)
                     running[pool.submit(run_step, s, ctx.for_step(s.name), check_mode=check_mode,
-                                        sleep=sleep)] = s
+                                        sleep=sleep)] = (s, time.monotonic())
                 if not running:
                     if pending and all(any(n not in outcomes for n in deps[p.name][0]) for p in pending):
                         raise ValueError(f"steps wait on each other in a cycle: {[p.name for p in pending]}")
@@ -277,7 +302,7 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                 # does not interrupt a blocked wait).
                 done, _ = wait_futures(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    s = running.pop(fut)
+                    s, _ = running.pop(fut)
                     outcomes[s.name] = fut.result()
                     if outcomes[s.name].status == "failed":
                         blocked.add(s.name)
@@ -288,10 +313,12 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
             if hasattr(ctx.shared.get("kube"), "interrupt"):
                 ctx.shared["kube"].interrupt()  # and so do the waits
             ctx.sh.close()       # child processes (helm, kubectl, port-forwards) end
-            for fut, s in running.items():
+            for fut, (s, began) in running.items():
                 fut.cancel()
-                outcomes[s.name] = Outcome(s.name, "failed", time.monotonic() - start, "interrupted (Ctrl-C)")
+                outcomes[s.name] = Outcome(s.name, "failed", time.monotonic() - began, "interrupted (Ctrl-C)")
                 reporter.finished(outcomes[s.name])
+            for s in pending:
+                outcomes[s.name] = Outcome(s.name, "skipped", 0.0, "never started: interrupted (Ctrl-C)")
         finally:
             # Running steps notice the cancel within a moment; never wait long for them.
             pool.shutdown(wait=not interrupted, cancel_futures=True)

@@ -1,12 +1,20 @@
 """Settings -> one small immutable description of the lab.
 
-Data flows one way: invoke.yaml (and KINDLAB_* environment) plus task flags
-are read here once; plays and steps receive the resulting `Lab` and never look
-anything up themselves.
+Data flows one way: the `kindlab:` section of Invoke's configuration
+(invoke.yaml, ~/.invoke.yaml, INVOKE_KINDLAB_* variables, `-f FILE`) plus
+task flags are read and validated here once; plays and steps receive the
+resulting `Lab` and never look anything up themselves.
+
+Every setting, its default and its bounds are written once, in SCHEMA: Invoke
+gets the defaults from it (tasks.py), the Lab's fields take theirs from it,
+and a value outside it is refused with one sentence (a did-you-mean for a
+misspelt key) before anything runs.
 """
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -14,18 +22,178 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-PROVIDERS = ("kind", "kwok", "existing")
 # kind accepts cluster names that are lowercase DNS labels (its own validation
 # rejects anything else only after it has started work).
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
 class SettingsError(ValueError):
     """Bad input from the user: printed as it is, exit code 2, nothing changed."""
 
 
+# --- what each provider can do ------------------------------------------------
+@dataclass(frozen=True)
+class Provider:
+    """What a cluster provider can do; plays ask these, never the provider's name."""
+
+    name: str
+    creates_clusters: bool  # kindlab creates and deletes the cluster
+    runs_containers: bool   # pods really run: HTTP checks, functions, Ray jobs
+    docker_nodes: bool      # nodes are Docker containers: port mappings, image loading, the local registry
+    local_operators: bool   # the charts' operators run as local processes beside the control plane
+
+
+PROVIDERS = {
+    "kind": Provider("kind", creates_clusters=True, runs_containers=True, docker_nodes=True, local_operators=False),
+    "kwok": Provider("kwok", creates_clusters=True, runs_containers=False, docker_nodes=False, local_operators=True),
+    "existing": Provider("existing", creates_clusters=False, runs_containers=True, docker_nodes=False,
+                         local_operators=False),
+}
+
+
+# --- the settings, their defaults and bounds: written here once ----------------
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    kind: type  # str, int, float, bool or dict (of strings)
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+
+MAX_REPLICAS = 100     # nginx pods: a lab on one machine
+MAX_TIMEOUT_S = 86400  # a day: longer is a mistake, not a wait
+PORT = (1, 65535)
+SCHEMA: dict[str, Any] = {
+    "provider": Setting("", str, choices=("", *PROVIDERS)),  # empty: the last cluster.create's, else kind
+    "cluster": Setting("", str),          # empty: cloud-hw, or the last cluster.create's
+    "context": Setting("", str),          # with provider existing
+    "kubeconfig": Setting("", str),       # empty: $KUBECONFIG or ~/.kube/config
+    "home": Setting("", str),             # empty: $KINDLAB_HOME or the per-user cache
+    "bin_dir": Setting("", str),          # empty: $KINDLAB_BIN_DIR or the per-user cache
+    "listen_address": Setting("127.0.0.1", str),
+    "ports": {"nginx": Setting(30080, int, *PORT), "http": Setting(8080, int, *PORT),
+              "gateway": Setting(31112, int, *PORT)},
+    "workers": Setting(0, int, 0, 8),
+    "timeout": Setting(300.0, float, 1, MAX_TIMEOUT_S),
+    "nginx": {"image": Setting("nginx:1.27.5", str), "replicas": Setting(3, int, 0, MAX_REPLICAS)},
+    "kwok": {"nodes": Setting(1, int, 1, 100), "cpu": Setting("4", str), "memory": Setting("8Gi", str),
+             "pods": Setting(110, int, 1, 1000), "ready_delay_ms": Setting(1000, int, 0, 600_000)},
+    "offline": Setting(False, bool),
+    "kind": {"node_image": Setting("", str)},
+    "images": Setting({}, dict),          # part -> image instead of the part's default
+    "charts": Setting({}, dict),          # release -> local chart dir or .tgz instead of its repository
+    "debian_mirror": Setting(DEBIAN_MIRROR, str),
+    "retries": {"attempts": Setting(5, int, 1, 20), "initial": Setting(1.0, float, 0.01, 60),
+                "max": Setting(20.0, float, 0.01, 600)},
+}
+
+
+def defaults(schema: Mapping = SCHEMA) -> dict:
+    """The defaults as Invoke's configuration holds them (so INVOKE_KINDLAB_* variables map onto them)."""
+    return {key: defaults(spec) if isinstance(spec, Mapping) else _copy(spec.default) for key, spec in schema.items()}
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
+
+DEFAULTS = defaults()
+
+
+def validated(config: Mapping, schema: Mapping = SCHEMA, where: str = "kindlab") -> dict:
+    """The settings with defaults filled in; every problem at once as one SettingsError."""
+    problems: list[str] = []
+    result = _validate(config, schema, where, problems)
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return result
+
+
+def _validate(config: Any, schema: Mapping, where: str, problems: list[str]) -> dict:
+    if not isinstance(config, Mapping):
+        problems.append(f"{where} must be a mapping of settings, got {config!r}")
+        return defaults(schema)
+    result = defaults(schema)
+    for key, value in config.items():
+        name = f"{where}.{key}"
+        spec = schema.get(key)
+        if spec is None:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            problems.append(f"{name} is not a setting" + (f": did you mean {where}.{close[0]}?" if close else
+                                                          f" (settings here: {', '.join(schema)})"))
+        elif isinstance(spec, Mapping):
+            result[key] = _validate(value, spec, name, problems)
+        else:
+            result[key] = _value(value, spec, name, problems)
+    return result
+
+
+def _value(value: Any, spec: Setting, name: str, problems: list[str]) -> Any:
+    if value is None:
+        return _copy(spec.default)
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {value!r}")
+        return value
+    if spec.kind is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(v, (str, type(None))) for v in value.values()):
+            problems.append(f"{name} must map names to strings, got {value!r}")
+            return {}
+        return {str(k): v for k, v in value.items() if v}
+    if spec.kind is str:
+        if isinstance(value, (Mapping, list, bool)):
+            problems.append(f"{name} must be a string, got {value!r}")
+        elif spec.choices and str(value) not in spec.choices:
+            problems.append(f"{name} must be one of {', '.join(c for c in spec.choices if c)}, got {value!r}")
+        return str(value)
+    try:
+        number = _number(value, spec.kind, name)
+        _within(number, spec, name)
+    except SettingsError as exc:
+        problems.append(str(exc))
+        return spec.default
+    return number
+
+
+def _number(value: Any, kind: type, name: str) -> float | int:
+    words = "a whole number" if kind is int else "a number"
+    if isinstance(value, bool):
+        raise SettingsError(f"{name} must be {words}, got {value!r}")
+    try:
+        number = kind(str(value).strip()) if kind is int else float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be {words}, got {value!r}") from None
+    if kind is float and not math.isfinite(number):
+        raise SettingsError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _within(number: float, spec: Setting, name: str) -> None:
+    if spec.low is not None and number < spec.low:
+        raise SettingsError(f"{name} must be at least {spec.low:g}, got {number:g}")
+    if spec.high is not None and number > spec.high:
+        raise SettingsError(f"{name} must be at most {spec.high:g}, got {number:g}")
+
+
+def parse_count(value: Any, what: str, high: int | None = None) -> int:
+    """A non-negative whole number from a flag, at most `high`, or a SettingsError naming the limit."""
+    number = _number(value, int, what)
+    _within(number, Setting(0, int, 0, high), what)
+    return number
+
+
+def parse_seconds(value: Any, what: str = "--timeout") -> float:
+    """A duration from a flag: a finite number of seconds within SCHEMA's timeout bounds."""
+    seconds = _number(value, float, what)
+    _within(seconds, SCHEMA["timeout"], what)
+    return seconds
+
+
+# --- places ---------------------------------------------------------------------
 def kindlab_home() -> Path:
-    """Where kindlab keeps its cache (tools, state, locks): outside any repo."""
+    """Where kindlab keeps its state (locks, the last lab, per-cluster files): outside any repo."""
     if os.environ.get("KINDLAB_HOME"):
         return Path(os.environ["KINDLAB_HOME"]).expanduser()
     if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
@@ -33,23 +201,42 @@ def kindlab_home() -> Path:
     return Path.home() / ".cache" / "kindlab"
 
 
+def _on_windows() -> bool:
+    return os.name == "nt"
+
+
+def default_bin_dir() -> Path:
+    """Where kindlab keeps its tools: $KINDLAB_BIN_DIR, else a per-user cache folder.
+
+    Shared by every lab: KINDLAB_HOME moves state, not the tools.
+    """
+    override = os.environ.get("KINDLAB_BIN_DIR")
+    if override:
+        return Path(override).expanduser()
+    if _on_windows():
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else Path.home() / "AppData" / "Local") / "kindlab" / "bin"
+    return Path.home() / ".cache" / "kindlab" / "bin"
+
+
 def default_kubeconfig() -> Path:
     first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     return Path(first).expanduser() if first else Path.home() / ".kube" / "config"
 
 
+# --- the lab --------------------------------------------------------------------
 @dataclass(frozen=True)
 class KwokSettings:
-    nodes: int = 1
-    cpu: str = "4"
-    memory: str = "8Gi"
-    pods: int = 110
-    ready_delay_ms: int = 1000
+    nodes: int = DEFAULTS["kwok"]["nodes"]
+    cpu: str = DEFAULTS["kwok"]["cpu"]
+    memory: str = DEFAULTS["kwok"]["memory"]
+    pods: int = DEFAULTS["kwok"]["pods"]
+    ready_delay_ms: int = DEFAULTS["kwok"]["ready_delay_ms"]
 
 
 @dataclass(frozen=True)
 class Lab:
-    """Everything a play needs to know about the lab it works on."""
+    """Everything a play needs to know about the lab it works on (defaults: SCHEMA's)."""
 
     provider: str = "kind"
     cluster: str = "cloud-hw"
@@ -57,88 +244,70 @@ class Lab:
     kubeconfig: Path = field(default_factory=default_kubeconfig)
     home: Path = field(default_factory=kindlab_home)
     bin_dir: Path | None = None
-    listen_address: str = "127.0.0.1"
-    nginx_port: int = 30080
-    http_port: int = 8080
-    gateway_port: int = 31112
-    workers: int = 0
-    timeout: float = 300.0
-    nginx_image: str = "nginx:1.27.5"
-    replicas: int = 3
+    listen_address: str = DEFAULTS["listen_address"]
+    nginx_port: int = DEFAULTS["ports"]["nginx"]
+    http_port: int = DEFAULTS["ports"]["http"]
+    gateway_port: int = DEFAULTS["ports"]["gateway"]
+    workers: int = DEFAULTS["workers"]
+    timeout: float = DEFAULTS["timeout"]
+    nginx_image: str = DEFAULTS["nginx"]["image"]
+    replicas: int = DEFAULTS["nginx"]["replicas"]
     kwok: KwokSettings = KwokSettings()
-    retry_attempts: int = 5
-    retry_initial: float = 1.0
-    retry_max: float = 20.0
-    # part -> a local chart (directory or .tgz) used instead of the chart repository,
+    retry_attempts: int = DEFAULTS["retries"]["attempts"]
+    retry_initial: float = DEFAULTS["retries"]["initial"]
+    retry_max: float = DEFAULTS["retries"]["max"]
+    # release -> a local chart (directory or .tgz) used instead of the chart repository,
     # for machines without access to the repositories (and for the tests' fixture charts)
     charts: tuple[tuple[str, str], ...] = ()
-    host: str = ""
+    # Offline: no registry is reachable; the kind nodes run kindlab's node image and
+    # every part uses the images `invoke images.build` made (playbooks/images.py).
+    offline: bool = DEFAULTS["offline"]
+    node_image: str = DEFAULTS["kind"]["node_image"]  # kind's --image; empty: kind's default
+    # part -> an image to run instead of the part's default (nginx, registry)
+    images: tuple[tuple[str, str], ...] = ()
+    debian_mirror: str = DEFAULTS["debian_mirror"]  # where `invoke images.build` gets Debian
     check_mode: bool = False
     verbose: bool = False
 
     @property
     def context(self) -> str:
         """The kubeconfig context every command targets, always explicitly."""
-        if self.provider == "existing":
+        if not self.can.creates_clusters:
             return self.existing_context
         return f"{self.provider}-{self.cluster}"
 
-    def local_chart(self, part: str) -> str | None:
-        return dict(self.charts).get(part)
+    @property
+    def can(self) -> Provider:
+        """What this lab's provider can do: `lab.can.runs_containers`, ..."""
+        return PROVIDERS[self.provider]
+
+    def local_chart(self, release: str) -> str | None:
+        return dict(self.charts).get(release)
+
+    def image_override(self, part: str) -> str | None:
+        return dict(self.images).get(part)
 
     @property
     def tools_dir(self) -> Path:
-        """The tool cache: kindlab.bin_dir, else $KINDLAB_BIN_DIR, else the per-user cache.
-
-        Shared by every lab: KINDLAB_HOME moves state (locks, the last lab), not the tools.
-        """
-        from ..toolchain import default_bin_dir  # one definition of the cache's place
+        """The tool cache: kindlab.bin_dir, else $KINDLAB_BIN_DIR, else the per-user cache."""
         return self.bin_dir or default_bin_dir()
 
     def validate(self) -> "Lab":
         if self.provider not in PROVIDERS:
             raise SettingsError(
                 f"unknown provider {self.provider!r}: choose one of {', '.join(PROVIDERS)}")
-        if self.provider == "existing" and not self.existing_context:
+        if not self.can.creates_clusters and not self.existing_context:
             raise SettingsError(
-                "provider 'existing' needs a kubeconfig context: pass --context NAME "
+                f"provider {self.provider!r} needs a kubeconfig context: pass --context NAME "
                 "(see `kubectl config get-contexts`)")
-        if self.provider != "existing" and not _CLUSTER_NAME.fullmatch(self.cluster or ""):
+        if self.can.creates_clusters and not _CLUSTER_NAME.fullmatch(self.cluster or ""):
             raise SettingsError(
                 f"invalid cluster name {self.cluster!r}: use lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (e.g. cloud-hw)")
-        for label, port in (("nginx port", self.nginx_port), ("http port", self.http_port),
-                            ("gateway port", self.gateway_port)):
-            if not 1 <= port <= 65535:
-                raise SettingsError(f"{label} {port} is not a TCP port (1-65535)")
-        if self.workers < 0:
-            raise SettingsError(f"workers must be 0 or more, got {self.workers}")
-        if self.kwok.nodes < 1:
-            raise SettingsError(f"kwok nodes must be 1 or more, got {self.kwok.nodes}")
         return self
 
 
-def parse_count(value: Any, what: str) -> int:
-    """A non-negative whole number from a flag, or a SettingsError naming it."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise SettingsError(f"{what} must be a whole number, got {value!r}") from None
-    if number < 0:
-        raise SettingsError(f"{what} must be 0 or more, got {number}")
-    return number
-
-
-def _seconds(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"--timeout must be a number of seconds, got {value!r}") from None
-    if seconds <= 0:
-        raise SettingsError(f"--timeout must be more than 0 seconds, got {value!r}")
-    return seconds
-
-
+# --- the last cluster made ------------------------------------------------------
 def _state_file(home: Path) -> Path:
     return home / "current-lab.json"
 
@@ -148,7 +317,7 @@ def remember_lab(lab: Lab) -> None:
     path = _state_file(lab.home)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provider": lab.provider, "cluster": lab.cluster,
-                                "context": lab.existing_context}))
+                                "context": lab.existing_context, "offline": lab.offline}))
 
 
 def forget_lab(lab: Lab) -> None:
@@ -173,57 +342,79 @@ def _plain(value: Any) -> Any:
 
 
 def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
-    """Build the Lab from invoke config (`kindlab:` section) and task flags.
+    """Build the Lab from Invoke's `kindlab:` configuration and task flags.
 
-    Flags left as None fall back to config, then to the lab remembered by the
-    last cluster.create (provider and name), then to the defaults.
+    Flags left as None fall back to the configuration, then to the lab
+    remembered by the last cluster.create (provider and name), then to the
+    defaults. Anything out of SCHEMA's bounds is a SettingsError.
     """
-    cfg = _plain(config or {})
-    home = Path(cfg["home"]).expanduser() if cfg.get("home") else kindlab_home()
+    cfg = validated(_plain(config or {}))
+    home = Path(cfg["home"]).expanduser() if cfg["home"] else kindlab_home()
     remembered = _remembered(home) or {}
-    provider = flags.get("provider") or os.environ.get("KINDLAB_PROVIDER") or cfg.get("provider") or ""
-    cluster = flags.get("name") or cfg.get("cluster") or ""
-    context = flags.get("context") or cfg.get("context") or ""
+    provider = flags.get("provider") or os.environ.get("KINDLAB_PROVIDER") or cfg["provider"]
+    cluster = flags.get("name") or cfg["cluster"]
+    context = flags.get("context") or cfg["context"]
+    offline = bool(flags.get("offline") or cfg["offline"])
     if not provider:
         provider = remembered.get("provider") or "kind"
         if not cluster and remembered.get("provider") == provider:
             cluster = remembered.get("cluster") or ""
             context = context or remembered.get("context") or ""
-    kw = cfg.get("kwok") or {}
-    ports = cfg.get("ports") or {}
-    retries = cfg.get("retries") or {}
-    nginx = cfg.get("nginx") or {}
-    kubeconfig = flags.get("kubeconfig") or cfg.get("kubeconfig")
-    bin_dir = cfg.get("bin_dir")
+            # a cluster made offline runs kindlab's images: so do the parts installed on it
+            offline = offline or bool(remembered.get("offline"))
+    timeout = parse_seconds(flags["timeout"]) if flags.get("timeout") is not None else cfg["timeout"]
+    kw, ports, retries = cfg["kwok"], cfg["ports"], cfg["retries"]
     lab = Lab(
         provider=provider,
         cluster=cluster or "cloud-hw",
         existing_context=context,
-        kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else default_kubeconfig(),
+        kubeconfig=Path(cfg["kubeconfig"]).expanduser() if cfg["kubeconfig"] else default_kubeconfig(),
         home=home,
-        bin_dir=Path(bin_dir).expanduser() if bin_dir else None,
-        listen_address=str(cfg.get("listen_address", "127.0.0.1")),
-        nginx_port=int(ports.get("nginx", 30080)),
-        http_port=int(ports.get("http", 8080)),
-        gateway_port=int(ports.get("gateway", 31112)),
-        workers=int(cfg.get("workers", 0)),
-        timeout=_seconds(flags.get("timeout") or cfg.get("timeout", 300)),
-        nginx_image=str(nginx.get("image", "nginx:1.27.5")),
-        replicas=int(nginx.get("replicas", 3)),
-        kwok=KwokSettings(
-            nodes=int(kw.get("nodes", 1)), cpu=str(kw.get("cpu", "4")),
-            memory=str(kw.get("memory", "8Gi")), pods=int(kw.get("pods", 110)),
-            ready_delay_ms=int(kw.get("ready_delay_ms", 1000))),
-        retry_attempts=int(retries.get("attempts", 5)),
-        retry_initial=float(retries.get("initial", 1.0)),
-        retry_max=float(retries.get("max", 20.0)),
-        charts=tuple(sorted((str(k), str(v)) for k, v in (cfg.get("charts") or {}).items() if v)),
-        host=flags.get("host") or "",
+        bin_dir=Path(cfg["bin_dir"]).expanduser() if cfg["bin_dir"] else None,
+        listen_address=cfg["listen_address"],
+        nginx_port=ports["nginx"], http_port=ports["http"], gateway_port=ports["gateway"],
+        workers=cfg["workers"],
+        timeout=timeout,
+        nginx_image=cfg["nginx"]["image"],
+        replicas=cfg["nginx"]["replicas"],
+        kwok=KwokSettings(nodes=kw["nodes"], cpu=kw["cpu"], memory=kw["memory"], pods=kw["pods"],
+                          ready_delay_ms=kw["ready_delay_ms"]),
+        retry_attempts=retries["attempts"], retry_initial=retries["initial"], retry_max=retries["max"],
+        charts=tuple(sorted(cfg["charts"].items())),
+        offline=offline,
+        node_image=cfg["kind"]["node_image"],
+        images=tuple(sorted(cfg["images"].items())),
+        debian_mirror=cfg["debian_mirror"] or DEBIAN_MIRROR,
         check_mode=bool(flags.get("check")),
         verbose=bool(flags.get("verbose")),
     )
     return lab.validate()
 
 
-__all__ = ["Lab", "KwokSettings", "SettingsError", "lab_from_config", "parse_count",
-           "remember_lab", "forget_lab", "kindlab_home"]
+def check_config_files(paths: list[Path]) -> None:
+    """Refuse a configuration file that is not YAML with a `kindlab:` mapping, before Invoke reads it
+    (Invoke's own loader would stop with a long traceback)."""
+    import yaml
+
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise SettingsError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', None) or exc}") \
+                from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read {path}: {exc}") from None
+        if data is not None and not isinstance(data, Mapping):
+            raise SettingsError(f"{path} must hold a mapping of settings (e.g. `kindlab: {{...}}`), "
+                                f"not a {type(data).__name__}")
+        if isinstance(data, Mapping) and data.get("kindlab") is not None:
+            validated(data["kindlab"], where=f"{path.name}: kindlab")
+
+
+__all__ = ["Lab", "KwokSettings", "Provider", "PROVIDERS", "SCHEMA", "DEFAULTS", "SettingsError",
+           "lab_from_config", "parse_count", "parse_seconds", "remember_lab", "forget_lab", "kindlab_home",
+           "default_bin_dir", "check_config_files", "MAX_REPLICAS"]

@@ -4,8 +4,16 @@ A step decides before it acts: `check` is read-only and says whether the
 desired state already holds (and what would change if not); `apply` runs only
 when it does not; `wait` makes sure the result is real (pods Ready, rollout
 complete) and runs after apply and on converged steps alike.
+
+A check that cannot decide yet (the cluster it would read does not exist in
+a dry run) answers `unknown(needs=...)` or raises MissingPrerequisite; any
+other exception fails the step. An *action* step (a verification, invoking
+the function, the crawl) has nothing to converge: it runs every time, and
+reports `changed` when it ran and "would run" under --check.
 """
 from __future__ import annotations
+
+import re
 
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,7 +23,8 @@ from .commands import CommandError
 
 @dataclass(frozen=True)
 class Check:
-    """The answer of a read-only check: 'ok' (holds), 'change' (apply needed) or 'skip'."""
+    """The answer of a read-only check: 'ok' (holds), 'change' (apply needed), 'skip', or
+    'unknown' (cannot tell until something before it exists)."""
 
     state: str
     detail: str = ""
@@ -37,6 +46,10 @@ def skip(reason: str) -> Check:
     return Check("skip", reason)
 
 
+def unknown(needs: str) -> Check:
+    return Check("unknown", f"needs {needs}")
+
+
 @dataclass
 class Step:
     """One idempotent unit of work. Callables receive the StepContext."""
@@ -48,10 +61,47 @@ class Step:
     # None: after the step before it in the list (a play reads top to bottom).
     # A tuple: only after these steps, so steps with no path between them run side by side.
     needs: tuple[str, ...] | None = None
+    action: bool = False  # `apply` runs every time (check: ok to run, skip or unknown)
+
+
+def action(name: str, run: Callable[[Any], str | None], check: Callable[[Any], Check] | None = None,
+           needs: tuple[str, ...] | None = None) -> Step:
+    """A step that does something every time it runs (verify, invoke, crawl)."""
+    return Step(name, check or (lambda ctx: ok()), run, needs=needs, action=True)
 
 
 class StepFailed(Exception):
     """A permanent failure a user can act on: the message says what and what next."""
+
+
+class MissingPrerequisite(StepFailed):
+    """What a step reads does not exist yet: in a dry run its check is 'unknown', otherwise it fails."""
+
+    def __init__(self, needs: str, message: str | None = None):
+        self.needs = needs
+        super().__init__(message or f"needs {needs}")
+
+
+_MISSING_CONTEXT = re.compile(r'context "?([\w.:@-]+)"? (?:does not exist|was not found)|'
+                              r'(?:no context exists with the name|context was not found for specified context):? '
+                              r'"?([\w.:@-]+)')
+
+
+def missing_prerequisite(exc: BaseException) -> str | None:
+    """What is missing when a check failed because something before it was not made yet, else None."""
+    if isinstance(exc, MissingPrerequisite):
+        return exc.needs
+    if isinstance(exc, CommandError):
+        found = _MISSING_CONTEXT.search(exc.output)
+        if found:
+            return f"the cluster of context {found.group(1) or found.group(2)}"
+        argv = list(exc.argv)
+        if "--kubeconfig" in argv and argv.index("--kubeconfig") + 1 < len(argv):
+            path = argv[argv.index("--kubeconfig") + 1]
+            if f"{path}: no such file" in exc.output:  # the kubeconfig itself is not written yet
+                context = argv[argv.index("--context") + 1] if "--context" in argv[:-1] else "the lab's"
+                return f"the cluster of context {context}"
+    return None
 
 
 class WaitTimeout(StepFailed):

@@ -256,3 +256,42 @@ def test_a_repository_chart_is_added_refreshed_only_when_stale_and_cached(play, 
     assert f"point chart repository kltest at {moved}" in play.output
     repos = helm_json(testbed, "repo", "list")
     assert [(r["name"], r["url"]) for r in repos] == [("kltest", moved)]
+
+
+def test_a_local_chart_whose_files_change_under_the_same_version_is_upgraded(play, testbed, kube, ns, tmp_path):
+    chart = tmp_path / "demo"
+    shutil.copytree(DEMO, chart)
+    rel = demo(ns)
+    rel = replace(rel, chart=str(chart))
+    assert statuses(play(release_steps(testbed, rel)))["demo release"] == "changed"
+    assert set(statuses(play(release_steps(testbed, rel))).values()) == {"ok"}, play.output
+    # same Chart.yaml version and values, different template: still a different chart
+    configmap = chart / "templates" / "configmap.yaml"
+    configmap.write_text(configmap.read_text().replace("\ndata:", "\ndata:\n  added: \"yes\"", 1))
+    assert statuses(play(release_steps(testbed, rel), check_mode=True))["demo release"] == "changed"
+    assert "chart files changed (digest" in play.output
+    assert statuses(play(release_steps(testbed, rel)))["demo release"] == "changed"
+    assert kube.core.read_namespaced_config_map("demo-demo", ns).data["added"] == "yes"
+    assert set(statuses(play(release_steps(testbed, rel))).values()) == {"ok"}, play.output
+
+
+def test_check_reports_a_deployed_release_whose_pod_cannot_run_as_failed(play, testbed, kube, ns):
+    rel = demo(ns)
+    play(release_steps(testbed, rel))
+    # the pod starts crash-looping behind helm's back: the release is deployed, but does not run
+    kube.apps.patch_namespaced_deployment("demo-demo", ns, {"spec": {"template": {"metadata": {
+        "labels": {"kindlab.dev/fault": "CrashLoopBackOff"}}}}})
+    deadline = time.monotonic() + 60
+    while True:
+        pods = kube.core.list_namespaced_pod(ns, label_selector="kindlab.dev/fault=CrashLoopBackOff").items
+        restarts = [cs.restart_count for p in pods for cs in p.status.container_statuses or []]
+        if restarts and max(restarts) >= 3:
+            break
+        assert time.monotonic() < deadline, "the crash loop did not start"
+        time.sleep(0.5)
+    with pytest.raises(PlayFailed):
+        play(release_steps(testbed, rel), check_mode=True)
+    failed = [line for line in play.output.splitlines() if line.startswith("failed")]
+    assert failed and "demo release" in failed[0]
+    said = " ".join(play.output.split())  # long lines wrap
+    assert "CrashLoopBackOff" in said and "the release is deployed but does not run" in said

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from playbooks import parts
 from playbooks import lab as lab_play
 from playbooks import nginx
 from playbooks.core.cli import cluster_lock, make_context
@@ -23,11 +24,11 @@ def offline_lab(testbed):
     lab = replace(testbed, charts=OFFLINE)
     yield lab
     from tests.conftest import PlayRun
-    PlayRun(lab)(lab_play.down_steps(lab, list(lab_play.PARTS), delete_cluster=False))
+    PlayRun(lab)(lab_play.down_steps(lab, parts.choose(), delete_cluster=False))
 
 
 def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchanged(play, offline_lab):
-    first = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
+    first = play(lab_play.all_steps(offline_lab, parts.choose()), lab=offline_lab)
     assert not [o for o in first if o.status == "failed"], play.output
     by = {o.step: o for o in first}
     for release in ("monitoring release", "openfaas release", "kuberay-operator release", "raylab release"):
@@ -38,13 +39,35 @@ def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchang
     assert "no containers" in skipped["crawler job on Ray"]
     assert "kind clusters" in skipped["registry kind-registry running"]
 
-    again = play(lab_play.all_steps(offline_lab, list(lab_play.PARTS)), lab=offline_lab)
-    assert [o.step for o in again if o.status == "changed"] == [], play.output
+    again = play(lab_play.all_steps(offline_lab, parts.choose()), lab=offline_lab)
+    assert [o.step for o in again if o.status == "changed" and not o.action] == [], play.output
+    assert [o.step for o in again if o.status == "changed"] == ["nginx answers"]  # it verifies every time
+    assert "changed=1 (1 action)" in play.output
     assert not [o for o in again if o.status == "failed"]
 
 
+def test_check_on_a_cluster_not_made_yet_claims_nothing_and_changes_nothing(play, testbed, tmp_path):
+    fresh = replace(testbed, cluster=f"{testbed.cluster}-fresh", charts=OFFLINE, home=tmp_path / "home",
+                    kubeconfig=tmp_path / "kubeconfig")
+    outcomes = play(lab_play.all_steps(fresh, parts.choose()), check_mode=True, lab=fresh)
+    claims = {o.step: (o.status, o.detail) for o in outcomes}
+    for step, (status, detail) in claims.items():
+        honest = (status == "unknown" and detail.startswith("needs ")
+                  or status == "changed" and detail.startswith(("would change", "would run"))
+                  or status == "skipped" and ("kind" in detail or "no containers" in detail))
+        assert honest, f"{step}: {status} {detail}\n{play.output}"
+    assert claims["kwok cluster " + fresh.cluster][0] == "changed"
+    assert claims["nginx deployment and service"] == ("unknown", f"needs the cluster of context {fresh.context}")
+    assert claims["nginx answers"] == ("changed", "would run")
+    # nothing was made: no cluster, no files, no context
+    listed = subprocess.run([str(testbed.tools_dir / "kwokctl"), "get", "clusters"], capture_output=True,
+                            text=True).stdout.split()
+    assert fresh.cluster not in listed
+    assert not fresh.home.exists() and not fresh.kubeconfig.exists()
+
+
 def test_status_shows_nodes_releases_and_ready_pods(play, offline_lab):
-    play(lab_play.all_steps(offline_lab, ["nginx", "monitoring"]), lab=offline_lab)
+    play(lab_play.all_steps(offline_lab, parts.choose("nginx,monitoring")), lab=offline_lab)
     ctx = make_context(offline_lab)
     from io import StringIO
     from rich.console import Console
@@ -56,11 +79,11 @@ def test_status_shows_nodes_releases_and_ready_pods(play, offline_lab):
 
 
 def test_parts_can_be_chosen_and_unknown_ones_are_refused():
-    assert lab_play.choose_parts("nginx,ray", "") == ["nginx", "ray"]
-    assert lab_play.choose_parts("", "ray,faas") == ["nginx", "monitoring"]
+    assert [p.name for p in parts.choose("nginx,ray", "")] == ["nginx", "ray"]
+    assert [p.name for p in parts.choose("", "ray,faas")] == ["nginx", "monitoring"]
     from playbooks.core.settings import SettingsError
     with pytest.raises(SettingsError, match="unknown part"):
-        lab_play.choose_parts("grafana", "")
+        parts.choose("grafana", "")
 
 
 def test_a_second_run_on_the_same_cluster_exits_instead_of_interleaving(testbed):
@@ -86,11 +109,13 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over(testbed):
     assert not path.exists()
 
 
-def test_down_removes_parts_in_reverse_order_and_is_idempotent(play, testbed):
+def test_down_removes_parts_side_by_side_and_is_idempotent(play, testbed):
     play(nginx.deploy_steps(testbed))
-    first = play(lab_play.down_steps(testbed, ["nginx"], delete_cluster=False))
+    first = play(lab_play.down_steps(testbed, parts.choose("nginx"), delete_cluster=False))
     assert [o.status for o in first] == ["changed"]
-    assert [o.status for o in play(lab_play.down_steps(testbed, ["nginx"], delete_cluster=False))] == ["ok"]
-    order = [s.name for s in lab_play.down_steps(testbed, list(lab_play.PARTS), delete_cluster=False)]
-    assert order.index("raylab release absent") < order.index("openfaas release absent") \
-        < order.index("monitoring release absent") < order.index("nginx deployment and service absent")
+    again = play(lab_play.down_steps(testbed, parts.choose("nginx"), delete_cluster=False))
+    assert [o.status for o in again] == ["ok"]
+    # no part needs another, so each part's removal starts at once (the needs order: tests/unit/test_parts.py)
+    steps = lab_play.down_steps(testbed, parts.choose(), delete_cluster=False)
+    firsts = [s for s in steps if s.needs is not None]
+    assert len(firsts) == len(parts.REGISTRY) and all(s.needs == () for s in firsts)

@@ -73,7 +73,7 @@ def test_install_makes_the_secret_once_and_a_rerun_changes_nothing(play, testbed
     assert monitoring.password(testbed, kube=kube) == password  # never rotated
 
     verified = statuses(play(monitoring.verify_steps(testbed)))
-    assert verified == {"monitoring services have ready endpoints": "ok", "prometheus targets up": "skipped",
+    assert verified == {"monitoring services have ready endpoints": "changed", "prometheus targets up": "skipped",
                         "grafana healthy": "skipped"}
     assert "kps-prometheus: 1 ready endpoint(s); kps-grafana: 1 ready endpoint(s)" in play.output
     assert "runs no containers" in play.output and "need a real cluster" in play.output

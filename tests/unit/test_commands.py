@@ -1,10 +1,9 @@
 """Commands: argument lists, secrets masked, failures named, remote via a Fabric stand-in."""
 import sys
-from types import SimpleNamespace
 
 import pytest
 
-from playbooks.core.commands import MASK, CommandError, LocalShell, RemoteShell, mask_argv
+from playbooks.core.commands import MASK, CommandError, LocalShell, mask_argv
 
 
 def test_mask_argv_hides_secret_flag_values_and_known_secrets():
@@ -65,38 +64,3 @@ def test_verbose_streams_lines_live_and_keeps_output(tmp_path):
     res = shell.run([sys.executable, "-c", "print('hello'); print('pw=s3cret')"], secrets=["s3cret"])
     assert res.stdout.splitlines() == ["hello", "pw=s3cret"]
     assert any("hello" in l for l in lines) and not any("s3cret" in l for l in lines)
-
-
-class FakeConnection:
-    """Stands in for fabric.Connection: records what would run over SSH."""
-
-    def __init__(self, code=0, stdout="", stderr=""):
-        self.calls = []
-        self.result = SimpleNamespace(return_code=code, stdout=stdout, stderr=stderr)
-
-    def run(self, command, **kwargs):
-        self.calls.append((command, kwargs))
-        return self.result
-
-
-def test_remote_shell_quotes_arguments_and_sends_secrets_on_stdin():
-    conn = FakeConnection(stdout="ok\n")
-    shell = RemoteShell(conn, "$HOME/.cache/kindlab/bin")
-    res = shell.run(["faas-cli", "login", "--password-stdin", "-g", "http://127.0.0.1:8080"],
-                    input="s3cret", secrets=["s3cret"])
-    command, kwargs = conn.calls[0]
-    assert command == "faas-cli login --password-stdin -g http://127.0.0.1:8080"
-    assert "s3cret" not in command
-    assert kwargs["in_stream"].read() == "s3cret"
-    assert kwargs["warn"] is True and kwargs["hide"] is True
-    assert kwargs["env"]["PATH"].startswith("$HOME/.cache/kindlab/bin")
-    assert res.stdout == "ok\n"
-
-
-def test_remote_shell_failure_is_a_command_error_with_masking():
-    conn = FakeConnection(code=1, stderr="bad password s3cret\n")
-    shell = RemoteShell(conn)
-    with pytest.raises(CommandError) as err:
-        shell.run(["kubectl", "apply", "-f", "a file.yaml"], secrets=["s3cret"])
-    assert "'a file.yaml'" in conn.calls[0][0]  # quoted for the remote POSIX shell
-    assert "s3cret" not in str(err.value)

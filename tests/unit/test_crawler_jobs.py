@@ -298,7 +298,7 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
     said = []
     steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=console.print)
-    detail = steps[0].wait(SimpleNamespace(say=said.append))
+    detail = steps[0].apply(SimpleNamespace(say=said.append))
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("submitted Ray job raysubmit_fake:")
     follow = next(n for n, line in enumerate(lines) if line.startswith("follow it:"))

@@ -123,6 +123,22 @@ def test_login_sends_the_password_on_stdin_never_argv(env):
 def test_invoke_prints_the_functions_answer(env):
     lab, calls = env
     step = faas.invoke_steps(lab, "Hello World")[0]
-    detail = step.wait(ctx_for(lab, FakeKube()))
+    detail = step.apply(ctx_for(lab, FakeKube()))
     assert "'dlroW olleH'" in detail
     assert calls()[0]["argv"] == ["invoke", "reverse", "--gateway", "http://127.0.0.1:31112"]
+
+
+def test_the_licence_note_is_a_step_that_check_mode_leaves_unwritten(tmp_path):
+    import io
+    from rich.console import Console
+    from playbooks.core.runner import Reporter, StepContext, run_play
+
+    lab = Lab(provider="kwok", home=tmp_path)
+    licence = [s for s in faas.install_steps(lab) if s.name == "OpenFaaS CE licence"]
+    ctx = StepContext(lab, None, reporter=Reporter(Console(file=io.StringIO()), live=False))
+    dry = run_play("t", licence, ctx, check_mode=True)
+    assert dry[0].status == "changed" and dry[0].detail.startswith("would change: note: OpenFaaS CE")
+    assert not (tmp_path / "openfaas-license-noted").exists()  # --check changed nothing
+    assert run_play("t", licence, ctx)[0].status == "changed"
+    assert (tmp_path / "openfaas-license-noted").exists()
+    assert run_play("t", licence, ctx)[0].status == "ok"  # noted once

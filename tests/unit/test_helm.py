@@ -62,8 +62,23 @@ class FakeHelm:
         pass
 
 
-def ctx_for(shell, lab=None):
-    return StepContext(lab or Lab(provider="kwok", cluster="t", kubeconfig=Path("/k/config")), shell)
+class FakeKube:
+    """The cluster as the release check reads it: helm's release Secret (with kindlab's chart digest
+    label) and the release's pods (none here: a release without pods is healthy)."""
+
+    def __init__(self, digest=None):
+        from types import SimpleNamespace as NS
+        from playbooks.core.helm import DIGEST_LABEL, chart_digest
+        labels = {"version": "1", DIGEST_LABEL: digest or chart_digest(Release("demo", "ns", str(DEMO)))}
+        secret = NS(metadata=NS(labels=labels))
+        self.core = NS(list_namespaced_secret=lambda ns, label_selector: NS(items=[secret]),
+                       list_namespaced_pod=lambda ns: NS(items=[]))
+
+
+def ctx_for(shell, lab=None, kube=None):
+    ctx = StepContext(lab or Lab(provider="kwok", cluster="t", kubeconfig=Path("/k/config")), shell,
+                      kube_factory=lambda: kube or FakeKube())
+    return ctx
 
 
 def deployed(chart="demo-0.1.0", revision="1", status="deployed", name="demo"):

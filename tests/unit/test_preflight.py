@@ -4,12 +4,11 @@ import subprocess
 import sys
 
 import pytest
-from invoke.exceptions import Exit
 
-from playbooks import cluster, doctor
+from playbooks import cluster, doctor, parts
 from playbooks.core.commands import Result
 from playbooks.core.runner import StepContext
-from playbooks.core.settings import Lab
+from playbooks.core.settings import Lab, SettingsError
 from playbooks.core.steps import StepFailed
 
 
@@ -38,23 +37,43 @@ def test_kind_create_refuses_a_busy_host_port_before_calling_kind(tmp_path):
     assert not any(call[:3] == ["kind", "create", "cluster"] for call in shell.calls)
 
 
-def test_doctor_names_a_missing_tool_and_the_command_that_installs_it(tmp_path, capsys):
+def _fixes(results):
+    return {f.check: f.fix for f in results if f.status == "fail"}
+
+
+def test_doctor_names_a_missing_tool_and_the_command_that_installs_it(tmp_path):
     lab = Lab(provider="kwok", home=tmp_path, bin_dir=tmp_path / "empty-bin")
-    with pytest.raises(Exit) as err:
-        doctor.run(lab, "nginx")
-    assert err.value.code == 1
-    assert "tool kubectl: invoke tools.install" in err.value.message
-    assert "tool kube-apiserver: invoke tools.install --testbed" in err.value.message
+    fixes = _fixes(doctor.findings(lab, parts.choose("nginx")))
+    assert fixes["tool kubectl"] == "invoke tools.install"
+    assert fixes["tool kube-apiserver"] == "invoke tools.install --testbed"
+
+
+def test_doctor_asks_only_for_the_tools_of_the_chosen_parts(tmp_path):
+    lab = Lab(provider="kind", home=tmp_path, bin_dir=tmp_path / "empty-bin")
+    nginx_only = _fixes(doctor.findings(lab, parts.choose("nginx")))
+    assert "tool faas-cli" not in nginx_only and "tool helm" not in nginx_only
+    assert "tool kind" in nginx_only and "tool kubectl" in nginx_only
+    assert "tool faas-cli" in _fixes(doctor.findings(lab, parts.choose("faas")))
+
+
+def test_doctor_counts_the_clusters_memory_whatever_parts_are_chosen(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "_memory_mib", lambda: 2100)  # room for the cluster and nginx, nothing more
+    lab = Lab(provider="kwok", home=tmp_path)
+    memory = {f.check: f for f in doctor.findings(lab, parts.choose("nginx"))}["memory"]
+    assert memory.status == "fail" and "need about 2176 MiB" in memory.detail  # 2048 cluster + 128 nginx
+    memory = {f.check: f for f in doctor.findings(lab, [])}["memory"]
+    assert memory.status == "ok" and "2048 MiB" in memory.detail
 
 
 def test_doctor_refuses_unknown_parts(tmp_path):
-    with pytest.raises(Exit, match="unknown part"):
-        doctor.run(Lab(home=tmp_path), "nginx,grafana")
+    with pytest.raises(SettingsError, match="unknown part"):
+        parts.choose("nginx,grafana")
 
 
 def test_invoke_rejects_bad_replicas_before_touching_a_cluster(tmp_path):
     env = {"KINDLAB_HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
-    for value, message in (("-1", "0 or more"), ("abc", "whole number")):
+    for value, message in (("-1", "must be at least 0"), ("abc", "whole number"),
+                           ("100000", "--replicas must be at most 100")):
         proc = subprocess.run([sys.executable, "-m", "invoke", "nginx.scale", "--replicas", value],
                               capture_output=True, text=True, env=env, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr
@@ -77,6 +96,8 @@ class CannedShell(RecordingShell):
         elif argv[:2] == ["docker", "inspect"]:
             import json
             out = json.dumps(self.bindings)
+        elif argv[:3] == ["kind", "get", "clusters"]:
+            out = "cloud-hw\n"  # the cluster exists: only its nodes are stopped
         else:
             out = ""
         return Result(tuple(argv), 0, out, "")
@@ -109,3 +130,11 @@ def test_port_mappings_that_differ_are_a_warning_with_the_way_out(tmp_path):
     same = Lab(provider="kind", home=tmp_path)
     assert cluster.kind_create_steps(same)[1].check(
         StepContext(same, CannedShell({"cloud-hw-control-plane": "running"}, BINDINGS))).detail == "node containers running"
+
+
+def test_compare_refuses_zero_calls_instead_of_crashing(tmp_path):
+    env = {"KINDLAB_HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "compare", "--calls", "0", "--provider", "kind"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "--calls must be at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr

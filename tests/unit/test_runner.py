@@ -9,7 +9,7 @@ from rich.console import Console
 from playbooks.core.commands import CommandError
 from playbooks.core.runner import PlayFailed, Reporter, StepContext, run_play
 from playbooks.core.settings import Lab
-from playbooks.core.steps import Step, StepFailed, change, ok, skip
+from playbooks.core.steps import MissingPrerequisite, Step, StepFailed, action, change, ok, skip, unknown
 
 
 class FakeShell:
@@ -64,14 +64,60 @@ def test_check_mode_runs_only_checks_and_reports_would_change():
     assert outcomes[1].status == "ok"
 
 
-def test_check_mode_check_failing_after_a_would_change_is_reported_as_change():
+def test_check_mode_a_check_that_needs_what_is_not_made_yet_is_unknown():
     def needs_cluster(ctx):
-        raise CommandError(["kubectl", "get", "nodes"], 1, "context not found")
+        raise CommandError(["kubectl", "get", "nodes"], 1, 'error: context "kind-lab" does not exist')
+
+    def needs_namespace(ctx):
+        raise MissingPrerequisite("namespace monitoring")
     ctx, out = make()
     outcomes = run_play("t", [Step("create", lambda c: change("create cluster")),
-                              Step("nodes", needs_cluster)], ctx, check_mode=True)
-    assert [o.status for o in outcomes] == ["changed", "changed"]
-    assert "cannot be checked before" in outcomes[1].detail
+                              Step("nodes", needs_cluster), Step("secret", needs_namespace),
+                              Step("crds", lambda c: unknown("the release's namespace"))], ctx, check_mode=True)
+    assert [o.status for o in outcomes] == ["changed", "unknown", "unknown", "unknown"]
+    assert [o.detail for o in outcomes[1:]] == ["needs the cluster of context kind-lab", "needs namespace monitoring",
+                                                "needs the release's namespace"]
+    assert "unknown=3" in out.getvalue()
+
+
+def test_check_mode_any_other_exception_in_a_check_fails_the_step_whatever_came_before():
+    def broken(ctx):
+        return {}["state"]  # a bug, not a missing cluster
+    for before in (change("create cluster"), ok()):
+        ctx, out = make()
+        with pytest.raises(PlayFailed) as err:
+            run_play("t", [Step("create", lambda c, b=before: b), Step("ray", broken)], ctx, check_mode=True)
+        assert [o.status for o in err.value.outcomes] == [before.state.replace("change", "changed"), "failed"]
+        assert "KeyError" in err.value.outcomes[1].detail
+
+
+def test_outside_check_mode_an_unknown_check_fails_unless_the_step_only_waits():
+    waited = []
+    ctx, out = make()
+    with pytest.raises(PlayFailed) as err:
+        run_play("t", [Step("pods Ready", lambda c: unknown("the pods"), wait=lambda c: waited.append(1)),
+                       Step("apply", lambda c: unknown("the cluster"), lambda c: None)], ctx)
+    assert waited == [1]
+    assert [o.status for o in err.value.outcomes] == ["ok", "failed"]
+    assert "cannot be checked: needs the cluster" in err.value.outcomes[1].detail
+
+
+def test_an_action_runs_every_time_reports_changed_and_would_run_under_check():
+    ran = []
+    steps = [action("verify", lambda c: ran.append(1) or "200 OK from nginx"),
+             action("crawl", lambda c: ran.append(2), check=lambda c: skip("no containers here"))]
+    ctx, out = make()
+    first = run_play("t", steps, ctx)
+    second = run_play("t", steps, ctx)
+    assert ran == [1, 1]
+    assert "changed=1 (1 action)" in out.getvalue()
+    assert [(o.status, o.detail) for o in first] == [("changed", "200 OK from nginx"),
+                                                     ("skipped", "no containers here")]
+    assert [o.status for o in second] == ["changed", "skipped"]
+    ctx, out = make()
+    dry = run_play("t", steps, ctx, check_mode=True)
+    assert ran == [1, 1] and [(o.status, o.detail) for o in dry] == [("changed", "would run"),
+                                                                      ("skipped", "no containers here")]
 
 
 def test_skip_is_reported_and_dependents_with_explicit_needs_skip_too():
@@ -102,7 +148,7 @@ def test_permanent_failure_is_not_retried_and_later_steps_are_skipped():
     assert statuses == {"bad": "failed", "next": "skipped"}
     text = out.getvalue()
     assert "error converting YAML" in text and "kubectl apply" in text
-    assert "ok=0  changed=0  failed=1  skipped=1" in text
+    assert "ok=0  changed=0  unknown=0  failed=1  skipped=1" in text
 
 
 def test_transient_failure_is_retried_with_exponential_backoff_on_a_fake_clock():
@@ -148,7 +194,11 @@ def test_recap_counts_each_step_once():
              Step("d", lambda c: ok(), wait=wait)]
     outcomes = run_play("t", steps, ctx, sleep=sleeps.append)
     assert len(outcomes) == 4
-    assert "ok=2  changed=1  failed=0  skipped=1" in out.getvalue()
+    assert "ok=2  changed=1  unknown=0  failed=0  skipped=1" in out.getvalue()
+    # the recap lists every step with its status
+    recap = out.getvalue().split("PLAY RECAP")[1]
+    assert [line.split()[:2] for line in recap.splitlines()[1:5]] == [
+        ["ok", "a"], ["changed", "b"], ["skipped", "c"], ["ok", "d"]]
 
 
 def test_independent_steps_run_concurrently_and_dependents_wait():
@@ -212,7 +262,8 @@ def test_ctrl_c_ends_children_prints_the_recap_and_returns_promptly():
 
     import threading
     with pytest.raises(KeyboardInterrupt):
-        run_play("t", [Step("ok first", lambda c: ok()), Step("long", lambda c: change("x"), long_tool),
+        run_play("t", [Step("ok first", lambda c: ok(), wait=lambda c: time.sleep(1.0)),
+                       Step("long", lambda c: change("x"), long_tool),
                        Step("never", lambda c: change("y"))], ctx)
     # the child was ended, not left to sleep out its 60 s
     alive = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -221,3 +272,8 @@ def test_ctrl_c_ends_children_prints_the_recap_and_returns_promptly():
     assert "interrupted (Ctrl-C)" in text and "PLAY RECAP" in text
     assert "ok=1" in text and "failed=1" in text
     assert "rerun the same command to continue" in text
+    recap = text.split("PLAY RECAP")[1].splitlines()
+    seconds = {line.split()[1]: float(line.split()[-1].rstrip("s")) for line in recap[1:4]}
+    assert seconds["long"] < seconds["ok"]  # its own time, not the play's (which includes the first step's 1 s)
+    assert [line.split()[:2] for line in recap[1:4]] == [["ok", "ok"], ["failed", "long"], ["skipped", "never"]]
+    assert "skipped=1" in text  # never reached, still counted

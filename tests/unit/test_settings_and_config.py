@@ -27,7 +27,7 @@ def test_unknown_provider_and_existing_without_context_are_refused(tmp_path):
         lab_from_config({"home": str(tmp_path)}, provider="existing")
 
 
-@pytest.mark.parametrize("value,error", [("-1", "0 or more"), ("abc", "whole number"), ("1.5", "whole number")])
+@pytest.mark.parametrize("value,error", [("-1", "at least 0"), ("abc", "whole number"), ("1.5", "whole number")])
 def test_replica_counts_must_be_whole_non_negative(value, error):
     with pytest.raises(SettingsError, match=error):
         parse_count(value, "--replicas")
@@ -109,7 +109,73 @@ def test_merge_keeps_the_users_current_context_and_other_entries(tmp_path):
     assert [c["name"] for c in data["clusters"]] == ["work"] and data["current-context"] == "work"
 
 
-@pytest.mark.parametrize("value", ["abc", "-5", "0"])
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf", "1e400", "86401"])
 def test_bad_timeouts_are_refused(tmp_path, value):
     with pytest.raises(SettingsError, match="--timeout"):
         lab_from_config({"home": str(tmp_path)}, timeout=value)
+
+
+# --- the `kindlab:` configuration: validated when loaded, defaults in one place ---------------
+@pytest.mark.parametrize("config,message", [
+    ({"workers": "two"}, "kindlab.workers must be a whole number, got 'two'"),
+    ({"nginx": {"replica": 5}}, "kindlab.nginx.replica is not a setting: did you mean kindlab.nginx.replicas?"),
+    ({"timout": 30}, "kindlab.timout is not a setting: did you mean kindlab.timeout?"),
+    ({"ports": {"nginx": 70000}}, "kindlab.ports.nginx must be at most 65535, got 70000"),
+    ({"nginx": {"replicas": 100000}}, "kindlab.nginx.replicas must be at most 100"),
+    ({"timeout": float("nan")}, "kindlab.timeout must be a finite number"),
+    ({"offline": "yes please"}, "kindlab.offline must be true or false"),
+    ({"provider": "minikube"}, "kindlab.provider must be one of kind, kwok, existing"),
+    ({"charts": ["a"]}, "kindlab.charts must map names to strings"),
+    ({"kwok": 3}, "kindlab.kwok must be a mapping of settings"),
+])
+def test_a_bad_setting_is_refused_with_one_sentence(tmp_path, config, message):
+    with pytest.raises(SettingsError) as err:
+        lab_from_config({"home": str(tmp_path), **config})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_problem_is_named_at_once(tmp_path):
+    with pytest.raises(SettingsError) as err:
+        lab_from_config({"home": str(tmp_path), "workers": -1, "nginx": {"imag": "x"}})
+    assert "kindlab.workers must be at least 0" in str(err.value)
+    assert "did you mean kindlab.nginx.image?" in str(err.value)
+
+
+def test_defaults_are_written_once_and_reach_invoke_and_the_lab():
+    from playbooks.core.settings import DEFAULTS, SCHEMA, Lab, KwokSettings
+    assert DEFAULTS["timeout"] == SCHEMA["timeout"].default == Lab().timeout == 300
+    assert DEFAULTS["nginx"]["replicas"] == Lab().replicas == 3
+    assert DEFAULTS["kwok"]["ready_delay_ms"] == KwokSettings().ready_delay_ms
+    # invoke.yaml sets nothing: Invoke gets every default from SCHEMA (tasks.py configures the collection)
+    project = yaml.safe_load((Path(__file__).resolve().parents[2] / "invoke.yaml").read_text())
+    assert project == {"kindlab": {}}
+
+
+def _invoke(args, tmp_path, **env):
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[2]
+    full_env = {**os.environ, "KINDLAB_HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), **env}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=repo, capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_the_cli_refuses_a_malformed_or_misspelt_config_file_in_one_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kindlab:\n  workers: [\n")
+    proc = _invoke(["-f", str(broken), "nginx.deploy", "--check"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "broken.yaml" in proc.stderr and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text("kindlab:\n  nginx: {replica: 5}\n")
+    proc = _invoke(["-f", str(misspelt), "nginx.deploy", "--check"], tmp_path)
+    assert proc.returncode == 2 and "did you mean" in proc.stderr and "nginx.replicas" in proc.stderr
+
+
+def test_an_environment_variable_overrides_a_default(tmp_path):
+    proc = _invoke(["nginx.scale", "--check", "--provider", "kwok", "--name", "never-made"], tmp_path,
+                   INVOKE_KINDLAB_NGINX_REPLICAS="7")
+    assert "nginx scaled to 7" in proc.stdout, proc.stdout + proc.stderr

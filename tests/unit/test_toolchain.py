@@ -104,9 +104,10 @@ def test_default_bin_dir_honours_the_environment_override(monkeypatch, tmp_path)
 
 def test_default_bin_dir_is_a_per_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("KINDLAB_BIN_DIR", raising=False)
-    monkeypatch.setattr(toolchain, "_on_windows", lambda: False)
+    from playbooks.core import settings
+    monkeypatch.setattr(settings, "_on_windows", lambda: False)
     assert toolchain.default_bin_dir() == Path.home() / ".cache" / "kindlab" / "bin"
-    monkeypatch.setattr(toolchain, "_on_windows", lambda: True)
+    monkeypatch.setattr(settings, "_on_windows", lambda: True)
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path))
     assert toolchain.default_bin_dir() == tmp_path / "kindlab" / "bin"
 
@@ -317,58 +318,131 @@ def test_installed_version_passes_the_client_only_flags(tmp_path):
 
 
 # ---------------------------------------------------------------- release downloads
+# A local HTTP server stands in for the projects' release pages: the same file
+# names, the same checksum files (sha256sum lines, a lone digest, GitHub's asset
+# digests), on 127.0.0.1.
 
 
-def test_release_without_a_verified_checksum_is_refused(tmp_path):
-    spec = toolchain.TOOLS["kubectl"]
-    assert toolchain.current_platform() not in spec.release.sha256
-    with pytest.raises(ToolInstallError, match=r"^kubectl: kindlab has no verified sha256 .*source='go'"):
-        toolchain.install("kubectl", tmp_path, source="release", log=lambda _: None)
+@pytest.fixture
+def releases(tmp_path, monkeypatch):
+    """Serve tmp_path/site on 127.0.0.1; point a tool's release there. Returns (site, point_at)."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(toolchain, "GITHUB_API", f"{base}/api")
+    monkeypatch.setattr(toolchain, "_UNREACHABLE", {})
+
+    def point_at(name, checksums, base_url=base):
+        spec = toolchain.TOOLS[name]
+        release = toolchain.ReleaseDownload(url=base_url + "/download/{version}/" + name + "-{os}-{arch}{exe}",
+                                            checksums=checksums.replace("BASE", base_url))
+        monkeypatch.setitem(toolchain.TOOLS, name, toolchain.ToolSpec(
+            name=spec.name, version=spec.version, version_args=spec.version_args, go=spec.go, release=release))
+        return toolchain._release_fields(toolchain.TOOLS[name])["asset"]
+
+    yield site, point_at
+    server.shutdown()
 
 
-def _with_release(monkeypatch, name: str, payload_file: Path, sha256: str) -> None:
-    spec = toolchain.TOOLS[name]
-    release = toolchain.ReleaseDownload(
-        url=payload_file.as_uri(), sha256={toolchain.current_platform(): sha256}
-    )
-    monkeypatch.setitem(toolchain.TOOLS, name, toolchain.ToolSpec(
-        name=spec.name, version=spec.version, version_args=spec.version_args, go=spec.go, release=release
-    ))
+def _publish(site: Path, version: str, asset: str, body: str) -> bytes:
+    folder = site / "download" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    _script(folder / asset, body)
+    return (folder / asset).read_bytes()
 
 
 @posix_only
-def test_release_download_is_verified_then_installed(monkeypatch, tmp_path):
-    asset = _script(tmp_path / "kind-asset", "print('kind v0.29.0 go1.24.2 linux/amd64')")
-    _with_release(monkeypatch, "kind", asset, hashlib.sha256(asset.read_bytes()).hexdigest())
+def test_a_release_whose_published_checksum_matches_is_installed(releases, monkeypatch, tmp_path):
+    site, point_at = releases
+    asset = point_at("kind", "BASE/download/{version}/{asset}.sha256sum")
+    data = _publish(site, "v0.29.0", asset, "print('kind v0.29.0 go1.24.2 linux/amd64')")
+    (site / "download" / "v0.29.0" / f"{asset}.sha256sum").write_text(
+        f"{hashlib.sha256(data).hexdigest()}  {asset}\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-go-here"))  # it must not need Go
+    messages = []
+
+    how = toolchain.install("kind", tmp_path / "bin", source="auto", log=messages.append)
+
+    assert how.startswith("release download, sha256 checked against http://127.0.0.1:")
+    assert toolchain.installed_version("kind", tmp_path / "bin") == "v0.29.0"
+    assert _leftovers(tmp_path / "bin") == []
+
+
+@posix_only
+@pytest.mark.parametrize("form", ["lone digest", "github asset digest"])
+def test_the_other_checksum_forms_projects_publish_are_read(releases, monkeypatch, tmp_path, form):
+    site, point_at = releases
+    if form == "lone digest":  # kubectl.sha256
+        asset = point_at("kubectl", "BASE/download/{version}/{asset}.sha256")
+    else:  # kwok and faas-cli publish no file: GitHub's digest of the asset
+        asset = point_at("kubectl", "github:example/tool")
+    data = _publish(site, "v1.33.13", asset, "print('Client Version: v1.33.13')")
+    digest = hashlib.sha256(data).hexdigest()
+    if form == "lone digest":
+        (site / "download" / "v1.33.13" / f"{asset}.sha256").write_text(digest + "\n")
+    else:
+        api = site / "api" / "repos" / "example" / "tool" / "releases" / "tags"
+        api.mkdir(parents=True)
+        (api / "v1.33.13").write_text(json.dumps({"assets": [
+            {"name": "other", "digest": "sha256:" + "1" * 64}, {"name": asset, "digest": f"sha256:{digest}"}]}))
     monkeypatch.setenv("PATH", str(tmp_path / "no-go-here"))
-    bin_dir = tmp_path / "bin"
-
-    toolchain.install("kind", bin_dir, source="release", log=lambda _: None)
-
-    assert toolchain.installed_version("kind", bin_dir) == "v0.29.0"
-    assert _leftovers(bin_dir) == []
+    toolchain.install("kubectl", tmp_path / "bin", source="release", log=lambda _: None)
+    assert toolchain.installed_version("kubectl", tmp_path / "bin") == "v1.33.13"
 
 
 @posix_only
-def test_release_with_a_wrong_checksum_is_discarded(monkeypatch, tmp_path):
-    asset = _script(tmp_path / "kind-asset", "print('kind v0.29.0')")
-    _with_release(monkeypatch, "kind", asset, "0" * 64)
-    bin_dir = tmp_path / "bin"
-    with pytest.raises(ToolInstallError, match=r"kind: the download from .* has sha256 [0-9a-f]{64}, not the recorded"):
-        toolchain.install("kind", bin_dir, source="auto", log=lambda _: None)
-    assert not (bin_dir / "kind").exists()
+def test_a_release_whose_checksum_does_not_match_is_refused_and_nothing_is_built(releases, fake_go, tmp_path):
+    site, point_at = releases
+    asset = point_at("kind", "BASE/download/{version}/{asset}.sha256sum")
+    _publish(site, "v0.29.0", asset, "print('kind v0.29.0')")
+    (site / "download" / "v0.29.0" / f"{asset}.sha256sum").write_text(f"{'0' * 64}  {asset}\n")
+    with pytest.raises(ToolInstallError, match=r"kind: the download from .* has sha256 [0-9a-f]{64}, but "
+                                               r"http://127.0.0.1:\d+/download/v0.29.0/kind-\S+ publishes 0{64}"):
+        toolchain.install("kind", tmp_path / "bin", source="auto", log=lambda _: None)
+    assert not (tmp_path / "bin" / "kind").exists()
+    assert fake_go() == []  # a bad checksum is not a reason to fall back quietly
 
 
 @posix_only
-def test_auto_builds_from_source_when_the_download_fails(fake_go, monkeypatch, tmp_path):
-    _with_release(monkeypatch, "kind", tmp_path / "does-not-exist", "0" * 64)
+@pytest.mark.parametrize("published", ["no checksum file", "no line for this file"])
+def test_a_release_without_a_published_checksum_is_refused(releases, fake_go, tmp_path, published):
+    site, point_at = releases
+    asset = point_at("kind", "BASE/download/{version}/{asset}.sha256sum")
+    _publish(site, "v0.29.0", asset, "print('kind v0.29.0')")
+    if published == "no line for this file":
+        (site / "download" / "v0.29.0" / f"{asset}.sha256sum").write_text(f"{'1' * 64}  kind-plan9-mips\n")
+    with pytest.raises(ToolInstallError, match=r"kind: .*(HTTP 404|publishes no sha256 for kind-)"):
+        toolchain.install("kind", tmp_path / "bin", source="auto", log=lambda _: None)
+    assert not (tmp_path / "bin" / "kind").exists() and fake_go() == []
+
+
+@posix_only
+def test_an_unreachable_release_server_falls_back_to_go_and_says_so(releases, fake_go, monkeypatch, tmp_path):
+    import socket
+    _, point_at = releases
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    point_at("kind", "BASE/download/{version}/{asset}.sha256sum", base_url=f"http://127.0.0.1:{port}")
     monkeypatch.setenv("FAKE_TOOL_PRINTS", "kind v0.29.0 go1.26.8 linux/amd64")
     messages = []
 
-    toolchain.install("kind", tmp_path / "bin", source="auto", log=messages.append)
+    how = toolchain.install("kind", tmp_path / "bin", source="auto", log=messages.append)
 
+    assert how.startswith("built from Go source (release unreachable:")
     assert len(fake_go()) == 1
-    assert any("download failed" in m and "building from source" in m for m in messages)
+    assert any("release unreachable" in m and "building from Go source" in m for m in messages)
     assert toolchain.installed_version("kind", tmp_path / "bin") == "v0.29.0"
 
 

@@ -1,0 +1,615 @@
+"""Images built from package registries only: Debian packages and Go modules.
+
+For machines that reach Debian's mirrors, the Go module proxy and PyPI but no
+container registry (air-gapped classrooms, corporate proxies, registry rate
+limits). `invoke images.build` makes every image the offline lab needs:
+
+- `debian`: Debian's minimal base, made with debootstrap (needs root);
+- `nginx`: Debian's nginx serving its welcome page;
+- `registry`: the local registry of the faas part (distribution v3, a Go module);
+- `node`: a kind node image for the pinned Kubernetes, its control-plane images
+  preloaded, with a small CNI of its own (images/kindlab-cni) that routes pod
+  subnets between nodes.
+
+Each catalog entry names its recipe and inputs: a folder under images/, Go
+binaries (built with playbooks/toolchain.py's machinery), the image it is built
+FROM and the images preloaded into it. The sha256 of those inputs is the label
+`kindlab.dev/inputs` of the built image; an image is rebuilt only when that
+label differs from the inputs as they are now. Images a user names carry a
+short hash in their tag too, so a changed image rolls a Deployment; the images
+kubeadm names (kube-apiserver, etcd, ...) keep plain version tags.
+
+Adding an image: a catalog entry (and a folder under images/ for its files).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from . import toolchain
+from .core.commands import CommandError
+from .core.settings import Lab, SettingsError
+from .core.steps import Step, StepFailed, change, ok, skip
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES_DIR = ROOT / "images"
+REPOSITORY = "kindlab.local"  # never resolvable: these images exist only where they were built
+LABEL_INPUTS = "kindlab.dev/inputs"
+LABEL_IMAGE = "kindlab.dev/image"
+DEBIAN_SUITE = "bookworm"  # Python 3.11, the version the project pins
+BUILD_TIMEOUT_S = 1800
+KIND_MODULE = f"sigs.k8s.io/kind@{toolchain.KIND_VERSION}"
+# What a kind node needs from Debian (kind v0.29.0's base image, less its storage packages).
+NODE_PACKAGES = ("systemd", "conntrack", "iptables", "nftables", "iproute2", "ethtool", "util-linux",
+                 "mount", "kmod", "libseccomp2", "pigz", "fuse-overlayfs", "bash", "ca-certificates",
+                 "curl", "jq", "procps", "runc")
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image kindlab can build, and everything that goes into it."""
+
+    name: str
+    recipe: str  # debootstrap | files | dockerfile | node
+    version: str  # the version its tag names
+    summary: str
+    base: str | None = None  # catalog image it is built FROM
+    files: str | None = None  # folder under images/ (Dockerfile, files)
+    binaries: tuple[tuple[str, str], ...] = ()  # (toolchain name, path in the image)
+    preload: tuple[str, ...] = ()  # catalog images imported into its containerd (node)
+    entrypoint: tuple[str, ...] = ()
+    fixed_tag: bool = False  # kubeadm computes the name: the tag is the version alone
+    internal: bool = False  # a part of another image; built when that one needs it
+
+
+def _component(name: str, version: str, binary: str, path: str, entrypoint: tuple[str, ...] = ()) -> Image:
+    return Image(name, "files", version, f"{name} for the node image (the static binary alone)",
+                 binaries=((binary, path),), entrypoint=entrypoint, fixed_tag=True, internal=True)
+
+
+_CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CATALOG: dict[str, Image] = {
+    "debian": Image("debian", "debootstrap", DEBIAN_SUITE, f"Debian {DEBIAN_SUITE} (minbase, debootstrap)",
+                    internal=True),
+    "nginx": Image("nginx", "dockerfile", DEBIAN_SUITE, f"Debian {DEBIAN_SUITE}'s nginx, its welcome page on :80",
+                   base="debian", files="nginx"),
+    "registry": Image("registry", "files", toolchain.REGISTRY_VERSION,
+                      "distribution's registry on :5000 (the faas part's local registry)",
+                      files="registry", binaries=(("registry", "/usr/local/bin/registry"),),
+                      entrypoint=("/usr/local/bin/registry", "serve", "/etc/distribution/config.yml")),
+    **{name: _component(name, toolchain.KUBE_VERSION, name, f"/usr/local/bin/{name}") for name in _CONTROL_PLANE},
+    "etcd": _component("etcd", toolchain.ETCD_VERSION, "etcd", "/usr/local/bin/etcd"),
+    "coredns": _component("coredns", toolchain.COREDNS_VERSION, "coredns", "/coredns", ("/coredns",)),
+    "pause": _component("pause", toolchain.KINDLAB_COMPONENT_VERSION, "pause", "/pause", ("/pause",)),
+    "kube-proxy": Image("kube-proxy", "dockerfile", toolchain.KUBE_VERSION,
+                        "kube-proxy (nftables mode) with Debian's nft", base="debian", files="kube-proxy",
+                        binaries=(("kube-proxy", "kube-proxy"),), fixed_tag=True, internal=True),
+    "kindlab-cni": Image("kindlab-cni", "dockerfile", toolchain.KINDLAB_COMPONENT_VERSION,
+                         "kindlab's CNI daemon (pod subnets and routes between nodes)", base="debian",
+                         files="kindlab-cni", fixed_tag=True, internal=True),
+    "node": Image("node", "node", toolchain.KUBE_VERSION,
+                  f"kind node, Kubernetes {toolchain.KUBE_VERSION}, control-plane images preloaded",
+                  base="debian", files="node",
+                  binaries=(("kubeadm", "usr/bin/kubeadm"), ("kubelet", "usr/bin/kubelet"),
+                            ("kubectl", "usr/bin/kubectl"),
+                            ("containerd", "usr/local/bin/containerd"), ("ctr", "usr/local/bin/ctr"),
+                            ("containerd-shim-runc-v2", "usr/local/bin/containerd-shim-runc-v2"),
+                            ("crictl", "usr/local/bin/crictl"),
+                            ("host-local", "opt/cni/bin/host-local"), ("loopback", "opt/cni/bin/loopback"),
+                            ("ptp", "opt/cni/bin/ptp"), ("portmap", "opt/cni/bin/portmap")),
+                  preload=(*_CONTROL_PLANE, "etcd", "coredns", "pause", "kube-proxy", "kindlab-cni")),
+}
+
+# What each part of the lab runs, by catalog name; and why a part cannot run offline.
+# --- names and inputs ---------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def inputs_hash(name: str) -> str:
+    """sha256 over everything that decides what image `name` holds (never its build's output)."""
+    image = CATALOG[name]
+    digest = hashlib.sha256()
+    facts = {
+        "name": image.name, "recipe": image.recipe, "version": image.version, "entrypoint": image.entrypoint,
+        "base": inputs_hash(image.base) if image.base else None,
+        "binaries": [(b, path, _binary_fingerprint(b)) for b, path in image.binaries],
+        "preload": [(p, inputs_hash(p)) for p in image.preload],
+    }
+    if image.recipe == "debootstrap":
+        facts["debootstrap"] = [DEBIAN_SUITE, "minbase"]
+    if image.recipe == "node":
+        facts["node"] = [KIND_MODULE, NODE_PACKAGES, reference("pause"), reference("kindlab-cni")]
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    if image.files:
+        _hash_folder(digest, IMAGES_DIR / image.files)
+    return digest.hexdigest()
+
+
+def _hash_folder(digest, folder: Path) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + executable + path.read_bytes())
+
+
+def _binary_fingerprint(name: str) -> str:
+    """A Go binary's pinned version and how it is built (its wrapper module's files included)."""
+    spec = toolchain.spec(name)
+    digest = hashlib.sha256(json.dumps([spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper,
+                                        spec.go.ldflags(), spec.go.cgo]).encode())
+    if spec.go.wrapper:
+        _hash_folder(digest, toolchain.TOOLS_DIR / spec.go.wrapper)
+    return digest.hexdigest()
+
+
+def reference(name: str) -> str:
+    """The image's name and tag, e.g. kindlab.local/nginx:bookworm-0123456789ab."""
+    image = CATALOG[name]
+    tag = image.version if image.fixed_tag else f"{image.version}-{inputs_hash(name)[:12]}"
+    return f"{REPOSITORY}/{name}:{tag}"
+
+
+def is_kindlab_node(ref: str) -> bool:
+    return ref.startswith(f"{REPOSITORY}/node:")
+
+
+def kubeadm_patches() -> list[str]:
+    """kubeadm settings a cluster made from kindlab's node image needs (kind's kubeadmConfigPatches).
+
+    The node's images are named kindlab.local/<component>:<version>: kubeadm is
+    told so, rather than the images being labelled with upstream's names. etcd
+    is the testbed's 3.5.x patch release, not kubeadm's default tag; the
+    node's kube-proxy image carries nft, not iptables, so kind runs it in
+    nftables mode (networking.kubeProxyMode, set by the cluster play).
+    """
+    etcd_tag = reference("etcd").rsplit(":", 1)[1]
+    dns_tag = reference("coredns").rsplit(":", 1)[1]
+    return [f"kind: ClusterConfiguration\nimageRepository: {REPOSITORY}\n"
+            f"etcd:\n  local:\n    imageTag: {etcd_tag}\ndns:\n  imageTag: {dns_tag}\n"]
+
+
+def closure(names: list[str]) -> list[str]:
+    """The images and everything they are built from, dependencies first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        image = CATALOG[name]
+        for dep in ([image.base] if image.base else []) + list(image.preload):
+            visit(dep)
+        order.append(name)
+
+    for name in names:
+        visit(name)
+    return order
+
+
+def user_images() -> list[str]:
+    return [name for name, image in CATALOG.items() if not image.internal]
+
+
+def chosen(only: str) -> list[str]:
+    """The images --only names (comma-separated), or the ones users build; an unknown name is refused."""
+    names = [n.strip() for n in only.split(",") if n.strip()] or user_images()
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise SettingsError(f"unknown image(s) {', '.join(unknown)}; kindlab builds {', '.join(CATALOG)}")
+    return names
+
+
+# --- reading the engine -------------------------------------------------------------
+def present_inputs(sh, ref: str) -> str | None:
+    """The inputs label of a local image, "" when it has none, None when the image is absent."""
+    result = sh.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref], check=False)
+    if result.returncode != 0:
+        if "no such image" in (result.stderr + result.stdout).lower():
+            return None
+        raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
+    return (json.loads(result.stdout or "null") or {}).get(LABEL_INPUTS, "")
+
+
+def current(sh, name: str) -> bool:
+    return present_inputs(sh, reference(name)) == inputs_hash(name)
+
+
+# --- the build play -----------------------------------------------------------------
+class _Plan:
+    """Which images and binaries this run must build: decided once, from the labels."""
+
+    def __init__(self, targets: list[str]):
+        self.targets = targets
+        self.images = closure(targets)
+        self.consumers: dict[str, list[str]] = {name: [] for name in self.images}
+        for name in self.images:
+            image = CATALOG[name]
+            for dep in ([image.base] if image.base else []) + list(image.preload):
+                self.consumers[dep].append(name)
+        self._current: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    def is_current(self, sh, name: str) -> bool:
+        with self._lock:
+            if name not in self._current:
+                self._current[name] = current(sh, name)
+            return self._current[name]
+
+    def must_build(self, sh, name: str) -> bool:
+        return not self.is_current(sh, name) and self.required(sh, name)
+
+    def required(self, sh, name: str) -> bool:
+        return name in self.targets or any(self.must_build(sh, c) for c in self.consumers[name])
+
+    def binary_users(self, sh, binary: str) -> list[str]:
+        return [name for name in self.images
+                if binary in dict(CATALOG[name].binaries) and self.must_build(sh, name)]
+
+
+def _binary_dir(lab: Lab, name: str) -> Path:
+    return lab.tools_dir if name in toolchain.TOOLS else toolchain.component_dir(lab.tools_dir)
+
+
+def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after: str | None = None,
+                optional: bool = False) -> list[Step]:
+    """Steps that build `targets` (and what they need) where their inputs changed.
+
+    Go builds run one after another (each uses every core) while debootstrap and
+    the Docker builds that need only Debian run beside them. `after`: a step the
+    engine check waits for; `go_after`: one the first Go build waits for too.
+    optional (for `invoke setup`): without an engine, or without root for
+    debootstrap, the builds are skipped with the reason instead of failing.
+    """
+    plan = _Plan(targets)
+    engine = "images: Docker engine answers"
+
+    def check_engine(ctx):
+        from .engine import engine_info
+        info = engine_info(ctx.sh)
+        if not info:
+            reason = "no Docker engine answers: run `invoke docker.start` (or start Docker), then run this again"
+            if optional:
+                return skip(f"images not built: {reason}")
+            raise StepFailed(reason)
+        if optional and not _is_root() and not plan.is_current(ctx.sh, "debian") and \
+                any(plan.must_build(ctx.sh, name) for name in plan.images):
+            return skip("images not built: the Debian base is made with debootstrap, which needs root: "
+                        "run `sudo invoke images.build`")
+        return ok(f"Docker {info.get('ServerVersion')}")
+
+    steps = [Step(engine, check_engine, needs=(after,) if after else None)]
+    binaries = []
+    for name in plan.images:
+        for binary, _ in CATALOG[name].binaries:
+            if binary not in binaries:
+                binaries.append(binary)
+    previous_go = None
+    for binary in binaries:
+        first = (engine, go_after) if go_after else (engine,)
+        steps.append(_binary_step(lab, plan, binary, needs=(previous_go,) if previous_go else first))
+        previous_go = steps[-1].name
+    for name in plan.images:
+        image = CATALOG[name]
+        needs = [engine] + [_image_step_name(dep) for dep in ([image.base] if image.base else []) + list(image.preload)]
+        needs += [_binary_step_name(b) for b, _ in image.binaries]
+        steps.append(_image_step(lab, plan, name, tuple(needs)))
+    return steps
+
+
+def _binary_step_name(binary: str) -> str:
+    return f"binary {binary} {toolchain.spec(binary).version}"
+
+
+def _image_step_name(name: str) -> str:
+    return f"image {name}"
+
+
+def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> Step:
+    pinned = toolchain.spec(binary).version
+    where = _binary_dir(lab, binary)
+
+    def check(ctx):
+        users = plan.binary_users(ctx.sh, binary)
+        if not users:
+            return ok("not needed: the images that use it are up to date")
+        have = toolchain.installed_version(binary, where)
+        if have == pinned:
+            return ok(f"{binary} {pinned}")
+        return change(f"build {binary} {pinned} for image(s) {', '.join(users)}" + (f" (found {have})" if have else ""))
+
+    def build(ctx):
+        try:
+            toolchain.install(binary, where, source="go", log=ctx.say)
+        except toolchain.ToolInstallError as exc:
+            raise StepFailed(str(exc)) from None
+        return f"built {binary} {pinned}"
+
+    return Step(_binary_step_name(binary), check, build, needs=needs)
+
+
+def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...]) -> Step:
+    ref = reference(name)
+
+    def check(ctx):
+        if not plan.must_build(ctx.sh, name):
+            if plan.is_current(ctx.sh, name):
+                return ok(f"{ref} up to date")
+            return ok("not needed: the images built from it are up to date")
+        found = present_inputs(ctx.sh, ref)
+        return change(f"build {ref}" + (" (inputs changed)" if found is not None else ""))
+
+    def build(ctx):
+        workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_build_root(lab)))
+        try:
+            RECIPES[CATALOG[name].recipe](ctx, lab, name, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        _remove_older(ctx, name)
+        with plan._lock:
+            plan._current[name] = True
+        return f"built {ref}"
+
+    return Step(_image_step_name(name), check, build, needs=needs)
+
+
+def _build_root(lab: Lab) -> Path:
+    path = lab.home / "image-build"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _labels(name: str) -> list[str]:
+    return [f"{LABEL_INPUTS}={inputs_hash(name)}", f"{LABEL_IMAGE}={name}"]
+
+
+def _remove_older(ctx, name: str) -> None:
+    """Remove earlier builds of the same image (one a container still uses stays)."""
+    out = ctx.sh.run(["docker", "image", "ls", "--filter", f"label={LABEL_IMAGE}={name}",
+                      "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout
+    for old in {line.strip() for line in out.splitlines()} - {reference(name), "<none>:<none>", ""}:
+        ctx.sh.run(["docker", "image", "rm", old], check=False)
+    # a rebuild under a fixed tag leaves the earlier image untagged
+    ctx.sh.run(["docker", "image", "prune", "--force", "--filter", f"label={LABEL_IMAGE}={name}"], check=False)
+
+
+# --- recipes -------------------------------------------------------------------------
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _debootstrap(ctx, lab: Lab, name: str, workdir: Path) -> None:
+    """Debian's minimal system, made by debootstrap from the Debian mirror, imported as an image."""
+    if not _is_root():
+        raise StepFailed("building the Debian base image runs debootstrap, which needs root: "
+                         "run `sudo invoke images.build` (or `sudo invoke setup`)")
+    if ctx.sh.which("debootstrap") is None:
+        if ctx.sh.which("apt-get") is None:
+            raise StepFailed("debootstrap is not installed: install it with your package manager and run again")
+        ctx.say("apt-get install debootstrap")
+        ctx.sh.run(["apt-get", "install", "-y", "-q", "debootstrap"], env={"DEBIAN_FRONTEND": "noninteractive"},
+                   timeout=600)
+    rootfs = workdir / "rootfs"
+    ctx.say(f"debootstrap {DEBIAN_SUITE} from {lab.debian_mirror}")
+    ctx.sh.run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(rootfs), lab.debian_mirror],
+               timeout=BUILD_TIMEOUT_S)
+    for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+        for path in (rootfs / leftover).glob("*"):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+            elif path.is_dir() and path.name != "partial":
+                shutil.rmtree(path)
+    (rootfs / "etc/apt/sources.list").write_text(_sources_list(lab.debian_mirror))
+    (rootfs / "etc/apt/apt.conf.d/90kindlab").write_text(
+        'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n')
+    tarball = workdir / "rootfs.tar"
+    ctx.say("packing the root file system")
+    ctx.sh.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], timeout=600)
+    shutil.rmtree(rootfs, ignore_errors=True)
+    _import(ctx, name, tarball, ["CMD [\"/bin/bash\"]", "ENV DEBIAN_FRONTEND=noninteractive"])
+
+
+def _sources_list(mirror: str) -> str:
+    lines = [f"deb {mirror} {DEBIAN_SUITE} main", f"deb {mirror} {DEBIAN_SUITE}-updates main"]
+    if mirror.rstrip("/").endswith("/debian"):  # Debian's own layout: security updates beside it
+        lines.append(f"deb {mirror.rstrip('/')}-security {DEBIAN_SUITE}-security main")
+    return "\n".join(lines) + "\n"
+
+
+def _files(ctx, lab: Lab, name: str, workdir: Path) -> None:
+    """An image from nothing: its binaries and its folder's files, as one layer."""
+    image = CATALOG[name]
+    tarball = workdir / "layer.tar"
+    with tarfile.open(tarball, "w") as layer:
+        _add_dir(layer, "tmp", 0o1777)
+        for binary, path in image.binaries:
+            layer.add(str(_binary_path(lab, binary)), arcname=path.lstrip("/"), filter=_root_owned(0o755))
+        if image.files:
+            folder = IMAGES_DIR / image.files
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+                layer.add(str(path), arcname=path.relative_to(folder).as_posix(), filter=_root_owned(0o644))
+    changes = ["ENV PATH=/usr/local/bin:/usr/bin:/bin"]
+    if image.entrypoint:
+        changes.append(f"ENTRYPOINT {json.dumps(list(image.entrypoint))}")
+    _import(ctx, name, tarball, changes)
+
+
+def _add_dir(layer: tarfile.TarFile, path: str, mode: int) -> None:
+    info = tarfile.TarInfo(path)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    layer.addfile(info)
+
+
+def _root_owned(mode: int):
+    def fix(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode = mode
+        return info
+    return fix
+
+
+def _import(ctx, name: str, tarball: Path, changes: list[str]) -> None:
+    argv = ["docker", "image", "import"]
+    for item in changes + [f"LABEL {label}" for label in _labels(name)]:
+        argv += ["--change", item]
+    ctx.sh.run(argv + [str(tarball), reference(name)], timeout=BUILD_TIMEOUT_S)
+
+
+def _binary_path(lab: Lab, binary: str) -> Path:
+    path = toolchain.tool_path(binary, _binary_dir(lab, binary))
+    if not path.is_file():
+        raise StepFailed(f"{binary} is missing from {path.parent}: run `invoke images.build` again")
+    return path
+
+
+def _dockerfile(ctx, lab: Lab, name: str, workdir: Path, tag: str | None = None,
+                extra_args: dict[str, str] | None = None, extra_context: dict[str, Path] | None = None) -> None:
+    """`docker build` of the image's folder, its binaries under bin/ in the context."""
+    image = CATALOG[name]
+    context = workdir / "context"
+    shutil.copytree(IMAGES_DIR / image.files, context, symlinks=True)
+    for folder, source in (extra_context or {}).items():
+        shutil.copytree(source, context / folder, symlinks=True)
+        _fix_modes(context / folder)
+    for binary, path in image.binaries:
+        target = context / "bin" / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(_binary_path(lab, binary), target)
+        target.chmod(0o755)
+    args = {"BASE": reference(image.base)} if image.base else {}
+    args.update(extra_args or {})
+    argv = ["docker", "build", "--tag", tag or reference(name)]
+    for key, value in args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    if tag is None:
+        for label in _labels(name):
+            argv += ["--label", label]
+    ctx.say(f"docker build {name}")
+    ctx.sh.run(argv + [str(context)], timeout=BUILD_TIMEOUT_S, env={"DOCKER_BUILDKIT": "0"})
+
+
+def _fix_modes(folder: Path) -> None:
+    """Files from the Go module cache are read-only and lose their exec bits: scripts get 0755."""
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o755)
+        elif path.is_file():
+            script = path.parent.name == "bin" or path.read_bytes()[:2] == b"#!"
+            path.chmod(0o755 if script else 0o644)
+
+
+def _node(ctx, lab: Lab, name: str, workdir: Path) -> None:
+    """The node's file system (docker build), then its images preloaded into its containerd.
+
+    A build container runs the node's own containerd to import the images (as
+    kind's node-image builder does, which needs a registry and so cannot run
+    here) and is committed as the final image.
+    """
+    image = CATALOG[name]
+    stage = f"{REPOSITORY}/node-stage:{inputs_hash(name)[:12]}"
+    _dockerfile(ctx, lab, name, workdir, tag=stage,
+                extra_args={"PAUSE_IMAGE": reference("pause"), "CNI_IMAGE": reference("kindlab-cni"),
+                            "KUBE_VERSION": toolchain.KUBE_VERSION,
+                            "NODE_PACKAGES": " ".join(NODE_PACKAGES)},
+                extra_context={"kind-base": _kind_base_files(ctx)})
+    archive = workdir / "images.tar"
+    refs = [reference(p) for p in image.preload]
+    ctx.say(f"saving {len(refs)} images to preload")
+    ctx.sh.run(["docker", "image", "save", "--output", str(archive), *refs], timeout=BUILD_TIMEOUT_S)
+    builder = f"kindlab-node-build-{inputs_hash(name)[:12]}"
+    ctx.sh.run(["docker", "rm", "--force", builder], check=False)
+    ctx.sh.run(["docker", "run", "--detach", "--name", builder, "--network", "none",
+                "--entrypoint", "sleep", stage, "infinity"])
+    try:
+        ctx.sh.run(["docker", "cp", str(archive), f"{builder}:/kindlab-images.tar"], timeout=BUILD_TIMEOUT_S)
+        archive.unlink()
+        ctx.sh.run(["docker", "exec", "--detach", builder, "containerd"])
+        _wait_containerd(ctx, builder)
+        ctx.say("importing the control-plane images into the node's containerd")
+        ctx.sh.run(["docker", "exec", builder, "ctr", "--namespace", "k8s.io", "images", "import",
+                    "--no-unpack", "/kindlab-images.tar"], timeout=BUILD_TIMEOUT_S)
+        for ref in refs:  # kubelet's image garbage collection leaves pinned images alone
+            ctx.sh.run(["docker", "exec", builder, "ctr", "--namespace", "k8s.io", "images", "label", ref,
+                        "io.cri-containerd.pinned=pinned"])
+        ctx.sh.run(["docker", "exec", builder, "pkill", "--signal", "TERM", "--exact", "containerd"])
+        _wait_gone(ctx, builder, "containerd")
+        ctx.sh.run(["docker", "exec", builder, "rm", "-rf", "/kindlab-images.tar", "/run/containerd", "/tmp",
+                    "/var/log/journal"])
+        ctx.sh.run(["docker", "exec", builder, "mkdir", "-m", "1777", "/tmp"])
+        # The build container's `sleep infinity` must not become the node's command; its
+        # environment and stop signal (SIGRTMIN+3, what systemd stops on) come from the stage.
+        argv = ["docker", "container", "commit",
+                "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]', "--change", "CMD []"]
+        for label in _labels(name):
+            argv += ["--change", f"LABEL {label}"]
+        ctx.sh.run(argv + [builder, reference(name)], timeout=BUILD_TIMEOUT_S)
+    finally:
+        ctx.sh.run(["docker", "rm", "--force", builder], check=False)
+        ctx.sh.run(["docker", "image", "rm", stage], check=False)
+
+
+def _wait_containerd(ctx, container: str, attempts: int = 60) -> None:
+    for _ in range(attempts):
+        if ctx.sh.run(["docker", "exec", container, "ctr", "version"], check=False).returncode == 0:
+            return
+        if ctx.cancelled.wait(0.5):
+            raise StepFailed("interrupted (Ctrl-C) while waiting for the build container's containerd")
+    raise StepFailed(f"containerd in build container {container} did not answer within {attempts // 2}s")
+
+
+def _wait_gone(ctx, container: str, process: str, attempts: int = 60) -> None:
+    for _ in range(attempts):
+        if ctx.sh.run(["docker", "exec", container, "pgrep", "--exact", process], check=False).returncode != 0:
+            return
+        ctx.cancelled.wait(0.5)
+    raise StepFailed(f"{process} in build container {container} did not stop")
+
+
+def _kind_base_files(ctx) -> Path:
+    """kind's node base files (entrypoint, systemd units, scripts) from the kind Go module."""
+    go = ctx.sh.which("go")
+    if go is None:
+        raise StepFailed("the node image takes kind's base files from its Go module, and `go` is not on PATH: "
+                         f"install Go {toolchain.GO_MIN_VERSION} or newer")
+    out = ctx.sh.run([go, "mod", "download", "-json", KIND_MODULE], timeout=600,
+                     env={"GOFLAGS": "-mod=mod"}).stdout
+    folder = Path(json.loads(out)["Dir"]) / "images" / "base" / "files"
+    if not (folder / "usr/local/bin/entrypoint").is_file():
+        raise StepFailed(f"{KIND_MODULE} has no images/base/files/usr/local/bin/entrypoint; "
+                         "kindlab's node recipe needs updating for this kind version")
+    return folder
+
+
+RECIPES = {"debootstrap": _debootstrap, "files": _files, "dockerfile": _dockerfile, "node": _node}
+
+
+# --- listing ---------------------------------------------------------------------------
+def rows(sh, everything: bool = False) -> list[tuple[str, str, str, str]]:
+    """(image, reference, state, what it is) for `images.list`."""
+    found = []
+    for name, image in CATALOG.items():
+        if image.internal and not everything:
+            continue
+        ref = reference(name)
+        have = present_inputs(sh, ref)
+        state = "built" if have == inputs_hash(name) else "missing" if have is None else "outdated"
+        found.append((name, ref, state, image.summary))
+    return found
+
+
+def table(sh, everything: bool = False) -> Table:
+    out = Table("image", "reference", "state", "what", title="kindlab images", title_justify="left")
+    styles = {"built": "green", "missing": "red", "outdated": "yellow"}
+    for name, ref, state, summary in rows(sh, everything):
+        out.add_row(name, ref, f"[{styles[state]}]{state}[/{styles[state]}]", summary)
+    return out
+
+
+__all__ = ["CATALOG", "Image", "build_steps", "reference", "inputs_hash", "current",
+           "kubeadm_patches", "is_kindlab_node", "user_images", "table"]

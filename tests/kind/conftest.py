@@ -1,0 +1,65 @@
+"""tests/kind: a real kind cluster made from kindlab's own images, as an offline user makes it.
+
+These run wherever a Docker engine answers and `invoke images.build` has made
+the node and nginx images. In CI (`CI` set, or KINDLAB_REQUIRE_REAL=1) a missing
+engine or image fails the run; elsewhere the tests skip, naming the command
+that fixes it. One cluster serves a whole module; host ports 30080, 8080 and
+31112 must be free (one kind cluster holds them at a time).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from playbooks import engine, images, toolchain
+from playbooks.core.commands import LocalShell
+from playbooks.core.settings import Lab
+
+REAL_CLUSTER = "kindlab-real"
+NEEDED_IMAGES = ("node", "nginx")
+
+
+def real_required() -> bool:
+    flag = os.environ.get("KINDLAB_REQUIRE_REAL")
+    if flag is not None:
+        return flag not in ("", "0", "false")
+    return bool(os.environ.get("CI"))
+
+
+def missing_prerequisites(sh) -> str | None:
+    bin_dir = toolchain.default_bin_dir()
+    tools = [name for name in ("kind", "kubectl") if not toolchain.is_current(name, bin_dir)]
+    if tools:
+        return f"{', '.join(tools)} missing in {bin_dir}: run `invoke tools.install --testbed` (or `invoke setup`)"
+    if engine.engine_info(sh) is None:
+        return "no Docker engine answers: run `invoke docker.start` as root (or `invoke setup`)"
+    problem = engine.privileged_problem(sh)
+    if problem:
+        return f"{problem[1]}: {engine.CAPS_FIX}"
+    stale = [name for name in NEEDED_IMAGES if not images.current(sh, name)]
+    if stale:
+        return f"image(s) {', '.join(stale)} not built: run `invoke images.build` (or `invoke setup`)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_lab(tmp_path_factory) -> Lab:
+    """A kind Lab in offline mode, its state and kubeconfig in a temporary home."""
+    sh = LocalShell(toolchain.default_bin_dir())
+    problem = missing_prerequisites(sh)
+    if problem:
+        message = f"real kind cluster tests: {problem}"
+        if real_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    home = tmp_path_factory.mktemp("kindlab-real")
+    return Lab(provider="kind", cluster=REAL_CLUSTER, home=home, kubeconfig=home / "kubeconfig",
+               bin_dir=toolchain.default_bin_dir(), offline=True, timeout=300,
+               retry_attempts=3, retry_initial=0.5)
+
+
+def kind_containers(sh, cluster: str) -> list[str]:
+    out = sh.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={cluster}",
+                  "--format", "{{.Names}}"]).stdout
+    return out.split()

@@ -193,8 +193,18 @@ def supervise(argv: list[str], restart_max: float = RESTART_MAX_S, needs_crds: S
         killer.daemon = True
         killer.start()
 
+    def outlive_no_cluster():
+        # Once its cluster's kubeconfig is gone (kwokctl deleted the cluster, perhaps from a run with
+        # another kindlab home that could not find this pid file), stop as on SIGTERM.
+        kubeconfig = os.environ.get("KUBECONFIG", "")
+        while kubeconfig and Path(kubeconfig).exists():
+            time.sleep(2)
+        if kubeconfig:
+            os.kill(os.getpid(), signal.SIGTERM)
+
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGINT, end)
+    threading.Thread(target=outlive_no_cluster, daemon=True).start()
     pause = 0.5
     while True:
         if needs_crds and not crds_established(kubectl, needs_crds):

@@ -208,8 +208,8 @@ def all_(c, only="", skip="", provider=None, name=None, context=None, check=Fals
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                   timeout=timeout, offline=offline)
     parts = parts_play.choose(only, skip)
-    play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
-    console.print(lab_play.addresses_table(lab, parts))
+    outcomes = play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
+    console.print(lab_play.addresses_table(lab, lab_play.parts_that_ran(parts, outcomes)))
 
 
 @task(help=h("provider name context verbose"))

@@ -565,9 +565,11 @@ def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
     def check(ctx):
         from .core.kube import node_ready  # the kubernetes client is slow to import: only when used
 
+        # Just started (a stopped node, a restarted control plane), the API server answers 403
+        # to everyone until its authorizer is warm: the wait below waits that out.
         not_ready = ctx.kube.api_not_ready()
-        if not_ready:  # a node or API server just (re)started: the wait waits it out
-            return unknown(f"a ready API server ({not_ready})")
+        if not_ready:
+            return unknown(f"the API server ready ({not_ready})")
         nodes = ctx.kube.core.list_node().items
         ready = [n for n in nodes if node_ready(n)]
         if len(ready) >= want and len(ready) == len(nodes):

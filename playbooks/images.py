@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import threading
@@ -385,6 +386,9 @@ def _is_root() -> bool:
 
 def _debootstrap(ctx, lab: Lab, name: str, workdir: Path) -> None:
     """Debian's minimal system, made by debootstrap from the Debian mirror, imported as an image."""
+    if not sys.platform.startswith("linux"):
+        raise StepFailed("the Debian base image is made with debootstrap, which runs on Linux only: build the "
+                         "images on a Linux machine, then move them here with `docker save` and `docker load`")
     if not _is_root():
         raise StepFailed("building the Debian base image runs debootstrap, which needs root: "
                          "run `sudo invoke images.build` (or `sudo invoke setup`)")
@@ -484,7 +488,7 @@ def _dockerfile(ctx, lab: Lab, name: str, workdir: Path, tag: str | None = None,
         target.chmod(0o755)
     args = {"BASE": reference(image.base)} if image.base else {}
     args.update(extra_args or {})
-    argv = ["docker", "build", "--tag", tag or reference(name)]
+    argv = ["docker", "build", "--force-rm", "--tag", tag or reference(name)]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
     if tag is None:

@@ -63,6 +63,16 @@ def offline_blocker(sh, part: Part) -> str | None:
     return None
 
 
+def gate_name(part: Part) -> str:
+    return f"{part.name} images (offline)"
+
+
+def parts_that_ran(parts: Sequence[Part], outcomes) -> list[Part]:
+    """The parts an offline gate did not skip (only their addresses mean something)."""
+    skipped = {o.step for o in outcomes if o.status == "skipped"}
+    return [part for part in parts if gate_name(part) not in skipped]
+
+
 def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
     """Offline, a part runs only where its images are built: a gate step decides, and
     skips itself and every step of the part with the reason."""
@@ -82,7 +92,7 @@ def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
             return step.check(ctx)
         return replace(step, check=check)
 
-    return [Step(f"{part.name} images (offline)", check_gate), *[gated(s) for s in steps]]
+    return [Step(gate_name(part), check_gate), *[gated(s) for s in steps]]
 
 
 def all_steps(lab: Lab, parts: Sequence[Part]) -> list[Step]:

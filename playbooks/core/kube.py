@@ -446,26 +446,8 @@ class Kube:
 
         return self.wait_for(what, evaluate, [], timeout=timeout, say=say, recheck=1.0)
 
-    def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
-                       poll: float = 0.5) -> str:
-        """Until the API server's /readyz answers 200 (see api_not_ready). No watch exists for
-        readiness, so this one wait polls."""
-        start = time.monotonic()
-        while True:
-            if self.cancel.is_set():
-                raise StepFailed("API server readiness: interrupted (Ctrl-C) while waiting")
-            with self.deadline(start + timeout):
-                last = self.api_not_ready()
-            if not last:
-                return "API server ready"
-            elapsed = time.monotonic() - start
-            if elapsed >= timeout:
-                raise WaitTimeout(f"API server of {self.context}: not ready after {timeout:.0f}s: {last}")
-            say(f"API server not ready: {last} ({elapsed:.0f}s)")
-            self.cancel.wait(poll)
-
-    def api_not_ready(self) -> str:
-        """Why the API server is not ready, or "" when /readyz answers 200: every check passed.
+    def api_not_ready(self) -> str | None:
+        """Why the API server is not ready yet (one look at /readyz), or None when it is.
 
         An API server that has just (re)started answers before it is ready: with
         connection errors, with 500 while post-start hooks run, and with 403
@@ -475,15 +457,35 @@ class Kube:
         try:
             self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], response_type="str",
                               _return_http_data_only=True, _request_timeout=5)
-            return ""
+            return None
         except ApiException as exc:
             failing = [line[3:].split(" ")[0] for line in str(exc.body or "").splitlines()
                        if line.startswith("[-]")]
-            last = f"/readyz answers {exc.status} {exc.reason}" + \
+            reason = f"/readyz answers {exc.status} {exc.reason}" + \
                 (f" (not ready: {', '.join(failing[:3])})" if failing else "")
-            return last + (" while its authorizer warms up" if exc.status == 403 else "")
+            return reason + (" while its authorizer warms up" if exc.status == 403 else "")
         except Exception as exc:  # noqa: BLE001 - connection refused/reset while it starts
             return f"/readyz: {_stall_reason(exc)}"
+
+    def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
+                       poll: float = 0.5) -> str:
+        """Until the API server's /readyz answers 200: every check passed, its authorizer included.
+
+        No watch exists for readiness, so this one wait polls.
+        """
+        start = time.monotonic()
+        while True:
+            if self.cancel.is_set():
+                raise StepFailed("API server readiness: interrupted (Ctrl-C) while waiting")
+            with self.deadline(start + timeout):
+                reason = self.api_not_ready()
+            if reason is None:
+                return "API server ready"
+            elapsed = time.monotonic() - start
+            if elapsed >= timeout:
+                raise WaitTimeout(f"API server of {self.context}: not ready after {timeout:.0f}s: {reason}")
+            say(f"API server not ready: {reason} ({elapsed:.0f}s)")
+            self.cancel.wait(poll)
 
     def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
         def evaluate() -> Verdict:

@@ -63,3 +63,18 @@ def kind_containers(sh, cluster: str) -> list[str]:
     out = sh.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={cluster}",
                   "--format", "{{.Names}}"]).stdout
     return out.split()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line in the log saying whether the real-cluster tests ran, so CI's log shows it."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "nodeid", "").replace("\\", "/").startswith("tests/kind/") and \
+                    getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+        terminalreporter.write_line(f"real kind cluster tests (tests/kind): {summary}")

@@ -109,3 +109,10 @@ def test_offline_nginx_not_built_is_skipped_with_the_build_command():
 def test_online_all_has_no_offline_gates():
     names = [s.name for s in lab_play.all_steps(Lab(), parts.choose())]
     assert not [n for n in names if "(offline)" in n]
+
+
+def test_the_addresses_list_only_the_parts_that_ran():
+    from playbooks.core.runner import Outcome
+    outcomes = [Outcome("nginx images (offline)", "ok", 0.0), Outcome("faas images (offline)", "skipped", 0.0)]
+    chosen = [parts.REGISTRY[name] for name in ("nginx", "faas", "ray")]
+    assert [p.name for p in lab_play.parts_that_ran(chosen, outcomes)] == ["nginx", "ray"]

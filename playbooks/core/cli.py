@@ -15,7 +15,7 @@ from .commands import make_shell
 from .filelock import LockBusy, locked
 from .runner import PlayFailed, Reporter, StepContext, run_play
 from .settings import Lab, SettingsError, lab_from_config
-from .steps import Step, StepFailed
+from .steps import Step, StepFailed, Unreachable
 
 # Help for the flags every play task takes (Invoke shows it under `invoke --help TASK`).
 COMMON_HELP = {
@@ -47,7 +47,7 @@ def user_errors(body: Callable) -> Callable:
             return body(*args, **kwargs)
         except SettingsError as exc:
             raise Exit(f"error: {exc}", code=2) from None
-        except StepFailed as exc:
+        except (StepFailed, Unreachable) as exc:
             raise Exit(f"error: {exc}", code=1) from None
     return run
 

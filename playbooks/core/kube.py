@@ -27,7 +27,7 @@ from kubernetes import client, config, watch
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
-from .steps import MissingPrerequisite, StepFailed, WaitTimeout, is_transient
+from .steps import MissingPrerequisite, StepFailed, Unreachable, WaitTimeout, is_transient
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -149,7 +149,7 @@ def next_step(state: PodState, context: str, namespace: str) -> str:
     return hint.format(context=context, namespace=namespace, pod=state.name)
 
 
-class ApiServerUnreachable(ConnectionError):
+class ApiServerUnreachable(Unreachable):
     """The API server did not answer. A ConnectionError, so the runner retries it; `why` is short."""
 
     def __init__(self, why: str, message: str):

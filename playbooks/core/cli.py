@@ -58,7 +58,8 @@ def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
     shell = make_shell(lab.tools_dir, verbose=lab.verbose)
     # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
     fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
-    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix), reporter)
+    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix,
+                                                fixed_nodes=lab.can.fixed_nodes), reporter)
 
 
 def lock_path(lab: Lab) -> Path:

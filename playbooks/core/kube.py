@@ -18,7 +18,7 @@ import json
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -39,7 +39,8 @@ PULL_FATAL = ("not found", "manifest unknown", "repository does not exist", "una
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 CRASH_LOOP_LIMIT = 3
 OPERATOR_GRACE_S = 30.0  # an operator writes a resource's status within seconds
-PULL_GRACE_S = 90.0
+PULL_GRACE_S = 90.0           # a pull error that lasts this long (a progressing pull does not count)
+UNSCHEDULABLE_GRACE_S = 30.0  # Insufficient cpu/memory this long, on nodes that do not grow: it will not fit
 REQUEST_TIMEOUT_S = 30.0      # any API call
 WAIT_REQUEST_TIMEOUT_S = 5.0  # an API call inside a wait: it comes back to report a stall and keep its deadline
 MIN_REQUEST_TIMEOUT_S = 1.0   # even the last look before a deadline gets this long
@@ -67,6 +68,7 @@ class PodState:
     reason: str
     message: str = ""
     terminal: bool = False
+    init_container: str = ""  # the init container a PodInitializing pod is running
 
     def describe(self) -> str:
         return f"{self.name}: {self.reason}" + (f" ({self.message})" if self.message else "")
@@ -79,8 +81,15 @@ class Verdict:
     failure: str | None = None  # set when waiting longer cannot help
 
 
-def pod_state(pod, now: float | None = None) -> PodState:
-    """Why a pod is (not) Ready, in kubelet's words, and whether waiting can help."""
+def pod_state(pod, now: float | None = None, pull_error_since: float | None = None,
+              fixed_nodes: bool = False) -> PodState:
+    """Why a pod is (not) Ready, in kubelet's words, and whether waiting can help.
+
+    A pull error is final after PULL_GRACE_S from `pull_error_since` (when it was
+    first seen; else the pod's age). With `fixed_nodes` (a cluster without an
+    autoscaler) a pod Unschedulable for want of CPU or memory is final after
+    UNSCHEDULABLE_GRACE_S: no node will come.
+    """
     name = pod.metadata.name
     status = pod.status
     conditions = {c.type: c for c in (status.conditions or [])}
@@ -93,7 +102,17 @@ def pod_state(pod, now: float | None = None) -> PodState:
         return PodState(name, True, "Ready")
     scheduled = conditions.get("PodScheduled")
     if scheduled is not None and scheduled.status == "False":
-        return PodState(name, False, scheduled.reason or "Pending", (scheduled.message or "").strip())
+        message = (scheduled.message or "").strip()
+        since = scheduled.last_transition_time.timestamp() if scheduled.last_transition_time else None
+        stuck = (since is not None and (now or time.time()) - since > UNSCHEDULABLE_GRACE_S) or \
+            _age(pod, now) > UNSCHEDULABLE_GRACE_S
+        terminal = fixed_nodes and scheduled.reason == "Unschedulable" and "Insufficient" in message and stuck
+        return PodState(name, False, scheduled.reason or "Pending", message, terminal)
+    running_init = next((cs.name for cs in status.init_container_statuses or []
+                         if cs.state and cs.state.running and not cs.ready), "")
+    if running_init:
+        return PodState(name, False, "PodInitializing", f"init container {running_init} running",
+                        init_container=running_init)
     statuses = list(status.init_container_statuses or []) + list(status.container_statuses or [])
     for cs in statuses:
         state = cs.state
@@ -101,7 +120,8 @@ def pod_state(pod, now: float | None = None) -> PodState:
             reason, message = state.waiting.reason, (state.waiting.message or "").strip()
             terminal = reason in TERMINAL_WAITING
             if reason in PULL_ERRORS:
-                terminal = any(m in message.lower() for m in PULL_FATAL) or _age(pod, now) > PULL_GRACE_S
+                erring = (now or time.time()) - pull_error_since if pull_error_since else _age(pod, now)
+                terminal = any(m in message.lower() for m in PULL_FATAL) or erring > PULL_GRACE_S
             if reason == "CrashLoopBackOff":
                 terminal = (cs.restart_count or 0) >= CRASH_LOOP_LIMIT
                 message = message or f"restarted {cs.restart_count} times"
@@ -124,10 +144,20 @@ def _age(pod, now: float | None) -> float:
     return (now or time.time()) - created.timestamp()
 
 
+def in_pull_error(pod) -> bool:
+    return any(cs.state and cs.state.waiting and cs.state.waiting.reason in PULL_ERRORS
+               for cs in list(pod.status.init_container_statuses or []) + list(pod.status.container_statuses or []))
+
+
 def explain(pods: Iterable, want: int, what: str, context: str, namespace: str,
             now: float | None = None) -> tuple[int, str, str | None]:
     """(ready count, progress sentence, failure sentence or None) for a set of pods."""
-    states = [pod_state(p, now) for p in pods]
+    return summarize([pod_state(p, now) for p in pods], want, what, context, namespace)
+
+
+def summarize(states: list[PodState], want: int, what: str, context: str,
+              namespace: str) -> tuple[int, str, str | None]:
+    """(ready count, progress sentence, failure sentence or None) from the pods' states."""
     live = [s for s in states if s.reason != "Terminating"]
     ready = sum(1 for s in live if s.ready)
     waiting = [s for s in live if not s.ready]
@@ -200,9 +230,11 @@ class Kube:
     `fix` is the next step when the cluster's API server does not answer.
     """
 
-    def __init__(self, kubeconfig: Path, context: str, fix: str = ""):
+    def __init__(self, kubeconfig: Path, context: str, fix: str = "", fixed_nodes: bool = False):
         self.kubeconfig = Path(kubeconfig)
         self.context = context
+        self.fixed_nodes = fixed_nodes  # no autoscaler: a pod that does not fit now never will
+        self._pull_errors: dict[str, float] = {}  # pod uid -> when its pull error was first seen
         self.fix = fix or f"check the cluster: `kubectl --context {context} get --raw /readyz`"
         configuration = client.Configuration()
         try:
@@ -340,6 +372,65 @@ class Kube:
             except Exception:  # the evaluate() call reports real API problems
                 stop.wait(0.5)
 
+    # --- explaining pods -----------------------------------------------------
+    def explain(self, pods: list, want: int, what: str, namespace: str) -> tuple[int, str, str | None]:
+        """`explain`, with what only the cluster can add: how long an image pull has run (and a
+        pull error's grace counted from when it was first seen), the running init container's
+        last log line, and for a pod that cannot fit, what it asks beside what the nodes have free."""
+        now = time.time()
+        states = []
+        for pod in pods:
+            since = None
+            if in_pull_error(pod):
+                since = self._pull_errors.setdefault(pod.metadata.uid, now)
+            else:
+                self._pull_errors.pop(pod.metadata.uid, None)
+            states.append(pod_state(pod, now, pull_error_since=since, fixed_nodes=self.fixed_nodes))
+        by_name = {p.metadata.name: p for p in pods}
+        pulls = self._pulls(namespace, now) if any(s.reason == "ContainerCreating" for s in states) else {}
+        detailed = []
+        for state in states:
+            extra = ""
+            if state.reason == "ContainerCreating" and state.name in pulls:
+                extra = pulls[state.name]
+            elif state.init_container and len(detailed) < 3:
+                extra = f"its last log line: {self._last_log_line(namespace, state.name, state.init_container)}"
+            elif state.terminal and state.reason == "Unschedulable":
+                extra = self._room_for(by_name[state.name])
+            detailed.append(replace(state, message="; ".join(filter(None, [state.message, extra]))))
+        return summarize(detailed, want, what, self.context, namespace)
+
+    def _pulls(self, namespace: str, now: float) -> dict[str, str]:
+        """Pod -> "pulling IMAGE for N s", for pods whose latest pull event is a start, not an end."""
+        latest: dict[str, tuple[float, str, str]] = {}
+        for reason in ("Pulling", "Pulled"):
+            for event in self.core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.kind=Pod,reason={reason}").items:
+                when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+                at = when.timestamp() if when else 0.0
+                pod = event.involved_object.name
+                if pod not in latest or at >= latest[pod][0]:
+                    latest[pod] = (at, reason, event.message or "")
+        return {pod: f"pulling {message.split('image', 1)[-1].strip()} for {now - at:.0f}s"
+                for pod, (at, reason, message) in latest.items() if reason == "Pulling"}
+
+    def _last_log_line(self, namespace: str, pod: str, container: str) -> str:
+        try:
+            text = self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=1)
+        except ApiException:
+            return "none yet"
+        return (text or "").strip().splitlines()[-1][:200] if (text or "").strip() else "none yet"
+
+    def _room_for(self, pod) -> str:
+        """What an Unschedulable pod asks, beside what the roomiest node has free."""
+        from .quantities import node_free, requests
+
+        cpu, mem = requests(pod)
+        free = node_free(self)
+        best = max(((c, m) for _, c, m, _ in free), default=(0, 0))
+        return (f"it requests {cpu}m CPU / {mem}Mi; the roomiest of {len(free)} node(s) has {best[0]}m CPU / "
+                f"{best[1]}Mi free, and no node is added on demand here")
+
     # --- workloads --------------------------------------------------------
     def wait_deployment(self, namespace: str, name: str, *, timeout: float,
                         say: Callable[[str], None] = lambda m: None) -> str:
@@ -356,7 +447,7 @@ class Kube:
             want = dep.spec.replicas if dep.spec.replicas is not None else 1
             st = dep.status
             pods = self.core.list_namespaced_pod(namespace, label_selector=_selector(dep)).items
-            ready, progress, failure = explain(pods, want, name, self.context, namespace)
+            ready, progress, failure = self.explain(pods, want, name, namespace)
             rolled = ((st.observed_generation or 0) >= (dep.metadata.generation or 0)
                       and (st.updated_replicas or 0) == want and (st.ready_replicas or 0) == want
                       and (st.available_replicas or 0) == want and (st.replicas or 0) == want)
@@ -403,7 +494,7 @@ class Kube:
                     pending.append(f"daemonset {ds.metadata.name} {ds.status.number_ready or 0}/{want}")
             pods = [p for p in self.core.list_namespaced_pod(namespace).items
                     if p.status.phase != "Succeeded"]
-            ready, progress, failure = explain(pods, len(pods), what, self.context, namespace)
+            ready, progress, failure = self.explain(pods, len(pods), what, namespace)
             if not pending and ready == len(pods) and len(pods) >= min_pods:
                 return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
             if len(pods) < min_pods:

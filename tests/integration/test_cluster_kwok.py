@@ -76,6 +76,17 @@ def test_unschedulable_pod_is_explained_with_the_scheduler_message(play, testbed
     assert "recent warnings:" in out and "FailedScheduling" in out  # the scheduler's own event
 
 
+def test_a_pod_too_big_for_any_node_fails_after_the_short_grace_with_the_figures(play, testbed):
+    doc = deployment("far-too-big", cpu="64")
+    with pytest.raises(PlayFailed):
+        play([deploy_step(testbed, doc, timeout=120)])
+    said = " ".join(play.output.split())
+    assert "not ready after" not in said  # the nodes cannot grow here: it failed on the reason, well before 120 s
+    assert "far-too-big" in said and "Insufficient cpu" in said
+    assert "it requests 64000m CPU / 0Mi; the roomiest of 2 node(s) has" in said
+    assert "lower its requests, free resources or add nodes" in said
+
+
 def test_image_pull_backoff_fails_fast_naming_pod_and_reason(play, testbed):
     doc = deployment("bad-image", image="missing.kindlab.invalid/app:0.0")
     with pytest.raises(PlayFailed):

@@ -1,6 +1,7 @@
 """The nginx play: a Deployment and a NodePort Service, scaled, verified at localhost."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from . import images, probes
@@ -15,6 +16,7 @@ from .core.steps import Step, StepFailed, action, change, ok
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
 POD_CPU_M = 50  # what each nginx pod requests (manifests/nginx-deploy.yaml)
+ENDPOINTS_SETTLE_S = 5.0  # how long the endpoints may lag the Ready pods before a count is wrong
 
 
 def image(lab: Lab) -> str:
@@ -67,7 +69,10 @@ def verify_steps(lab: Lab) -> list[Step]:
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         want = dep.spec.replicas or 0
         if not lab.can.runs_containers:
-            ready = ctx.kube.ready_endpoints(NAMESPACE, "nginx")
+            # the EndpointSlice follows the pods' readiness a moment later: give it that moment
+            deadline = time.monotonic() + ENDPOINTS_SETTLE_S
+            while (ready := ctx.kube.ready_endpoints(NAMESPACE, "nginx")) != want and time.monotonic() < deadline:
+                ctx.cancelled.wait(0.25)
             if ready != want:
                 raise StepFailed(f"service nginx has {ready} ready endpoint(s), want {want}: "
                                  "check `invoke nginx.deploy` and `invoke nginx.scale`")

@@ -32,16 +32,10 @@ STALL_S = 40  # how long a pause would last if nothing ended it sooner; the wait
 
 @pytest.fixture(scope="module")
 def faulty(testbed):
-    from tests.conftest import PlayRun
+    from tests.conftest import kwok_cluster
     lab = replace(testbed, cluster=f"{testbed.cluster}-faults", kwok=replace(testbed.kwok, nodes=1), timeout=90)
-    run = PlayRun(lab)
-    try:
-        run(cluster.delete_steps(lab))
-        run(cluster.create_steps(lab))
-    except PlayFailed:
-        pytest.fail(f"the fault suite's kwok cluster did not start:\n{run.output}")
-    yield lab
-    run(cluster.delete_steps(lab))
+    with kwok_cluster(lab, "the fault suite's kwok cluster"):
+        yield lab
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Three providers behind the same steps: `kind` (real nodes in Docker), `kwok`
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -148,8 +149,18 @@ def own_kubeconfig(lab: Lab) -> Path:
     return path
 
 
+def config_file(lab: Lab) -> Path:
+    """The kind or kwokctl configuration kindlab renders for the cluster."""
+    return lab.home / lab.provider / f"{lab.cluster}.yaml"
+
+
+def cluster_files(lab: Lab) -> list[Path]:
+    """Every file kindlab writes for one cluster (the operators' pid and log files live in the last)."""
+    return [lab.home / "kubeconfigs" / f"{lab.context}.yaml", config_file(lab), lab.home / "kwok" / lab.cluster]
+
+
 def kind_create_steps(lab: Lab) -> list[Step]:
-    config_path = lab.home / "kind" / f"{lab.cluster}.yaml"
+    config_path = config_file(lab)
 
     def create(ctx):
         image = node_image(lab)
@@ -375,8 +386,105 @@ def kwok_operators_step(lab: Lab) -> Step:
     return Step(f"operators of {lab.cluster} running", check, apply)
 
 
+def kwok_components(ctx, lab: Lab) -> dict[str, int | None]:
+    """Each process kwokctl runs for the cluster (etcd, kube-apiserver, kube-controller-manager,
+    kube-scheduler, kwok-controller) -> its pid while it runs, else None."""
+    names = ctx.sh.run(["kwokctl", "get", "components", "--name", lab.cluster]).stdout.split()
+    return {name: _component_pid(lab, name) for name in names}
+
+
+def _component_pid(lab: Lab, name: str) -> int | None:
+    try:
+        pid = int((kwok_dir(lab) / "pids" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not daemons_.alive(pid):  # an exited process not yet reaped counts as dead here, not for kwokctl
+        return None
+    try:  # Linux: the pid may have been handed to another program since
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        program = ""
+    return None if program and Path(program).name != name else pid
+
+
+def _component_log(lab: Lab, name: str) -> str:
+    """The last line of a component's log, which says why it exited."""
+    try:
+        lines = [line for line in (kwok_dir(lab) / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+                 if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:200] if lines else "an empty log"
+
+
+def kwok_control_plane_step(lab: Lab) -> Step:
+    """Every control-plane process running, restarted when one died; then the API server ready and
+    the controller-manager and scheduler leading again (a restarted one waits for its old lease to expire)."""
+    restarted: dict[str, float] = {}  # apply -> wait: when the control plane was started again
+
+    def dead(ctx) -> list[str]:
+        return [name for name, pid in kwok_components(ctx, lab).items() if pid is None]
+
+    def check(ctx):
+        _require_cluster(ctx, lab)
+        stopped = dead(ctx)
+        if stopped:
+            return change(f"restart {', '.join(stopped)} of kwok cluster {lab.cluster} (not running)")
+        try:
+            ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
+                        "get", "--raw", "/readyz"], timeout=10)
+        except CommandError:
+            return change(f"restart kwok cluster {lab.cluster} (its API server is not ready)")
+        return ok("control plane running")
+
+    def start(ctx):
+        stopped = dead(ctx)
+        for name in stopped:  # kwokctl skips a component whose pid file names a live (or unreaped) pid
+            (kwok_dir(lab) / "pids" / f"{name}.pid").unlink(missing_ok=True)
+        restarted["at"] = time.time()
+        # kwokctl would wait two minutes for an API server that exits at once; the wait below says why
+        ctx.sh.run(["kwokctl", "start", "cluster", "--name", lab.cluster, "--timeout", "20s"], timeout=lab.timeout)
+        ctx.reset_kube()
+        return f"restarted {', '.join(stopped) or 'the control plane'} of kwok cluster {lab.cluster}"
+
+    def wait(ctx):
+        from .core.kube import LEADERS, Kube, Verdict  # the kubernetes client is slow to import; only plays need it
+
+        since = restarted.get("at")
+        # kwokctl's own kubeconfig: the user's may not have the context yet
+        kube = Kube(kwok_dir(lab) / "kubeconfig.yaml", lab.context, fix="`invoke cluster.create` restarts it")
+
+        def evaluate() -> Verdict:
+            stopped = dead(ctx)
+            if stopped:  # it exited at once: a port another program took, a bad flag; its log says
+                return Verdict(False, f"{', '.join(stopped)} exited", failure=(
+                    "; ".join(f"{name} of kwok cluster {lab.cluster} exited after starting; its log ends: "
+                              f"{_component_log(lab, name)}" for name in stopped)
+                    + "; fix what the log says (a port in use: stop what listens there, or "
+                      "`invoke cluster.delete` and `invoke cluster.create` for new ports), then run "
+                      "`invoke cluster.create` again"))
+            not_ready = kube.api_not_ready()
+            if not_ready:
+                return Verdict(False, f"API server not ready: {not_ready}")
+            if since is None:
+                behind = list(kube.leaders_down())
+            else:  # renewed since the restart: a live leader (same clock: kwok runs here)
+                renewed = {name: at for name, (at, _) in kube.leases().items()}
+                behind = [name for name in LEADERS if renewed.get(name, 0.0) <= since]
+            if behind:
+                return Verdict(False, f"waiting for {', '.join(behind)} to lead again (a restarted one waits "
+                                      "for its old lease to expire)")
+            return Verdict(True, "control plane running; API server ready; "
+                                 f"{', '.join(LEADERS)} leading")
+
+        return kube.wait_for(f"control plane of {lab.cluster}", evaluate, [], timeout=lab.timeout,
+                             say=ctx.say, recheck=0.5)
+
+    return Step(f"kwok control plane of {lab.cluster} running", check, start, wait=wait)
+
+
 def kwok_create_steps(lab: Lab) -> list[Step]:
-    config_path = lab.home / "kwok" / f"{lab.cluster}.yaml"
+    config_path = config_file(lab)
 
     def create(ctx):
         missing = [name for name in KWOK_BINARIES.values() if not (lab.tools_dir / name).exists()]
@@ -399,19 +507,6 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
         ctx.reset_kube()
         return f"created kwok cluster {lab.cluster}"
 
-    def check_running(ctx):
-        _require_cluster(ctx, lab)
-        try:
-            ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
-                        "get", "--raw", "/readyz"], timeout=10)
-            return ok("control plane answers")
-        except CommandError:
-            return change(f"start the stopped kwok cluster {lab.cluster}")
-
-    def start(ctx):
-        ctx.sh.run(["kwokctl", "start", "cluster", "--name", lab.cluster], timeout=lab.timeout)
-        return f"started kwok cluster {lab.cluster}"
-
     def check_nodes(ctx):
         have = len(ctx.kube.core.list_node().items)
         if have == lab.kwok.nodes:
@@ -430,7 +525,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
 
     return [
         Step(f"kwok cluster {lab.cluster}", _exists_check(lab, "kwokctl"), create),
-        Step(f"kwok control plane of {lab.cluster} running", check_running, start),
+        kwok_control_plane_step(lab),
         _context_step(lab, read_kubeconfig),
         Step(f"simulated nodes of {lab.cluster}", check_nodes, scale),
         _nodes_ready_step(lab, want=lab.kwok.nodes, system_pods=False),
@@ -524,10 +619,27 @@ def delete_steps(lab: Lab) -> list[Step]:
 
     steps = [Step(f"{lab.provider} cluster {lab.cluster} absent", check, delete),
              Step(f"context {lab.context} absent", check_context,
-                  lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)]
+                  lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None),
+             files_absent_step(lab)]
     if lab.can.docker_nodes:
         return [*steps, _kind_leftovers_step(lab)]
     return [kwok_operators_stopped_step(lab), *steps]
+
+
+def files_absent_step(lab: Lab) -> Step:
+    """The cluster's kubeconfig, its kind/kwokctl configuration and its operators' pid and log files."""
+    def left():
+        return [path for path in cluster_files(lab) if path.exists()]
+
+    def check(ctx):
+        paths = left()
+        return change(f"remove {', '.join(map(str, paths))}") if paths else ok(f"no file of {lab.cluster} left")
+
+    def remove(ctx):
+        for path in left():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return Step(f"files of {lab.cluster} absent", check, remove)
 
 
 def kwok_operators_stopped_step(lab: Lab) -> Step:

@@ -1,12 +1,14 @@
 """The nginx play: a Deployment and a NodePort Service, scaled, verified at localhost."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from . import images, probes
 from .cluster import images_loaded_step, needs_loading
 from .core import kyaml
 from .core.part import Part
+from .core.quantities import node_free
 from .core.resources import absent, applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, change, ok
@@ -14,6 +16,7 @@ from .core.steps import Step, StepFailed, action, change, ok
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "default"
 POD_CPU_M = 50  # what each nginx pod requests (manifests/nginx-deploy.yaml)
+ENDPOINTS_SETTLE_S = 5.0  # how long the endpoints may lag the Ready pods before a count is wrong
 
 
 def image(lab: Lab) -> str:
@@ -40,21 +43,7 @@ def deploy_steps(lab: Lab) -> list[Step]:
 
 def room_for(kube, cpu_m: int) -> int:
     """How many more pods requesting `cpu_m` millicores the nodes can schedule (pod slots and CPU)."""
-    from .ray import quantity  # one reader of Kubernetes quantities
-
-    pods = kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
-    room = 0
-    for node in kube.core.list_node().items:
-        if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
-            continue
-        mine = [p for p in pods if p.spec.node_name == node.metadata.name]
-        used = sum(quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
-                   for p in mine for c in p.spec.containers)
-        alloc = node.status.allocatable or {}
-        slots = int(alloc.get("pods", "0")) - len(mine)
-        by_cpu = (quantity(alloc.get("cpu", "0"), "m") - used) // cpu_m if cpu_m else slots
-        room += max(0, min(slots, by_cpu))
-    return room
+    return sum(max(0, min(slots, cpu // cpu_m if cpu_m else slots)) for _, cpu, _, slots in node_free(kube))
 
 
 def scale_steps(lab: Lab, replicas: int) -> list[Step]:
@@ -80,7 +69,10 @@ def verify_steps(lab: Lab) -> list[Step]:
         dep = ctx.kube.apps.read_namespaced_deployment("nginx", NAMESPACE)
         want = dep.spec.replicas or 0
         if not lab.can.runs_containers:
-            ready = ctx.kube.ready_endpoints(NAMESPACE, "nginx")
+            # the EndpointSlice follows the pods' readiness a moment later: give it that moment
+            deadline = time.monotonic() + ENDPOINTS_SETTLE_S
+            while (ready := ctx.kube.ready_endpoints(NAMESPACE, "nginx")) != want and time.monotonic() < deadline:
+                ctx.cancelled.wait(0.25)
             if ready != want:
                 raise StepFailed(f"service nginx has {ready} ready endpoint(s), want {want}: "
                                  "check `invoke nginx.deploy` and `invoke nginx.scale`")

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import cluster as cluster_play, images, toolchain
 from .cluster import images_loaded_step, needs_loading
 from .core.part import Part
+from .core.quantities import node_free, quantity
 from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, load_values, local_release,
                         release_steps, uninstall_steps as helm_uninstall_steps)
 from .core.portforward import forwarded
@@ -84,20 +85,6 @@ def operator_values_step(lab: Lab, operator: Release, plan: dict) -> Step:
 
 # --- sizing the RayCluster to the cluster it lands on ---------------------------
 RAY_FLOOR = {"cpu_m": 250, "memory_mib": 768}  # less, and Ray's head (GCS, dashboard, raylet) does not start
-_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def quantity(value, unit: str) -> int:
-    """A Kubernetes quantity in millicores (unit "m") or MiB (unit "Mi")."""
-    text = str(value).strip()
-    if unit == "m":
-        return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
-    for suffix, factor in _UNITS.items():
-        if text.endswith(suffix):
-            return int(float(text[:-len(suffix)]) * factor) // 2**20
-    return int(float(text)) // 2**20
-
-
 @dataclass(frozen=True)
 class Sizing:
     cpu_m: int          # each of head and worker
@@ -122,22 +109,7 @@ def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Si
     lab's parts not running yet; rounded down to 50m and 128Mi, at most
     `ceiling` (the values file's size), and `fits` only at or above RAY_FLOOR.
     """
-    used: dict[str, list[int]] = {}
-    for pod in kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items:
-        if pod.metadata.namespace == NAMESPACE or not pod.spec.node_name:
-            continue
-        for container in pod.spec.containers:
-            requests = (container.resources.requests or {}) if container.resources else {}
-            totals = used.setdefault(pod.spec.node_name, [0, 0])
-            totals[0] += quantity(requests.get("cpu", "0"), "m")
-            totals[1] += quantity(requests.get("memory", "0"), "Mi")
-    best = (0, 0)
-    for node in kube.core.list_node().items:
-        if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
-            continue
-        alloc = node.status.allocatable or {}
-        cpu, mem = used.get(node.metadata.name, [0, 0])
-        best = max(best, (quantity(alloc.get("cpu", "0"), "m") - cpu, quantity(alloc.get("memory", "0"), "Mi") - mem))
+    best = max(((cpu, mem) for _, cpu, mem, _ in node_free(kube, skip_namespace=NAMESPACE)), default=(0, 0))
     cpu = min(ceiling[0], (best[0] - reserve[0]) // 2 // 50 * 50)
     mem = min(ceiling[1], (best[1] - reserve[1]) // 2 // 128 * 128)
     free = f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's other parts"

@@ -1,6 +1,7 @@
 """Shared fixtures: the kwok testbed cluster (one per test session) and a play runner."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -64,17 +65,26 @@ def testbed_lab(tmp_path_factory) -> Lab:
                kwok=KwokSettings(nodes=2, cpu="4", memory="8Gi", ready_delay_ms=500))
 
 
+@contextlib.contextmanager
+def kwok_cluster(lab: Lab, what: str):
+    """A fresh kwok cluster for `lab` (a leftover of an interrupted session replaced), deleted afterwards."""
+    run = PlayRun(lab)
+    try:
+        run(cluster.delete_steps(lab))
+        run(cluster.create_steps(lab))
+    except PlayFailed:
+        pytest.fail(f"{what} did not start:\n{run.output}")
+    try:
+        yield lab
+    finally:
+        run(cluster.delete_steps(lab))
+
+
 @pytest.fixture(scope="session")
 def testbed(testbed_lab) -> Lab:
     """A running kwok cluster with Ready simulated nodes, deleted at the end of the session."""
-    run = PlayRun(testbed_lab)
-    try:
-        run(cluster.delete_steps(testbed_lab))  # a leftover from an interrupted session
-        run(cluster.create_steps(testbed_lab))
-    except PlayFailed:
-        pytest.fail(f"the kwok testbed did not start:\n{run.output}")
-    yield testbed_lab
-    run(cluster.delete_steps(testbed_lab))
+    with kwok_cluster(testbed_lab, "the kwok testbed") as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from invoke.exceptions import Exit
 from rich.console import Console
 
 from .commands import make_shell
-from .daemons import alive
+from .filelock import LockBusy, locked
 from .runner import PlayFailed, Reporter, StepContext, run_play
 from .settings import Lab, SettingsError, lab_from_config
-from .steps import Step, StepFailed
+from .steps import Step, StepFailed, Unreachable
 
 # Help for the flags every play task takes (Invoke shows it under `invoke --help TASK`).
 COMMON_HELP = {
@@ -47,7 +47,7 @@ def user_errors(body: Callable) -> Callable:
             return body(*args, **kwargs)
         except SettingsError as exc:
             raise Exit(f"error: {exc}", code=2) from None
-        except StepFailed as exc:
+        except (StepFailed, Unreachable) as exc:
             raise Exit(f"error: {exc}", code=1) from None
     return run
 
@@ -56,47 +56,28 @@ def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
     from .kube import Kube  # the kubernetes client is slow to import; only plays need it
 
     shell = make_shell(lab.tools_dir, verbose=lab.verbose)
-    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context), reporter)
+    # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
+    fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
+    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix,
+                                                fixed_nodes=lab.can.fixed_nodes), reporter)
+
+
+def lock_path(lab: Lab) -> Path:
+    return lab.home / "locks" / f"{lab.context or 'none'}.lock"
 
 
 @contextlib.contextmanager
 def cluster_lock(lab: Lab) -> Iterator[None]:
     """One kindlab run per cluster: a second one exits with a clear message, never interleaves."""
-    path = lab.home / "locks" / f"{lab.context or 'none'}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mine = f"{os.getpid()}\n{' '.join(sys.argv[1:]) or 'invoke'}\n{time.strftime('%H:%M:%S')}\n"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is None:  # stale: its process is gone
-                path.unlink(missing_ok=True)
-                continue
-            pid, what, since = holder
-            if pid == os.getpid():  # several tasks on one command line
-                yield
-                return
+    note = f"{os.getpid()}\n{' '.join(sys.argv[1:]) or 'invoke'}\n{time.strftime('%H:%M:%S')}\n"
+    with contextlib.ExitStack() as stack:
+        try:  # only taking the lock can be refused; the play's own errors pass through
+            stack.enter_context(locked(lock_path(lab), note))
+        except LockBusy as busy:
+            pid, what, since = (busy.note.splitlines() + ["?", "?", "?"])[:3]
             raise Exit(f"error: another kindlab run (pid {pid}, `{what}`, since {since}) is working on "
-                       f"{lab.context}; wait for it to finish or stop it, then run this again", code=3)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(mine)
-        break
-    try:
+                       f"{lab.context}; wait for it to finish or stop it, then run this again", code=3) from None
         yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _lock_holder(path: Path):
-    try:
-        pid_text, what, since = (path.read_text().splitlines() + ["", "", ""])[:3]
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return None
-    if pid != os.getpid() and not alive(pid):
-        return None
-    return pid, what, since
 
 
 def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Step]],

@@ -142,11 +142,20 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped by its parent) is not alive.
+    # A zombie (exited, not yet reaped by its parent) is not alive. Its first thread turns zombie
+    # before the others have closed the program's files (its listening sockets among them), so
+    # every thread is looked at.
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return True
+    for tid in tasks:
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+                return True
+        except (OSError, IndexError):
+            continue  # that thread is gone
+    return False
 
 
 def crds_established(kubectl: str, names: Sequence[str]) -> bool:
@@ -184,8 +193,18 @@ def supervise(argv: list[str], restart_max: float = RESTART_MAX_S, needs_crds: S
         killer.daemon = True
         killer.start()
 
+    def outlive_no_cluster():
+        # Once its cluster's kubeconfig is gone (kwokctl deleted the cluster, perhaps from a run with
+        # another kindlab home that could not find this pid file), stop as on SIGTERM.
+        kubeconfig = os.environ.get("KUBECONFIG", "")
+        while kubeconfig and Path(kubeconfig).exists():
+            time.sleep(2)
+        if kubeconfig:
+            os.kill(os.getpid(), signal.SIGTERM)
+
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGINT, end)
+    threading.Thread(target=outlive_no_cluster, daemon=True).start()
     pause = 0.5
     while True:
         if needs_crds and not crds_established(kubectl, needs_crds):

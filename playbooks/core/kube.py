@@ -3,22 +3,31 @@
 Waits are driven by watches: each event wakes the wait, which then reads the
 current state and decides. While it waits it says which pods are not Ready and
 why; it fails at once on a reason that time will not cure (a missing image, a
-crash loop) and names the pod, the reason and what to do next.
+crash loop) and names the pod, the reason and what to do next. Pods that do
+not exist cannot say why: for those the wait looks one level up, at the
+ReplicaSet and Deployment and at the controller-manager that makes pods.
+
+Every API call has a request timeout, and inside a wait one bounded by the
+wait's deadline, so an API server that stops answering is reported while the
+wait goes on and named as the reason when it ends, on time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import urllib3
 from kubernetes import client, config, watch
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
-from .steps import MissingPrerequisite, StepFailed, WaitTimeout
+from .steps import MissingPrerequisite, StepFailed, Unreachable, WaitTimeout, is_transient
 
 # Waiting reasons that time will not cure (kubelet's own words).
 TERMINAL_WAITING = {"InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
@@ -30,7 +39,16 @@ PULL_FATAL = ("not found", "manifest unknown", "repository does not exist", "una
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 CRASH_LOOP_LIMIT = 3
 OPERATOR_GRACE_S = 30.0  # an operator writes a resource's status within seconds
-PULL_GRACE_S = 90.0
+PULL_GRACE_S = 90.0           # a pull error that lasts this long (a progressing pull does not count)
+UNSCHEDULABLE_GRACE_S = 30.0  # Insufficient cpu/memory this long, on nodes that do not grow: it will not fit
+REQUEST_TIMEOUT_S = 30.0      # any API call
+WAIT_REQUEST_TIMEOUT_S = 5.0  # an API call inside a wait: it comes back to report a stall and keep its deadline
+MIN_REQUEST_TIMEOUT_S = 1.0   # even the last look before a deadline gets this long
+EVENTS_GRACE_S = 2.0          # reading recent warnings for a timeout message, after the deadline
+# The leader leases of the components that turn objects into pods: lease -> (who, what stops without it).
+LEADERS = {"kube-controller-manager": ("controller-manager", "no pod is being created"),
+           "kube-scheduler": ("scheduler", "no pod is being placed on a node")}
+LEASE_SLACK_S = 5.0  # beyond its duration, before an unrenewed lease means its holder is gone
 
 NEXT_STEP = {
     "ImagePullBackOff": "check the image name and tag, or your network",
@@ -50,6 +68,7 @@ class PodState:
     reason: str
     message: str = ""
     terminal: bool = False
+    init_container: str = ""  # the init container a PodInitializing pod is running
 
     def describe(self) -> str:
         return f"{self.name}: {self.reason}" + (f" ({self.message})" if self.message else "")
@@ -62,8 +81,15 @@ class Verdict:
     failure: str | None = None  # set when waiting longer cannot help
 
 
-def pod_state(pod, now: float | None = None) -> PodState:
-    """Why a pod is (not) Ready, in kubelet's words, and whether waiting can help."""
+def pod_state(pod, now: float | None = None, pull_error_since: float | None = None,
+              fixed_nodes: bool = False) -> PodState:
+    """Why a pod is (not) Ready, in kubelet's words, and whether waiting can help.
+
+    A pull error is final after PULL_GRACE_S from `pull_error_since` (when it was
+    first seen; else the pod's age). With `fixed_nodes` (a cluster without an
+    autoscaler) a pod Unschedulable for want of CPU or memory is final after
+    UNSCHEDULABLE_GRACE_S: no node will come.
+    """
     name = pod.metadata.name
     status = pod.status
     conditions = {c.type: c for c in (status.conditions or [])}
@@ -76,7 +102,17 @@ def pod_state(pod, now: float | None = None) -> PodState:
         return PodState(name, True, "Ready")
     scheduled = conditions.get("PodScheduled")
     if scheduled is not None and scheduled.status == "False":
-        return PodState(name, False, scheduled.reason or "Pending", (scheduled.message or "").strip())
+        message = (scheduled.message or "").strip()
+        since = scheduled.last_transition_time.timestamp() if scheduled.last_transition_time else None
+        stuck = (since is not None and (now or time.time()) - since > UNSCHEDULABLE_GRACE_S) or \
+            _age(pod, now) > UNSCHEDULABLE_GRACE_S
+        terminal = fixed_nodes and scheduled.reason == "Unschedulable" and "Insufficient" in message and stuck
+        return PodState(name, False, scheduled.reason or "Pending", message, terminal)
+    running_init = next((cs.name for cs in status.init_container_statuses or []
+                         if cs.state and cs.state.running and not cs.ready), "")
+    if running_init:
+        return PodState(name, False, "PodInitializing", f"init container {running_init} running",
+                        init_container=running_init)
     statuses = list(status.init_container_statuses or []) + list(status.container_statuses or [])
     for cs in statuses:
         state = cs.state
@@ -84,7 +120,8 @@ def pod_state(pod, now: float | None = None) -> PodState:
             reason, message = state.waiting.reason, (state.waiting.message or "").strip()
             terminal = reason in TERMINAL_WAITING
             if reason in PULL_ERRORS:
-                terminal = any(m in message.lower() for m in PULL_FATAL) or _age(pod, now) > PULL_GRACE_S
+                erring = (now or time.time()) - pull_error_since if pull_error_since else _age(pod, now)
+                terminal = any(m in message.lower() for m in PULL_FATAL) or erring > PULL_GRACE_S
             if reason == "CrashLoopBackOff":
                 terminal = (cs.restart_count or 0) >= CRASH_LOOP_LIMIT
                 message = message or f"restarted {cs.restart_count} times"
@@ -107,10 +144,20 @@ def _age(pod, now: float | None) -> float:
     return (now or time.time()) - created.timestamp()
 
 
+def in_pull_error(pod) -> bool:
+    return any(cs.state and cs.state.waiting and cs.state.waiting.reason in PULL_ERRORS
+               for cs in list(pod.status.init_container_statuses or []) + list(pod.status.container_statuses or []))
+
+
 def explain(pods: Iterable, want: int, what: str, context: str, namespace: str,
             now: float | None = None) -> tuple[int, str, str | None]:
     """(ready count, progress sentence, failure sentence or None) for a set of pods."""
-    states = [pod_state(p, now) for p in pods]
+    return summarize([pod_state(p, now) for p in pods], want, what, context, namespace)
+
+
+def summarize(states: list[PodState], want: int, what: str, context: str,
+              namespace: str) -> tuple[int, str, str | None]:
+    """(ready count, progress sentence, failure sentence or None) from the pods' states."""
     live = [s for s in states if s.reason != "Terminating"]
     ready = sum(1 for s in live if s.ready)
     waiting = [s for s in live if not s.ready]
@@ -132,18 +179,78 @@ def next_step(state: PodState, context: str, namespace: str) -> str:
     return hint.format(context=context, namespace=namespace, pod=state.name)
 
 
-class Kube:
-    """A client bound to one kubeconfig file and one context: never the current one."""
+class ApiServerUnreachable(Unreachable):
+    """The API server did not answer. A ConnectionError, so the runner retries it; `why` is short."""
 
-    def __init__(self, kubeconfig: Path, context: str):
+    def __init__(self, why: str, message: str):
+        self.why = why
+        super().__init__(message)
+
+
+class _BoundedRest(rest.RESTClientObject):
+    """Requests with a timeout (bounded by the deadline of the wait they serve), and a dead or
+    stalled API server as one sentence with a next step instead of urllib3's MaxRetryError."""
+
+    def __init__(self, configuration, kube: "Kube"):
+        super().__init__(configuration)
+        self.kube = kube
+
+    def request(self, method, url, *args, _request_timeout=None, **kwargs):
+        seconds = self.kube.request_timeout(_request_timeout)
+        try:
+            # a pair: the client drops a plain float timeout without a word
+            return super().request(method, url, *args, _request_timeout=(seconds, seconds), **kwargs)
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.kube.unreachable(exc, seconds) from exc
+
+
+def _stall_reason(exc: Exception) -> str:
+    """A few words on why an API call failed for now: a timeout, a refused connection, a 503."""
+    if isinstance(exc, ApiServerUnreachable):
+        return exc.why
+    if isinstance(exc, ApiException):
+        return f"only HTTP {exc.status} {exc.reason}"
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+def _unreachable_why(exc: Exception, seconds: float) -> str:
+    cause = getattr(exc, "reason", None) or exc
+    text = str(cause).lower()
+    for known in ("connection refused", "connection reset", "remote end closed connection"):
+        if known in text:
+            return known
+    if isinstance(cause, urllib3.exceptions.TimeoutError):  # after the texts: a refusal is a NewConnectionError,
+        return f"no answer within {seconds:.0f}s"            # which urllib3 derives from its timeout errors
+    return str(cause).splitlines()[0][:120]
+
+
+class Kube:
+    """A client bound to one kubeconfig file and one context: never the current one.
+
+    `fix` is the next step when the cluster's API server does not answer.
+    """
+
+    def __init__(self, kubeconfig: Path, context: str, fix: str = "", fixed_nodes: bool = False):
         self.kubeconfig = Path(kubeconfig)
         self.context = context
+        self.fixed_nodes = fixed_nodes  # no autoscaler: a pod that does not fit now never will
+        self._pull_errors: dict[str, float] = {}  # pod uid -> when its pull error was first seen
+        self.fix = fix or f"check the cluster: `kubectl --context {context} get --raw /readyz`"
+        configuration = client.Configuration()
         try:
-            self.api = config.new_client_from_config(config_file=str(kubeconfig), context=context)
+            # persist_config=False: the client never writes the user's kubeconfig (refreshed tokens stay in memory)
+            config.load_kube_config(config_file=str(kubeconfig), context=context,
+                                    client_configuration=configuration, persist_config=False)
         except config.ConfigException as exc:
             raise MissingPrerequisite(f"the cluster of context {context}",
                                       f"context {context!r} not found in {kubeconfig}: {exc}; "
                                       "create the cluster first (invoke cluster.create)") from None
+        # One quick retry of a refused connection; a timed-out read is not repeated behind the deadline's back.
+        configuration.retries = urllib3.Retry(total=1, read=0)
+        self.host = configuration.host
+        self.api = client.ApiClient(configuration)
+        self.api.rest_client = _BoundedRest(configuration, self)
+        self._local = threading.local()  # the deadline of the wait this thread is in
         self.cancel = threading.Event()  # set by interrupt(): Ctrl-C ends every wait at once
         self._waiting: set[queue.Queue] = set()
         self.core = client.CoreV1Api(self.api)
@@ -151,12 +258,43 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api)
         self.apiext = client.ApiextensionsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+
+    # --- request timeouts ---------------------------------------------------
+    def request_timeout(self, asked=None) -> float:
+        """Seconds for one request: what the caller asked, or the default; inside a wait, no later than its deadline."""
+        deadline = getattr(self._local, "deadline", None)
+        if isinstance(asked, tuple):
+            asked = max(asked)
+        seconds = float(asked or (WAIT_REQUEST_TIMEOUT_S if deadline else REQUEST_TIMEOUT_S))
+        if deadline is not None:
+            seconds = min(seconds, max(MIN_REQUEST_TIMEOUT_S, deadline - time.monotonic()))
+        return seconds
+
+    @contextlib.contextmanager
+    def deadline(self, at: float):
+        """API calls made by this thread inside the block end by `at` (time.monotonic())."""
+        outer = getattr(self._local, "deadline", None)
+        self._local.deadline = at if outer is None else min(at, outer)
+        try:
+            yield
+        finally:
+            self._local.deadline = outer
+
+    def unreachable(self, exc: Exception, seconds: float) -> ApiServerUnreachable:
+        why = _unreachable_why(exc, seconds)
+        return ApiServerUnreachable(why, f"the API server of {self.context} ({self.host}) is down or stalled: "
+                                         f"{why}; {self.fix}")
 
     # --- generic wait -----------------------------------------------------
     def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
                  *, timeout: float, say: Callable[[str], None] = lambda m: None,
                  recheck: float = 2.0, events_of: Callable[[], list[str]] | None = None) -> str:
-        """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`."""
+        """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`.
+
+        Ends by its deadline whatever the API server does: each call is bounded by it, and an
+        API server that does not answer is waited for, reported, and named at the deadline.
+        """
         events: queue.Queue = queue.Queue()
         self._waiting.add(events)
         stop = threading.Event()
@@ -165,24 +303,33 @@ class Kube:
         for t in threads:
             t.start()
         start = time.monotonic()
+        deadline = start + timeout
+        answered = start  # when the API server last answered
         verdict = Verdict(False, "starting")
         try:
             while True:
                 if self.cancel.is_set():
                     raise StepFailed(f"{what}: interrupted (Ctrl-C) while waiting")
-                verdict = evaluate()
-                if verdict.done:
-                    return verdict.progress
-                elapsed = time.monotonic() - start
-                if verdict.failure:
-                    raise StepFailed(f"{verdict.failure} (after {elapsed:.0f}s)")
-                if elapsed >= timeout:
-                    recent = events_of() if events_of else []
-                    raise WaitTimeout(f"{what}: not ready after {timeout:.0f}s: {verdict.progress}"
-                                      + (f"; recent warnings: {'; '.join(recent)}" if recent else ""))
-                say(f"{verdict.progress} ({elapsed:.0f}s)")
                 try:
-                    events.get(timeout=min(recheck, max(0.05, timeout - elapsed)))
+                    with self.deadline(deadline):
+                        verdict = evaluate()
+                    answered, stalled = time.monotonic(), ""
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    stalled = _stall_reason(exc)
+                now = time.monotonic()
+                if not stalled and verdict.done:
+                    return verdict.progress
+                if not stalled and verdict.failure:
+                    raise StepFailed(f"{verdict.failure} (after {now - start:.0f}s)")
+                if now >= deadline:
+                    raise WaitTimeout(self._timeout_message(what, timeout, verdict, stalled, now - answered,
+                                                            events_of))
+                say(f"the API server does not answer ({stalled}); waiting ({now - answered:.0f}s)" if stalled
+                    else f"{verdict.progress} ({now - start:.0f}s)")
+                try:
+                    events.get(timeout=min(recheck, max(0.05, deadline - now)))
                     while True:  # a burst of events needs one look, not one each
                         events.get_nowait()
                 except queue.Empty:
@@ -190,6 +337,22 @@ class Kube:
         finally:
             stop.set()
             self._waiting.discard(events)
+
+    def _timeout_message(self, what: str, timeout: float, verdict: Verdict, stalled: str, silent: float,
+                         events_of: Callable[[], list[str]] | None) -> str:
+        if stalled:  # the last count is old news: the reason is the API server
+            return (f"{what}: gave up after {timeout:.0f}s: the API server did not answer for {silent:.0f}s "
+                    f"({stalled}); {self.fix}")
+        recent: list[str] = []
+        if events_of:
+            try:
+                with self.deadline(time.monotonic() + EVENTS_GRACE_S):
+                    recent = events_of()
+            except Exception as exc:  # the warnings only add to the message
+                if not is_transient(exc):
+                    raise
+        return (f"{what}: not ready after {timeout:.0f}s: {verdict.progress}"
+                + (f"; recent warnings: {'; '.join(recent)}" if recent else ""))
 
     def interrupt(self) -> None:
         """Wake every wait now and make it fail as interrupted."""
@@ -209,6 +372,65 @@ class Kube:
             except Exception:  # the evaluate() call reports real API problems
                 stop.wait(0.5)
 
+    # --- explaining pods -----------------------------------------------------
+    def explain(self, pods: list, want: int, what: str, namespace: str) -> tuple[int, str, str | None]:
+        """`explain`, with what only the cluster can add: how long an image pull has run (and a
+        pull error's grace counted from when it was first seen), the running init container's
+        last log line, and for a pod that cannot fit, what it asks beside what the nodes have free."""
+        now = time.time()
+        states = []
+        for pod in pods:
+            since = None
+            if in_pull_error(pod):
+                since = self._pull_errors.setdefault(pod.metadata.uid, now)
+            else:
+                self._pull_errors.pop(pod.metadata.uid, None)
+            states.append(pod_state(pod, now, pull_error_since=since, fixed_nodes=self.fixed_nodes))
+        by_name = {p.metadata.name: p for p in pods}
+        pulls = self._pulls(namespace, now) if any(s.reason == "ContainerCreating" for s in states) else {}
+        detailed = []
+        for state in states:
+            extra = ""
+            if state.reason == "ContainerCreating" and state.name in pulls:
+                extra = pulls[state.name]
+            elif state.init_container and len(detailed) < 3:
+                extra = f"its last log line: {self._last_log_line(namespace, state.name, state.init_container)}"
+            elif state.terminal and state.reason == "Unschedulable":
+                extra = self._room_for(by_name[state.name])
+            detailed.append(replace(state, message="; ".join(filter(None, [state.message, extra]))))
+        return summarize(detailed, want, what, self.context, namespace)
+
+    def _pulls(self, namespace: str, now: float) -> dict[str, str]:
+        """Pod -> "pulling IMAGE for N s", for pods whose latest pull event is a start, not an end."""
+        latest: dict[str, tuple[float, str, str]] = {}
+        for reason in ("Pulling", "Pulled"):
+            for event in self.core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.kind=Pod,reason={reason}").items:
+                when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+                at = when.timestamp() if when else 0.0
+                pod = event.involved_object.name
+                if pod not in latest or at >= latest[pod][0]:
+                    latest[pod] = (at, reason, event.message or "")
+        return {pod: f"pulling {message.split('image', 1)[-1].strip()} for {now - at:.0f}s"
+                for pod, (at, reason, message) in latest.items() if reason == "Pulling"}
+
+    def _last_log_line(self, namespace: str, pod: str, container: str) -> str:
+        try:
+            text = self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=1)
+        except ApiException:
+            return "none yet"
+        return (text or "").strip().splitlines()[-1][:200] if (text or "").strip() else "none yet"
+
+    def _room_for(self, pod) -> str:
+        """What an Unschedulable pod asks, beside what the roomiest node has free."""
+        from .quantities import node_free, requests
+
+        cpu, mem = requests(pod)
+        free = node_free(self)
+        best = max(((c, m) for _, c, m, _ in free), default=(0, 0))
+        return (f"it requests {cpu}m CPU / {mem}Mi; the roomiest of {len(free)} node(s) has {best[0]}m CPU / "
+                f"{best[1]}Mi free, and no node is added on demand here")
+
     # --- workloads --------------------------------------------------------
     def wait_deployment(self, namespace: str, name: str, *, timeout: float,
                         say: Callable[[str], None] = lambda m: None) -> str:
@@ -224,20 +446,25 @@ class Kube:
                 raise
             want = dep.spec.replicas if dep.spec.replicas is not None else 1
             st = dep.status
-            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
-            pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-            ready, progress, failure = explain(pods, want, name, self.context, namespace)
+            pods = self.core.list_namespaced_pod(namespace, label_selector=_selector(dep)).items
+            ready, progress, failure = self.explain(pods, want, name, namespace)
             rolled = ((st.observed_generation or 0) >= (dep.metadata.generation or 0)
                       and (st.updated_replicas or 0) == want and (st.ready_replicas or 0) == want
                       and (st.available_replicas or 0) == want and (st.replicas or 0) == want)
             if rolled:
                 return Verdict(True, f"{name}: {want}/{want} pods Ready")
+            if not failure:
+                why = self.why_not_rolled_out(dep, pods)
+                if why:
+                    progress += f"; {why}"
+                elif ready >= want:  # Ready pods, but not yet the new ones, or old ones still there
+                    progress += (f"; rollout in progress: {st.updated_replicas or 0}/{want} updated, "
+                                 f"{st.replicas or 0} in all")
             return Verdict(False, f"{name}: {progress}", failure)
 
         def events_of() -> list[str]:
             dep = self.apps.read_namespaced_deployment(name, namespace)
-            selector = ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
-            return self.pod_warnings(namespace, selector)
+            return self.pod_warnings(namespace, _selector(dep))
 
         return self.wait_for(what, evaluate, [
             (self.apps.list_namespaced_deployment, {"namespace": namespace,
@@ -251,11 +478,12 @@ class Kube:
         what = what or f"namespace {namespace}"
 
         def evaluate() -> Verdict:
-            pending = []
+            pending, behind = [], []
             for dep in self.apps.list_namespaced_deployment(namespace).items:
                 want = dep.spec.replicas if dep.spec.replicas is not None else 1
                 if (dep.status.ready_replicas or 0) < want or (dep.status.updated_replicas or 0) < want:
                     pending.append(f"deployment {dep.metadata.name} {dep.status.ready_replicas or 0}/{want}")
+                    behind.append(dep)
             for ss in self.apps.list_namespaced_stateful_set(namespace).items:
                 want = ss.spec.replicas if ss.spec.replicas is not None else 1
                 if (ss.status.ready_replicas or 0) < want:
@@ -266,13 +494,15 @@ class Kube:
                     pending.append(f"daemonset {ds.metadata.name} {ds.status.number_ready or 0}/{want}")
             pods = [p for p in self.core.list_namespaced_pod(namespace).items
                     if p.status.phase != "Succeeded"]
-            ready, progress, failure = explain(pods, len(pods), what, self.context, namespace)
+            ready, progress, failure = self.explain(pods, len(pods), what, namespace)
             if not pending and ready == len(pods) and len(pods) >= min_pods:
                 return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
             if len(pods) < min_pods:
                 progress = f"waiting for pods to appear ({len(pods)}/{min_pods})"
-            return Verdict(False, f"{what}: {progress}" + (f"; {', '.join(pending[:3])}" if pending else ""),
-                           failure)
+            why = next((f"deployment {d.metadata.name}: {w}" for d in behind[:3]
+                        if (w := self.why_not_rolled_out(d, [p for p in pods if _selects(d, p)]))), "")
+            return Verdict(False, f"{what}: {progress}" + (f"; {', '.join(pending[:3])}" if pending else "")
+                           + (f"; {why}" if why and not failure else ""), failure)
 
         return self.wait_for(what, evaluate, [
             (self.core.list_namespaced_pod, {"namespace": namespace}),
@@ -326,7 +556,7 @@ class Kube:
                 (f" (not ready: {', '.join(failing[:3])})" if failing else "")
             return reason + (" while its authorizer warms up" if exc.status == 403 else "")
         except Exception as exc:  # noqa: BLE001 - connection refused/reset while it starts
-            return f"/readyz: {type(exc).__name__}"
+            return f"/readyz: {_stall_reason(exc)}"
 
     def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
                        poll: float = 0.5) -> str:
@@ -338,7 +568,8 @@ class Kube:
         while True:
             if self.cancel.is_set():
                 raise StepFailed("API server readiness: interrupted (Ctrl-C) while waiting")
-            reason = self.api_not_ready()
+            with self.deadline(start + timeout):
+                reason = self.api_not_ready()
             if reason is None:
                 return "API server ready"
             elapsed = time.monotonic() - start
@@ -374,6 +605,71 @@ class Kube:
         return self.wait_for("service account", evaluate,
                              [(self.core.list_namespaced_service_account, {"namespace": namespace})],
                              timeout=timeout, say=say)
+
+    # --- one level up: why pods are missing -----------------------------------
+    def why_not_rolled_out(self, dep, pods: list) -> str:
+        """Why a Deployment lacks pods, which the pods themselves cannot say: a controller-manager
+        or scheduler that is not running, or the ReplicaSet failing to create them; "" when none of these."""
+        want = dep.spec.replicas if dep.spec.replicas is not None else 1
+        live = [p for p in pods if not p.metadata.deletion_timestamp]
+        unplaced = [p for p in live if not p.spec.node_name]
+        unseen = (dep.status.observed_generation or 0) < (dep.metadata.generation or 0)
+        if len(live) >= want and not unplaced and not unseen:
+            return ""
+        down = self.leaders_down()
+        if (len(live) < want or unseen) and "kube-controller-manager" in down:
+            return down["kube-controller-manager"]
+        if unplaced and "kube-scheduler" in down:
+            return down["kube-scheduler"]
+        if len(live) >= want:
+            return ""
+        missing = f"{want - len(live)} pod(s) not created"
+        failure = self.replica_failure(dep)
+        return f"{missing}: {failure}" if failure else missing
+
+    def leases(self) -> dict[str, tuple[float, float]]:
+        """The leader leases of LEADERS that exist: name -> (last renewal, as time.time(); duration s)."""
+        found = {}
+        for name in LEADERS:
+            try:
+                spec = self.coordination.read_namespaced_lease(name, "kube-system").spec
+            except ApiException as exc:
+                if exc.status in (403, 404):  # no leader election here, or not ours to read
+                    continue
+                raise
+            if spec.renew_time is not None:
+                found[name] = (spec.renew_time.timestamp(), float(spec.lease_duration_seconds or 15))
+        return found
+
+    def leaders_down(self) -> dict[str, str]:
+        """The components of LEADERS whose lease nobody renews, each with a sentence."""
+        down = {}
+        for name, (renewed, duration) in self.leases().items():
+            age = time.time() - renewed
+            if age > duration + LEASE_SLACK_S:
+                who, consequence = LEADERS[name]
+                down[name] = (f"the {who} is not running (its lease kube-system/{name} was last renewed "
+                              f"{age:.0f}s ago), so {consequence}; {self.fix}")
+        return down
+
+    def replica_failure(self, dep) -> str:
+        """The ReplicaSets' and the Deployment's own word on failing to create pods (FailedCreate:
+        a quota, an admission webhook, a missing ServiceAccount), from their conditions or Warning events."""
+        namespace = dep.metadata.namespace
+        sets = [rs for rs in self.apps.list_namespaced_replica_set(namespace, label_selector=_selector(dep)).items
+                if any(o.uid == dep.metadata.uid for o in rs.metadata.owner_references or [])]
+        for obj, kind in [(rs, "replicaset") for rs in sets] + [(dep, "deployment")]:
+            for c in obj.status.conditions or []:
+                if c.type == "ReplicaFailure" and c.status == "True":
+                    return f"{kind} {obj.metadata.name}: {c.reason}: {(c.message or '').strip()}"
+        owners = {("ReplicaSet", rs.metadata.name) for rs in sets} | {("Deployment", dep.metadata.name)}
+        events = [e for e in self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
+                  if (e.involved_object.kind, e.involved_object.name) in owners]
+        latest = max(events, key=_event_time, default=None)
+        if latest is None:
+            return ""
+        return (f"{latest.involved_object.kind.lower()} {latest.involved_object.name}: {latest.reason}: "
+                f"{(latest.message or '').strip()}")
 
     # --- raw reads -----------------------------------------------------------
     def get_json(self, path: str, *, accept: str = "application/json", **query) -> dict:
@@ -420,8 +716,21 @@ class Kube:
             return []
         events = [e for e in self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
                   if e.involved_object.kind == "Pod" and e.involved_object.name in waiting]
-        events.sort(key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+        events.sort(key=_event_time)
         return [f"{e.involved_object.name}: {e.reason}: {(e.message or '').strip()}" for e in events[-limit:]]
+
+
+def _selector(dep) -> str:
+    return ",".join(f"{k}={v}" for k, v in (dep.spec.selector.match_labels or {}).items())
+
+
+def _selects(dep, pod) -> bool:
+    labels = pod.metadata.labels or {}
+    return all(labels.get(k) == v for k, v in (dep.spec.selector.match_labels or {}).items())
+
+
+def _event_time(event) -> str:
+    return str(event.last_timestamp or event.event_time or event.metadata.creation_timestamp)
 
 
 def node_ready(node) -> bool:

@@ -3,18 +3,26 @@
 kind and kwokctl would make their new context the *current* one; kindlab
 asks them to write a kubeconfig of their own and merges its entries here,
 leaving the user's current-context as it was.
+
+The kubeconfig is shared by every lab (two created side by side is normal),
+so each change is a read-modify-write under a file lock beside the file, and
+the file is replaced whole: a reader sees the old or the new file, never half.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from . import kyaml
+from .filelock import LockBusy, locked
+from .steps import StepFailed
 
 _SECTIONS = ("clusters", "users", "contexts")
+LOCK_WAIT_S = 30.0  # a merge takes milliseconds: this long means a stuck process
 
 
 def _load(path: Path) -> dict:
@@ -31,10 +39,34 @@ def _save(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Atomic: a crash mid-write must never leave the user's kubeconfig half written.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kindlab-kubeconfig-")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, default_flow_style=False, sort_keys=False)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(data, handle, default_flow_style=False, sort_keys=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _edit(dest: Path, change: Callable[[dict], bool]) -> bool:
+    """Apply `change` to the kubeconfig under its lock; written only when `change` says it changed it.
+
+    A symlinked kubeconfig is followed, never replaced by a file.
+    """
+    real = Path(os.path.realpath(dest))
+    try:
+        with locked(real.with_name(real.name + ".kindlab.lock"), f"{os.getpid()}\n", wait=LOCK_WAIT_S):
+            data = _load(real)
+            if not change(data):
+                return False
+            _save(real, data)
+            return True
+    except LockBusy as busy:
+        raise StepFailed(f"another process (pid {busy.note or '?'}) has kept {dest} locked for "
+                         f"{LOCK_WAIT_S:.0f}s; let it finish or stop it, then run this again") from None
 
 
 def context_entries(source_text: str, context: str) -> dict:
@@ -64,28 +96,29 @@ def has_entries(dest: Path, entries: dict) -> bool:
 
 def merge(dest: Path, entries: dict) -> None:
     """Add or replace the entries by name; the current-context is left alone."""
-    data = _load(dest)
-    for section in _SECTIONS:
-        for entry in entries[section]:
-            data[section] = [e for e in data[section] if e.get("name") != entry.get("name")] + [entry]
-    _save(dest, data)
+    def add(data: dict) -> bool:
+        for section in _SECTIONS:
+            for entry in entries[section]:
+                data[section] = [e for e in data[section] if e.get("name") != entry.get("name")] + [entry]
+        return True
+
+    _edit(dest, add)
 
 
 def remove_context(dest: Path, context: str) -> bool:
     """Remove a context and its cluster and user entries; True when something was removed."""
-    if not dest.exists():
-        return False
-    data = _load(dest)
-    ctx = next((c for c in data["contexts"] if c.get("name") == context), None)
-    if ctx is None:
-        return False
-    data["contexts"] = [c for c in data["contexts"] if c.get("name") != context]
-    data["clusters"] = [c for c in data["clusters"] if c.get("name") != ctx["context"].get("cluster")]
-    data["users"] = [u for u in data["users"] if u.get("name") != ctx["context"].get("user")]
-    if data.get("current-context") == context:
-        data["current-context"] = ""
-    _save(dest, data)
-    return True
+    def remove(data: dict) -> bool:
+        ctx = next((c for c in data["contexts"] if c.get("name") == context), None)
+        if ctx is None:
+            return False
+        data["contexts"] = [c for c in data["contexts"] if c.get("name") != context]
+        data["clusters"] = [c for c in data["clusters"] if c.get("name") != ctx["context"].get("cluster")]
+        data["users"] = [u for u in data["users"] if u.get("name") != ctx["context"].get("user")]
+        if data.get("current-context") == context:
+            data["current-context"] = ""
+        return True
+
+    return dest.exists() and _edit(dest, remove)
 
 
 def has_context(dest: Path, context: str) -> bool:

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from .commands import CommandError
 from .settings import Lab
-from .steps import Check, Step, StepFailed, is_transient, missing_prerequisite, unknown
+from .steps import Check, Step, StepFailed, Unreachable, is_transient, missing_prerequisite, unknown
 
 _ELAPSED = re.compile(r"\s*\(\d+s\)$")
 STYLES = {"ok": "green", "changed": "yellow", "unknown": "magenta", "failed": "bold red", "skipped": "cyan"}
@@ -176,7 +176,8 @@ def _retrying(lab: Lab, ctx: StepContext, sleep: Callable[[float], None]) -> ten
                 f"in {state.next_action.sleep:.1f}s: {first_line[:120]}")
 
     return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)),
+        # the attempts, and never past the step's deadline (a stalled API server makes each one slow)
+        stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)) | tenacity.stop_after_delay(lab.timeout),
         wait=tenacity.wait_exponential(multiplier=lab.retry_initial, max=lab.retry_max),
         retry=tenacity.retry_if_exception(is_transient),
         sleep=lambda seconds: _sleep_unless_cancelled(ctx, sleep, seconds), reraise=True,
@@ -239,7 +240,7 @@ def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
                 detail = waited
         return outcome("changed" if changes else "ok", detail)
     except Exception as exc:
-        if isinstance(exc, (StepFailed, CommandError)):
+        if isinstance(exc, (StepFailed, CommandError, Unreachable)):  # their messages are sentences
             return outcome("failed", str(exc))
         # API errors and the like: name the step and the error
         return outcome("failed", f"{type(exc).__name__}: {exc}")

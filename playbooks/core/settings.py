@@ -42,13 +42,16 @@ class Provider:
     runs_containers: bool   # pods really run: HTTP checks, functions, Ray jobs
     docker_nodes: bool      # nodes are Docker containers: port mappings, image loading, the local registry
     local_operators: bool   # the charts' operators run as local processes beside the control plane
+    fixed_nodes: bool       # no autoscaler adds a node: a pod that does not fit now never will
 
 
 PROVIDERS = {
-    "kind": Provider("kind", creates_clusters=True, runs_containers=True, docker_nodes=True, local_operators=False),
-    "kwok": Provider("kwok", creates_clusters=True, runs_containers=False, docker_nodes=False, local_operators=True),
+    "kind": Provider("kind", creates_clusters=True, runs_containers=True, docker_nodes=True, local_operators=False,
+                     fixed_nodes=True),
+    "kwok": Provider("kwok", creates_clusters=True, runs_containers=False, docker_nodes=False, local_operators=True,
+                     fixed_nodes=True),
     "existing": Provider("existing", creates_clusters=False, runs_containers=True, docker_nodes=False,
-                         local_operators=False),
+                         local_operators=False, fixed_nodes=False),  # it may scale: wait out the timeout
 }
 
 

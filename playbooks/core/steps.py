@@ -74,6 +74,11 @@ class StepFailed(Exception):
     """A permanent failure a user can act on: the message says what and what next."""
 
 
+class Unreachable(ConnectionError):
+    """A service that did not answer (the API server): retried as transient; its message is a
+    sentence for the user, printed as it is once the retries are spent."""
+
+
 class MissingPrerequisite(StepFailed):
     """What a step reads does not exist yet: in a dry run its check is 'unknown', otherwise it fails."""
 

@@ -76,6 +76,17 @@ def test_unschedulable_pod_is_explained_with_the_scheduler_message(play, testbed
     assert "recent warnings:" in out and "FailedScheduling" in out  # the scheduler's own event
 
 
+def test_a_pod_too_big_for_any_node_fails_after_the_short_grace_with_the_figures(play, testbed):
+    doc = deployment("far-too-big", cpu="64")
+    with pytest.raises(PlayFailed):
+        play([deploy_step(testbed, doc, timeout=120)])
+    said = " ".join(play.output.split())
+    assert "not ready after" not in said  # the nodes cannot grow here: it failed on the reason, well before 120 s
+    assert "far-too-big" in said and "Insufficient cpu" in said
+    assert "it requests 64000m CPU / 0Mi; the roomiest of 2 node(s) has" in said
+    assert "lower its requests, free resources or add nodes" in said
+
+
 def test_image_pull_backoff_fails_fast_naming_pod_and_reason(play, testbed):
     doc = deployment("bad-image", image="missing.kindlab.invalid/app:0.0")
     with pytest.raises(PlayFailed):
@@ -95,7 +106,7 @@ def test_crash_loop_fails_fast_with_the_logs_command(play, testbed):
 def test_delete_of_an_absent_cluster_is_ok(play, testbed):
     ghost = replace(testbed, cluster="kindlab-absent")
     outcomes = play(cluster.delete_steps(ghost), lab=ghost)
-    assert [o.status for o in outcomes] == ["ok", "ok", "ok"], play.output
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok", "ok"], play.output
 
 
 def _processes_mentioning(text):
@@ -114,10 +125,14 @@ def test_a_second_cluster_is_created_and_deleted_leaving_no_process(testbed):
     assert {o.step: o.status for o in created}[f"operators of {lab.cluster} running"] == "changed"
     assert len(_processes_mentioning("prometheus-operator --web.listen-address")) >= 1
     assert all(o.status == "ok" for o in run(cluster.create_steps(lab))), run.output
+    written = [p for p in lab.home.rglob("*") if lab.cluster in str(p.relative_to(lab.home))]
+    assert any(p.name == "prometheus-operator.log" for p in written), written  # the operators' files, say
     deleted = run(cluster.delete_steps(lab))
-    assert [o.status for o in deleted] == ["changed", "changed", "changed"], run.output
+    assert [o.status for o in deleted] == ["changed", "changed", "changed", "changed"], run.output
     deadline = time.monotonic() + 10
     while _processes_mentioning(f"clusters/{lab.cluster}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_mentioning(f"clusters/{lab.cluster}")
-    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok", "ok"]
+    # nothing kindlab wrote for it is left: its kubeconfig, kwokctl config, operators' pid and log files
+    assert not [p for p in lab.home.rglob("*") if lab.cluster in str(p.relative_to(lab.home))]
+    assert [o.status for o in run(cluster.delete_steps(lab))] == ["ok", "ok", "ok", "ok"]

@@ -43,8 +43,10 @@ def test_verify_counts_endpoints_and_fails_when_they_are_short(play, lab, kube):
     play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 2))
     assert statuses(play(nginx.verify_steps(lab))) == ["changed"]
     assert "2/2 ready endpoints" in play.output
-    # pretend a scale happened behind kindlab's back and no pod is Ready yet
-    kube.apps.patch_namespaced_deployment_scale("nginx", "default", {"spec": {"replicas": 3}})
+    # a change behind kindlab's back: three pods, all replaced by ones that take a minute to get Ready
+    kube.apps.patch_namespaced_deployment("nginx", "default", {"spec": {
+        "replicas": 3, "strategy": {"type": "Recreate", "rollingUpdate": None},
+        "template": {"metadata": {"annotations": {"kindlab.dev/ready-delay": "60s"}}}}})
     with pytest.raises(PlayFailed):
         play(nginx.verify_steps(lab))
     assert "ready endpoint(s), want 3" in play.output

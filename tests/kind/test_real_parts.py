@@ -29,6 +29,7 @@ import yaml
 
 from playbooks import cluster, images, monitoring, ray
 from playbooks.core.cli import make_context
+from playbooks.core.quantities import quantity
 from playbooks.core.resources import absent, applied
 from playbooks.core.runner import PlayFailed
 
@@ -174,8 +175,8 @@ def test_a_crawl_of_a_site_served_in_the_cluster_reports_exactly_its_pages_and_b
 def test_an_oversized_ray_cluster_fails_in_seconds_naming_requested_and_free(play, lab, kube):
     play(ray.uninstall_steps(lab))
     node = kube.core.list_node().items[0]
-    allocatable = ray.quantity(node.status.allocatable["cpu"], "m")
-    used = sum(ray.quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
+    allocatable = quantity(node.status.allocatable["cpu"], "m")
+    used = sum(quantity(((c.resources.requests or {}) if c.resources else {}).get("cpu", "0"), "m")
                for p in kube.core.list_pod_for_all_namespaces(field_selector="status.phase=Running").items
                for c in p.spec.containers)
     # room for the operator (100m) and not much else: Ray needs two pods of 250m at least

@@ -3,11 +3,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from playbooks.core import daemons
-from playbooks.core.daemons import Daemon
+from playbooks.core.daemons import Daemon, alive
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses sleep(1) and /proc")
 
@@ -95,3 +96,53 @@ def test_a_supervisor_waits_for_its_crds_before_starting_the_program(tmp_path):
         assert marker.exists()  # started once the CRD is Established
     finally:
         daemons.stop(daemon)
+
+
+@pytest.mark.parametrize("waiting_for_crds", [False, True])
+def test_a_supervisor_ends_with_its_program_once_its_clusters_kubeconfig_is_gone(tmp_path, waiting_for_crds):
+    # What a cluster deleted by a run that could not find the pid file (another kindlab home) leaves.
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text("clusters: []\n")
+    never = tmp_path / "kubectl"
+    never.write_text("#!/bin/sh\nexit 1\n")
+    never.chmod(0o755)
+    crds = {"needs_crds": ("widgets.example.com",), "kubectl": str(never)} if waiting_for_crds else {}
+    program = tmp_path / "program.pid"
+    daemon = Daemon("op", ["sh", "-c", f"echo $$ > {program}; exec sleep 60"], tmp_path / "d",
+                    env={"KUBECONFIG": str(kubeconfig)}, restart=True, **crds)
+    pid = daemons.start(daemon)
+    try:
+        deadline = time.monotonic() + 30
+        while not waiting_for_crds and not program.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemons.running_pid(daemon) == pid
+        kubeconfig.unlink()
+        while alive(pid) and time.monotonic() < deadline + 30:
+            time.sleep(0.1)
+        assert not alive(pid), "the supervisor outlived its cluster"
+        if not waiting_for_crds:
+            assert not alive(int(program.read_text())), "its program outlived the cluster"
+    finally:
+        daemons.stop(daemon)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads are read from Linux's /proc")
+def test_a_program_whose_first_thread_ended_is_alive_while_another_runs():
+    # A killed Go program looks like this for a moment: its first thread is a zombie while the others
+    # still hold its files (a listening port a restart would need).
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+            "print('ready', flush=True)\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not alive(proc.pid)

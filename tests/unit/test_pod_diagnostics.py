@@ -61,3 +61,109 @@ def test_explain_names_pod_reason_and_next_step():
     assert "check the image name" in failure
     crash = explain([pod("w-1", waiting="CrashLoopBackOff", restarts=4)], 1, "w", "kwok-t1", "ns")[2]
     assert "kubectl --context kwok-t1 -n ns logs w-1 --previous" in crash
+
+
+def test_a_pull_error_is_final_after_the_grace_counted_from_when_it_was_first_seen():
+    # a big image pulled for ten minutes, then an error: the grace starts at the error, not at the pod's birth
+    long_pull = pod("ray-head", waiting="ErrImagePull", message="rpc error: context deadline exceeded", age_s=600)
+    now = datetime.now(timezone.utc).timestamp()
+    assert not pod_state(long_pull, now, pull_error_since=now - 10).terminal
+    assert pod_state(long_pull, now, pull_error_since=now - 100).terminal
+
+
+def _unschedulable(age_s):
+    p = pod("ray-worker", unschedulable="0/1 nodes are available: 1 Insufficient cpu.", age_s=age_s)
+    p.status.conditions[0].last_transition_time = p.metadata.creation_timestamp
+    return p
+
+
+def test_insufficient_resources_are_final_after_a_short_grace_only_where_no_node_can_be_added():
+    assert not pod_state(_unschedulable(45)).terminal  # an existing cluster may have an autoscaler
+    assert not pod_state(_unschedulable(10), fixed_nodes=True).terminal
+    assert pod_state(_unschedulable(45), fixed_nodes=True).terminal
+
+
+def _initializing():
+    from kubernetes.client import V1ContainerStateTerminated
+    p = pod("raylab-worker-x", waiting="PodInitializing")
+    done = V1ContainerStatus(name="fetch", image="i", image_id="", ready=True, restart_count=0,
+                             state=V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=0)))
+    running = V1ContainerStatus(name="wait-gcs-ready", image="i", image_id="", ready=False, restart_count=0,
+                                state=V1ContainerState(running=V1ContainerStateRunning()))
+    p.status.init_container_statuses = [done, running]
+    p.metadata.uid = "u1"
+    return p
+
+
+def test_a_pod_held_in_its_init_containers_names_the_running_one():
+    state = pod_state(_initializing())
+    assert (state.reason, state.message, state.init_container) == (
+        "PodInitializing", "init container wait-gcs-ready running", "wait-gcs-ready")
+
+
+class FakeCore:
+    """What Kube.explain reads beside the pods: logs, pull events, nodes and pods for free room."""
+
+    def __init__(self, events=(), log="", nodes=(), pods=()):
+        self.events, self.log, self.nodes, self.pods = events, log, nodes, pods
+        self.log_calls = []
+
+    def read_namespaced_pod_log(self, name, namespace, container, tail_lines):
+        self.log_calls.append((name, container, tail_lines))
+        return self.log
+
+    def list_namespaced_event(self, namespace, field_selector):
+        from types import SimpleNamespace as NS
+        reason = field_selector.rsplit("=", 1)[1]
+        return NS(items=[e for e in self.events if e.reason == reason])
+
+    def list_node(self):
+        from types import SimpleNamespace as NS
+        return NS(items=list(self.nodes))
+
+    def list_pod_for_all_namespaces(self, field_selector):
+        from types import SimpleNamespace as NS
+        return NS(items=list(self.pods))
+
+
+def _kube(core, fixed_nodes=True):
+    from playbooks.core.kube import Kube
+    kube = Kube.__new__(Kube)  # no kubeconfig: only what explain reads
+    kube.context, kube.core, kube.fixed_nodes, kube._pull_errors = "kind-lab", core, fixed_nodes, {}
+    return kube
+
+
+def test_the_wait_quotes_the_running_init_containers_last_log_line():
+    core = FakeCore(log="2026-11-26 10:00:01 INFO Failed to connect to GCS at raylab-head-svc:6379\n")
+    ready, progress, failure = _kube(core).explain([_initializing()], 1, "ray pods", "ray")
+    assert "raylab-worker-x: PodInitializing (init container wait-gcs-ready running; its last log line: " \
+           "2026-11-26 10:00:01 INFO Failed to connect to GCS at raylab-head-svc:6379)" in progress
+    assert core.log_calls == [("raylab-worker-x", "wait-gcs-ready", 1)] and failure is None
+
+
+def test_a_pull_in_progress_is_shown_with_its_image_and_how_long_it_has_run():
+    from types import SimpleNamespace as NS
+    started = datetime.now(timezone.utc) - timedelta(seconds=40)
+    pulling = NS(reason="Pulling", message='Pulling image "rayproject/ray:2.52.0-py311"', last_timestamp=started,
+                 event_time=None, metadata=NS(creation_timestamp=started), involved_object=NS(name="head-1"))
+    creating = pod("head-1", waiting="ContainerCreating")
+    _, progress, _ = _kube(FakeCore(events=[pulling])).explain([creating], 1, "ray pods", "ray")
+    assert 'head-1: ContainerCreating (pulling "rayproject/ray:2.52.0-py311" for 40s)' in progress
+    pulled = NS(reason="Pulled", message="Successfully pulled", last_timestamp=datetime.now(timezone.utc),
+                event_time=None, metadata=NS(creation_timestamp=started), involved_object=NS(name="head-1"))
+    _, progress, _ = _kube(FakeCore(events=[pulling, pulled])).explain([creating], 1, "ray pods", "ray")
+    assert "pulling" not in progress  # pulled: now it is the container starting
+
+
+def test_a_pod_that_cannot_fit_fails_with_what_it_asks_and_what_the_nodes_have_free():
+    from types import SimpleNamespace as NS
+    p = _unschedulable(45)
+    p.spec.containers = [NS(resources=NS(requests={"cpu": "1", "memory": "2Gi"}))]
+    node = NS(metadata=NS(name="lab-control-plane"), spec=NS(taints=None),
+              status=NS(allocatable={"cpu": "2", "memory": "8Gi", "pods": "110"}))
+    system = NS(metadata=NS(namespace="kube-system"),
+                spec=NS(node_name="lab-control-plane", containers=[NS(resources=NS(requests={"cpu": "1450m"}))]))
+    _, _, failure = _kube(FakeCore(nodes=[node], pods=[system])).explain([p], 1, "ray pods", "ray")
+    assert failure and "Insufficient cpu" in failure
+    assert "it requests 1000m CPU / 2048Mi; the roomiest of 1 node(s) has 550m CPU / 8192Mi free" in failure
+    assert "lower its requests, free resources or add nodes" in failure

@@ -29,10 +29,12 @@ def test_kind_create_refuses_a_busy_host_port_before_calling_kind(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        lab = Lab(provider="kind", home=tmp_path, nginx_port=port)
+        from playbooks.core.portforward import free_port
+        # the other two mapped ports free ones: a lab cluster on this machine may hold 8080 and 31112
+        lab = Lab(provider="kind", home=tmp_path, nginx_port=port, http_port=free_port(), gateway_port=free_port())
         shell = RecordingShell()
         create = cluster.kind_create_steps(lab)[0]
-        with pytest.raises(StepFailed, match=f"127.0.0.1:{port} already in use"):
+        with pytest.raises(StepFailed, match=f"host port 127.0.0.1:{port} already in use"):
             create.apply(StepContext(lab, shell))
     assert not any(call[:3] == ["kind", "create", "cluster"] for call in shell.calls)
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from playbooks import ray
+from playbooks.core.quantities import quantity
 from playbooks.core.steps import StepFailed
 
 
@@ -13,7 +14,7 @@ from playbooks.core.steps import StepFailed
     ("8Gi", "Mi", 8192), ("16384Mi", "Mi", 16384), ("8023512Ki", "Mi", 7835), ("2G", "Mi", 1907), ("0", "Mi", 0),
 ])
 def test_quantities_are_read_as_kubernetes_writes_them(value, unit, expected):
-    assert ray.quantity(value, unit) == expected
+    assert quantity(value, unit) == expected
 
 
 def node(name, cpu, memory, taints=()):

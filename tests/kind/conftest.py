@@ -3,12 +3,14 @@
 These run wherever a Docker engine answers and `invoke images.build` has made
 the offline images. In CI (`CI` set, or KINDLAB_REQUIRE_REAL=1) a missing
 engine or image fails the run; elsewhere the tests skip, naming the command
-that fixes it. One cluster serves a whole module; host ports 30080, 8080 and
-31112 must be free (one kind cluster holds them at a time).
+that fixes it. One cluster serves a whole module. Its host ports are free ones
+picked at the start: a lab the user (or an earlier session) left running, which
+Docker restarts with its engine, holds the default ports.
 """
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -43,6 +45,18 @@ def missing_prerequisites(sh) -> str | None:
     return None
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now on 127.0.0.1, held open together so they differ."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @pytest.fixture(scope="session")
 def real_lab(tmp_path_factory) -> Lab:
     """A kind Lab in offline mode, its state and kubeconfig in a temporary home."""
@@ -54,7 +68,9 @@ def real_lab(tmp_path_factory) -> Lab:
             pytest.fail(message)
         pytest.skip(message)
     home = tmp_path_factory.mktemp("kindlab-real")
+    nginx_port, http_port, gateway_port = free_ports(3)
     return Lab(provider="kind", cluster=REAL_CLUSTER, home=home, kubeconfig=home / "kubeconfig",
+               nginx_port=nginx_port, http_port=http_port, gateway_port=gateway_port,
                bin_dir=toolchain.default_bin_dir(), offline=True, timeout=300,
                retry_attempts=3, retry_initial=0.5)
 

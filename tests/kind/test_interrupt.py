@@ -13,7 +13,7 @@ import yaml
 
 from playbooks.core.commands import LocalShell
 
-from .conftest import kind_containers
+from .conftest import free_ports, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "kindlab-real-interrupt"
@@ -33,10 +33,11 @@ def group(pgid: int) -> list[str]:
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
 def test_ctrl_c_during_kind_create_ends_every_child_and_leaves_no_half_made_cluster(real_lab, tmp_path):
     sh = LocalShell(real_lab.tools_dir)
-    config = tmp_path / "kindlab.yaml"  # other host ports: the shared cluster may hold the lab's
+    config = tmp_path / "kindlab.yaml"  # ports of its own: the shared cluster holds the lab's
+    nginx_port, http_port, gateway_port = free_ports(3)
     config.write_text(yaml.safe_dump({"kindlab": {
         "home": str(tmp_path / "home"), "kubeconfig": str(tmp_path / "kubeconfig"), "cluster": CLUSTER,
-        "offline": True, "ports": {"nginx": 30180, "http": 8180, "gateway": 31212}}}))
+        "offline": True, "ports": {"nginx": nginx_port, "http": http_port, "gateway": gateway_port}}}))
     volumes_before = dangling_volumes(sh)  # a kind node keeps /var in an anonymous volume
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), "cluster.create"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -98,7 +98,8 @@ class Sizing:
         return {"head": {"resources": resources}, "worker": {"resources": resources}}
 
     def describe(self) -> str:
-        return f"head and worker {self.cpu_m}m CPU / {self.memory_mib}Mi each (free for Ray: {self.free})"
+        share = "" if self.fits else "would get only "
+        return f"head and worker {share}{self.cpu_m}m CPU / {self.memory_mib}Mi each (free for Ray: {self.free})"
 
 
 def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Sizing:

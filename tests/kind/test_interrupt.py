@@ -25,7 +25,7 @@ def dangling_volumes(sh) -> set[str]:
 
 def group(pgid: int) -> list[str]:
     """Processes still running in the process group (a zombie has ended; only its reaping is left)."""
-    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]
     return [row[2] for row in rows if len(row) == 3 and row[0] == str(pgid) and not row[1].startswith("Z")]
 

@@ -199,7 +199,7 @@ def test_an_oversized_ray_cluster_fails_in_seconds_naming_requested_and_free(pla
         assert failed, out
         message = " ".join(failed.group(1).split())
         figure(f"oversized message: {message}")
-        assert re.search(r"does not fit: head and worker \d+m CPU / \d+Mi each \(free for Ray: -?\d+m CPU", message)
+        assert re.search(r"does not fit: head and worker would get only \d+m CPU / \d+Mi each \(free for Ray: -?\d+m CPU", message)
         assert "Ray needs at least 250m CPU / 768Mi for each of its two pods" in message
         assert "free resources" in message  # what to do next
         assert re.search(r"skipped\s+ray image\(s\) in the kind nodes", out)  # nothing heavy was started
@@ -264,10 +264,18 @@ def test_a_target_taken_down_is_named_without_waiting_out_the_timeout(play, lab,
             assert time.monotonic() < deadline, "node-exporter's pod was not removed"
             time.sleep(0.5)
         gone = time.monotonic()
-        with pytest.raises(PlayFailed):
-            play(monitoring.verify_steps(lab))
+        # verify reports what Prometheus sees, which follows the cluster by its service discovery's
+        # refresh (5 s): a verify in that moment still finds the target up, the next one names it.
+        passes = 0
+        while True:
+            try:
+                play(monitoring.verify_steps(lab))
+            except PlayFailed:
+                break
+            passes += 1
+            assert time.monotonic() - gone < 60, f"the target down was never named:\n{play.output}"
         figure(f"target down named {time.monotonic() - gone:.1f} s after node-exporter's pod was gone "
-               "(scrape interval 30 s)")
+               f"(scrape interval 30 s; {passes} verify run(s) before it still saw the target up)")
         failed = re.search(r"failed\s+prometheus targets up.*?\n(.*?)\n(?:skipped|PLAY)", play.output, re.S)
         message = " ".join(failed.group(1).split())
         assert f"serviceMonitor/monitoring/{NODE_EXPORTER}/0 has no target" in message, play.output
@@ -280,7 +288,7 @@ def test_a_target_taken_down_is_named_without_waiting_out_the_timeout(play, lab,
 
 
 def group(pgid: int) -> list[tuple[int, str]]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 3) for line in out.splitlines()]
     return [(int(r[0]), r[3]) for r in rows if len(r) == 4 and r[1] == str(pgid) and not r[2].startswith("Z")]
 
@@ -327,8 +335,10 @@ def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl
     try:
         until(lambda: printed(output, "forwarding until Ctrl-C", proc), 60, "dashboards never started")
         assert "no Grafana to forward: Grafana is off offline" in output.read_text()
-        results = until(prometheus_answers, 30, "Prometheus did not answer at 127.0.0.1:9090")
-        assert {r["metric"]["job"] for r in results} >= {"kps-prometheus", NODE_EXPORTER}
+        def scraped():
+            jobs = {r["metric"]["job"] for r in prometheus_answers()}
+            assert jobs >= {"kps-prometheus", NODE_EXPORTER}, jobs  # scraped through the forward's Prometheus
+        until(scraped, 60, "Prometheus at 127.0.0.1:9090 had not scraped itself and node-exporter")
         # the forward's kubectl dies (its pod replaced, a laptop asleep): it comes back by itself
         (kubectl,) = [pid for pid, args in group(proc.pid) if "port-forward" in args]
         os.kill(kubectl, signal.SIGKILL)

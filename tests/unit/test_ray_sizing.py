@@ -64,7 +64,7 @@ def test_a_node_too_small_for_ray_does_not_fit_and_the_step_says_by_how_much(mon
     assert not sizing.fits and sizing.cpu_m < ray.RAY_FLOOR["cpu_m"]
     monkeypatch.setattr(ray, "_ceiling", lambda: (1000, 2048))
     monkeypatch.setattr(ray, "_reserve", lambda lab, kube: (0, 0))
-    with pytest.raises(StepFailed, match=r"does not fit: head and worker 50m CPU / 768Mi each \(free for "
+    with pytest.raises(StepFailed, match=r"does not fit: head and worker would get only 50m CPU / 768Mi each \(free for "
                                          r"Ray: 150m CPU / 1748Mi .*at least 250m CPU / 768Mi"):
         ray.sizing_step(NS(), {}).check(NS(kube=small))
 

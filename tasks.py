@@ -160,7 +160,7 @@ def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, v
 
 
 @task(iterable=["url"], help=h("provider name context verbose timeout",
-                               url="start URL (repeat for several; default the Ray docs)",
+                               url="start URL (repeat for several; default the Ray docs, offline the lab's nginx)",
                                prefix="only follow links under this URL prefix (default: each start URL's folder)",
                                depth="link hops to follow from a start URL (default 2, at most 10)",
                                max_pages="stop after this many pages (default 200, at most 1000000)",
@@ -172,7 +172,7 @@ def ray_crawl(c, url=None, prefix="", depth="2", max_pages="200", concurrency="8
               provider=None, name=None, context=None, verbose=False, timeout=None):
     """Run the web crawler as a Ray job (Jobs API, its own runtime env) and print a summary."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout)
-    args = ray_play.crawl_args(url or ray_play.DEFAULT_CRAWL, prefix, parse_count(depth, "--depth", 10),
+    args = ray_play.crawl_args(url or ray_play.default_crawl(lab), prefix, parse_count(depth, "--depth", 10),
                                parse_count(max_pages, "--max-pages", 1_000_000),
                                parse_count(concurrency, "--concurrency", 256))
     play(lab, "ray.crawl", ray_play.crawl_steps(lab, args, address, show=console.print), lock=not address)

@@ -32,7 +32,14 @@ CLUSTER = Release(name="raylab", namespace=NAMESPACE, chart="kuberay/ray-cluster
                   repo_name=KUBERAY_REPO[0], repo_url=KUBERAY_REPO[1],
                   values_files=(ROOT / "helm-values" / "ray-cluster.yaml",), wait=False)
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job can run there"
-DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]  # what `invoke all` crawls
+DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]  # what `invoke all` and `ray.crawl` crawl
+# Offline the internet is out of reach: the lab's own nginx, as the Ray pods reach it inside the cluster.
+OFFLINE_CRAWL = ["http://nginx.default.svc.cluster.local/"]
+
+
+def default_crawl(lab: Lab) -> list[str]:
+    """The start URLs when none are given: Ray's docs, or offline the lab's nginx."""
+    return OFFLINE_CRAWL if lab.offline else DEFAULT_CRAWL
 
 
 def releases(lab: Lab) -> tuple[Release, Release]:
@@ -138,6 +145,20 @@ def _reserve(lab: Lab, kube) -> tuple[int, int]:
     return sum(p.requests[0] for p in waiting), sum(p.requests[1] for p in waiting)
 
 
+def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:
+    """The head's requests (millicores, MiB) in the installed RayCluster release's values, if any."""
+    from .core.helm import installed, installed_values
+
+    rel = releases(lab)[1]
+    if installed(ctx, lab, rel) is None:
+        return None
+    requests = (((installed_values(ctx, lab, rel).get("head") or {}).get("resources") or {}).get("requests") or {})
+    try:
+        return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
+    except (KeyError, ValueError):
+        return None
+
+
 def _ceiling() -> tuple[int, int]:
     requests = load_values(CLUSTER)["head"]["resources"]["requests"]
     return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
@@ -154,9 +175,18 @@ def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
             raise StepFailed(f"the RayCluster does not fit: {sizing.describe()}, but Ray needs at least "
                              f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods; "
                              "free resources (leave parts out: invoke all --skip monitoring) or add a larger node")
+        kept = installed_size(ctx, lab)
+        if kept and RAY_FLOOR["cpu_m"] <= kept[0] <= sizing.cpu_m and RAY_FLOOR["memory_mib"] <= kept[1] <= \
+                sizing.memory_mib:
+            # The size installed still fits: keep it, so a rerun changes nothing (parts installed side by
+            # side make what is free differ from run to run; a larger share is not worth new Ray pods).
+            sizing = replace(sizing, cpu_m=kept[0], memory_mib=kept[1])
+            detail = f"{sizing.describe()}; the installed size, which still fits"
+        else:
+            detail = sizing.describe()
         plan.clear()
         plan.update(deep_merge(fixed or {}, sizing.values()))
-        return ok(sizing.describe())
+        return ok(detail)
 
     return Step("ray pods sized to the cluster", check)
 
@@ -251,6 +281,8 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                 raise StepFailed(str(exc)) from None
             show(Text(jobs.summarize(result)))
             stats = result.get("stats", {})
+            if not stats.get("unique"):
+                raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")
             cut = f"; cut by --max-pages, {stats['unfetched']} URLs left unfetched" if stats.get("truncated") else ""
             return (f"job finished in {time.monotonic() - start:.0f}s: {stats.get('unique', '?')} pages, "
                     f"{stats.get('failed', 0)} failed{cut}")
@@ -263,6 +295,17 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                              "follow_note": "with `invoke ray.dashboard` running in another terminal"})
 
     return [action("crawler job on Ray", submit, check=check)]
+
+
+def nothing_fetched(stats: dict) -> str:
+    """Why a crawl came back empty, and what to do: a job that "succeeded" on nothing is no result."""
+    if stats.get("blocked_by_robots"):
+        return ("its start URL was blocked by robots.txt. A site whose robots.txt cannot be read (the host not "
+                "reached from the cluster, or a 5xx) may not be crawled at all (RFC 9309): crawl a site the "
+                "cluster reaches: invoke ray.crawl --url URL")
+    if stats.get("failed"):
+        return "every fetch failed (the log above names each URL and its error)"
+    return "the start URLs led to no HTML page (out of --prefix, or not HTML)"
 
 
 def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
@@ -293,7 +336,7 @@ PART = Part(
     name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
     help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
           "Uninstall the RayCluster and the KubeRay operator."),
-    use=lambda lab: crawl_steps(lab, crawl_args(DEFAULT_CRAWL, "", 2, 200, 8)),
+    use=lambda lab: crawl_steps(lab, crawl_args(default_crawl(lab), "", 2, 200, 8)),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
     memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator"),

@@ -316,3 +316,32 @@ def test_crawl_args_let_concurrency_reach_one_host():
 
     args = build_parser().parse_args(crawl_args(["http://a.test/"], "", 2, 10, 32))
     assert (args.concurrency, args.per_host) == (32, 32)
+
+
+NOTHING = {"config": {"starts": ["http://docs.test/"]}, "pages": [], "broken": [],
+           "stats": {"fetched": 0, "unique": 0, "failed": 0, "wall_s": 0.3, "pages_per_s": 0.0, "requests": 1,
+                     "blocked_by_robots": 1}}
+
+
+def test_a_crawl_that_fetched_nothing_fails_and_says_why(fake_jobs):
+    """An offline lab crawling a site out of reach: robots.txt unreadable, so the start URL is blocked
+    (RFC 9309). The job succeeds on nothing; the step must not report it as a crawl."""
+    from types import SimpleNamespace
+
+    from playbooks.core.steps import StepFailed
+    from playbooks.ray import crawl_args, crawl_steps
+
+    fake_jobs([(Status.SUCCEEDED, "\n".join(result_lines(NOTHING)) + "\n")])
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://docs.test/"], "", 2, 10, 4),
+                        address="http://127.0.0.1:8265", show=lambda text: None)
+    with pytest.raises(StepFailed, match=r"fetched no page: its start URL was blocked by robots.txt.*"
+                                         r"the host not reached from the cluster.*invoke ray.crawl --url URL"):
+        steps[0].apply(SimpleNamespace(say=lambda message: None))
+
+
+def test_offline_the_default_crawl_is_the_labs_own_nginx_inside_the_cluster():
+    from playbooks import ray
+    from playbooks.core.settings import Lab
+
+    assert ray.default_crawl(Lab(offline=True)) == ["http://nginx.default.svc.cluster.local/"]
+    assert ray.default_crawl(Lab()) == ray.DEFAULT_CRAWL

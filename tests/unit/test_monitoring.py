@@ -266,11 +266,8 @@ def test_a_busy_local_port_is_a_clear_error_before_anything_starts():
         assert shell.spawned == []
 
 
-def test_dashboards_run_until_stopped_and_end_their_children():
-    lab = Lab(provider="kind")
-    g, p = free_port(), free_port()
-    procs = {g: [FakeProc()], p: [FakeProc()]}
-    shell = FakeShell(procs)
+def until_forwarding():
+    """What dashboards prints, its `out`, and a stop that ends it once it says it is forwarding."""
     stop = threading.Event()
     printed = []
 
@@ -279,6 +276,15 @@ def test_dashboards_run_until_stopped_and_end_their_children():
         if message.startswith("forwarding until"):
             stop.set()
 
+    return printed, out, stop
+
+
+def test_dashboards_run_until_stopped_and_end_their_children():
+    lab = Lab(provider="kind")
+    g, p = free_port(), free_port()
+    procs = {g: [FakeProc()], p: [FakeProc()]}
+    shell = FakeShell(procs)
+    printed, out, stop = until_forwarding()
     monitoring.dashboards(lab, shell=shell, kube=FakeKube(FakeCore()), out=out, stop=stop,
                           grafana_port=g, prometheus_port=p)
     assert printed[0].startswith(f"Grafana     http://127.0.0.1:{g}  (user admin")
@@ -345,14 +351,7 @@ def test_offline_verify_skips_grafana_with_the_reason_and_dashboards_forward_pro
     assert grafana.state == "skip" and "Grafana is off offline" in grafana.detail
     p = free_port()
     shell = FakeShell({p: [FakeProc()]})
-    stop = threading.Event()
-    printed = []
-
-    def out(message):
-        printed.append(message)
-        if message.startswith("forwarding until"):
-            stop.set()
-
+    printed, out, stop = until_forwarding()
     monitoring.dashboards(lab, shell=shell, kube=FakeKube(FakeCore()), out=out, stop=stop, prometheus_port=p)
     assert [argv[-2] for argv, _ in shell.spawned] == ["svc/kps-prometheus"]
     assert printed[0].startswith("no Grafana to forward: Grafana is off offline")

@@ -69,6 +69,40 @@ def test_a_node_too_small_for_ray_does_not_fit_and_the_step_says_by_how_much(mon
         ray.sizing_step(NS(), {}).check(NS(kube=small))
 
 
+class HelmAnswers:
+    """The helm calls the sizing step makes: `list` (is the RayCluster release there) and `get values`."""
+
+    def __init__(self, head_requests=None):
+        self.head_requests = head_requests
+
+    def run(self, argv, **kwargs):
+        import json
+        if "list" in argv:
+            return NS(stdout=json.dumps([{"name": "raylab"}] if self.head_requests else []))
+        assert "values" in argv
+        return NS(stdout=json.dumps({"head": {"resources": {"requests": self.head_requests}}}))
+
+
+@pytest.mark.parametrize("installed,expected", [
+    (None, 550),                                   # first install: the share of what is free
+    ({"cpu": "300m", "memory": "2Gi"}, 300),       # installed smaller, still fits: kept, no new pods
+    ({"cpu": "800m", "memory": "2Gi"}, 550),       # installed larger than what is free now: resized
+    ({"cpu": "100m", "memory": "2Gi"}, 550),       # installed below Ray's floor: resized
+])
+def test_a_rerun_keeps_the_installed_size_while_it_fits_so_nothing_changes(monkeypatch, installed, expected):
+    """Measured on a real kind cluster: parts installed side by side made the first run size Ray at 300m
+    and the rerun at 350m, upgrading the release on a converged lab."""
+    from playbooks.core.settings import Lab
+
+    monkeypatch.setattr(ray, "_ceiling", lambda: (1000, 2048))
+    monkeypatch.setattr(ray, "_reserve", lambda lab, kube: (0, 0))
+    plan = {}
+    outcome = ray.sizing_step(Lab(), plan).check(NS(kube=fake_kube([KIND_NODE], CONTROL_PLANE),
+                                                    sh=HelmAnswers(installed)))
+    assert plan["head"]["resources"]["requests"]["cpu"] == f"{expected}m"
+    assert ("the installed size, which still fits" in outcome.detail) == (expected == 300)
+
+
 def test_scaling_nginx_beyond_what_the_nodes_can_schedule_is_warned_about_first():
     from playbooks import nginx
     from playbooks.core.settings import Lab

@@ -48,7 +48,8 @@ def test_the_ray_cluster_gets_kindlabs_ray_image_with_its_size():
                                                       status=NS(allocatable={"cpu": "2", "memory": "8Gi"}))]),
                       list_pod_for_all_namespaces=lambda field_selector: NS(items=[]),
                       list_namespace=lambda: NS(items=[])))
-    sized.check(NS(kube=kube))
+    no_release = NS(run=lambda argv, **kwargs: NS(stdout="[]"))  # helm list: no RayCluster release yet
+    sized.check(NS(kube=kube, sh=no_release))
     assert f"{plan['image']['repository']}:{plan['image']['tag']}" == images.reference("ray")
     assert plan["head"]["resources"]["requests"]["cpu"].endswith("m")
 

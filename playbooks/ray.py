@@ -269,9 +269,13 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
         return ok()
 
     def submit(ctx):
+        summed_up = []  # the crawler prints its own summary into the job's log: then it is not repeated
+
         def log(line: str) -> None:
             show(Text(line))  # whole: the console wraps a long line; Text keeps "[...]" in it literal
             ctx.say("streaming the Ray job's log")
+            if line.startswith("Total: "):
+                summed_up.append(line)
 
         def run(url: str, follow: dict) -> str:
             start = time.monotonic()
@@ -279,7 +283,8 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                 result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6, **follow)
             except jobs.CrawlJobError as exc:
                 raise StepFailed(str(exc)) from None
-            show(Text(jobs.summarize(result)))
+            if not summed_up:
+                show(Text(jobs.summarize(result)))
             stats = result.get("stats", {})
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")

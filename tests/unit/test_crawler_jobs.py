@@ -345,3 +345,19 @@ def test_offline_the_default_crawl_is_the_labs_own_nginx_inside_the_cluster():
 
     assert ray.default_crawl(Lab(offline=True)) == ["http://nginx.default.svc.cluster.local/"]
     assert ray.default_crawl(Lab()) == ray.DEFAULT_CRAWL
+
+
+def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fake_jobs):
+    """Seen on the real cluster: the crawler's summary, streamed from the job's log, then kindlab's copy."""
+    from types import SimpleNamespace
+
+    from playbooks.ray import crawl_args, crawl_steps
+
+    summary = summarize(RESULT)
+    fake_jobs([(Status.SUCCEEDED, summary + "\n" + "\n".join(result_lines(RESULT)) + "\n")])
+    shown = []
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+                        address="http://127.0.0.1:8265", show=lambda text: shown.append(str(text)))
+    steps[0].apply(SimpleNamespace(say=lambda message: None))
+    lines = [line for text in shown for line in text.splitlines()]
+    assert sum(line.startswith("Total: ") for line in lines) == 1, shown

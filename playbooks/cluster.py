@@ -565,7 +565,7 @@ def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
         return done
 
     def check(ctx):
-        from .core.kube import node_ready  # the kubernetes client is slow to import: only when used
+        from .core.kube import condition_ready  # the kubernetes client is slow to import: only when used
 
         # Just started (a stopped node, a restarted control plane), the API server answers 403
         # to everyone until its authorizer is warm: the wait below waits that out.
@@ -573,7 +573,7 @@ def _nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
         if not_ready:
             return unknown(f"the API server ready ({not_ready})")
         nodes = ctx.kube.core.list_node().items
-        ready = [n for n in nodes if node_ready(n)]
+        ready = [n for n in nodes if condition_ready(n)]
         if len(ready) >= want and len(ready) == len(nodes):
             return ok(f"{len(ready)}/{len(nodes)} nodes Ready")
         return unknown(f"{want} Ready node(s); {len(ready)} of {len(nodes)} are")
@@ -696,8 +696,10 @@ def status_rows(lab: Lab, kube) -> list[tuple[str, str]]:
     version = kube.api.call_api("/version", "GET", response_type="object", auth_settings=["BearerToken"],
                                 _return_http_data_only=True)
     rows.append(("server version", version.get("gitVersion", "?")))
+    from .core.kube import condition_ready
+
     for node in kube.core.list_node().items:
-        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        ready = condition_ready(node)
         alloc = node.status.allocatable or {}
         rows.append((f"node {node.metadata.name}",
                      f"{'Ready' if ready else 'NotReady'}, kubelet {node.status.node_info.kubelet_version or 'simulated'}, "

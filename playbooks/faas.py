@@ -98,7 +98,7 @@ def _fn_namespace() -> list[dict]:
 
 def registry_image(lab: Lab) -> str:
     """kindlab.images.registry, else offline the registry image kindlab built, else the pinned one."""
-    return lab.image_override("registry") or (images.reference("registry") if lab.offline else REGISTRY["image"])
+    return images.for_part(lab, "registry") or REGISTRY["image"]
 
 
 def registry_steps(lab: Lab) -> list[Step]:

@@ -19,7 +19,8 @@ from typing import Callable
 
 from . import cluster as cluster_play, images, probes, toolchain
 from .cluster import images_loaded_step, needs_loading
-from .core.helm import Release, load_values, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.helm import (Release, deep_merge, load_values, local_release, release_steps,
+                        uninstall_steps as helm_uninstall_steps)
 from .core.part import Part
 from .core.portforward import Forward, Supervisor, forwarded  # noqa: F401 (Supervisor, Forward re-exported)
 from .core.settings import Lab
@@ -82,8 +83,6 @@ OFFLINE_VERSIONS = {("prometheus", "prometheusSpec", "version"): toolchain.PROME
 
 def offline_values(lab: Lab) -> dict:
     """What offline mode sets over the lab's values: kindlab's images, and OFFLINE_OFF turned off."""
-    from .core.helm import deep_merge
-
     values: dict = {}
     for name, path in OFFLINE_IMAGES.items():
         ref = images.for_part(lab, name)
@@ -105,9 +104,13 @@ def _nested(path: tuple[str, ...], leaf) -> dict:
     return leaf
 
 
+def enabled(rel: Release, component: str) -> bool:
+    """Whether the release runs a component the chart turns on by default (its values, offline's included)."""
+    return (load_values(rel).get(component) or {}).get("enabled", True) is not False
+
+
 def grafana_on(rel: Release) -> bool:
-    """Whether the release runs Grafana (its values, offline's included)."""
-    return (load_values(rel).get("grafana") or {}).get("enabled", True) is not False
+    return enabled(rel, "grafana")
 
 
 def grafana_off_reason(lab: Lab) -> str:
@@ -220,8 +223,7 @@ def serving_step(lab: Lab, rel: Release) -> Step:
     """Until the Services have a ready endpoint: the operator makes Prometheus only after the release."""
     namespace, services = rel.namespace, served(rel)
     # what the operator makes pods from, some time after the release (Alertmanager unless it is off)
-    alertmanager = (load_values(rel).get("alertmanager") or {}).get("enabled", True) is not False
-    made_by_the_operator = ("prometheuses", "alertmanagers") if alertmanager else ("prometheuses",)
+    made_by_the_operator = ("prometheuses", "alertmanagers") if enabled(rel, "alertmanager") else ("prometheuses",)
 
     def check(ctx):
         reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
@@ -382,21 +384,13 @@ class TargetJudge:
 def poll_targets(read: Callable[[], Targets], timeout: float, say: Callable[[str], None], interval: float = 2.0,
                  sleep: Callable[[float], None] = time.sleep) -> str:
     """Until every target is up: a target that is down now fails at once, one not scraped yet is waited for."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = read()
-        except (probes.HttpGetError, ValueError) as exc:
-            found = Targets([], [str(exc)])
+    def judged() -> tuple[list[str], str]:
+        found = read()
         if found.failures:
             raise StepFailed(f"Prometheus targets: {len(found.failures)} down: {_shown(found.failures)}")
-        if not found.waiting:
-            return found.healthy
-        if time.monotonic() >= deadline:
-            raise StepFailed(f"Prometheus targets: {len(found.waiting)} problem(s) after {timeout:.0f}s: "
-                             f"{_shown(found.waiting)}")
-        say(f"Prometheus targets: {len(found.waiting)} not up yet, asking again: {found.waiting[0][:100]}")
-        sleep(interval)
+        return found.waiting, found.healthy
+
+    return poll_until_healthy(judged, timeout, say, "Prometheus targets", interval=interval, sleep=sleep)
 
 
 def _shown(problems: list[str]) -> str:
@@ -426,8 +420,7 @@ def poll_until_healthy(read: Callable[[], tuple[list[str], str]], timeout: float
         if not problems:
             return healthy
         if time.monotonic() >= deadline:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise StepFailed(f"{what}: {len(problems)} problem(s) after {timeout:.0f}s: {shown}")
+            raise StepFailed(f"{what}: {len(problems)} problem(s) after {timeout:.0f}s: {_shown(problems)}")
         say(f"{what}: {len(problems)} problem(s), asking again: {problems[0][:100]}")
         sleep(interval)
 

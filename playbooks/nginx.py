@@ -21,7 +21,7 @@ ENDPOINTS_SETTLE_S = 5.0  # how long the endpoints may lag the Ready pods before
 
 def image(lab: Lab) -> str:
     """kindlab.images.nginx, else offline the image kindlab built, else kindlab.nginx.image."""
-    return lab.image_override("nginx") or (images.reference("nginx") if lab.offline else lab.nginx_image)
+    return images.for_part(lab, "nginx") or lab.nginx_image
 
 
 def documents(lab: Lab) -> list[dict]:

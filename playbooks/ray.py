@@ -14,8 +14,8 @@ from . import cluster as cluster_play, images, toolchain
 from .cluster import images_loaded_step, needs_loading
 from .core.part import Part
 from .core.quantities import node_free, quantity
-from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, load_values, local_release,
-                        release_steps, uninstall_steps as helm_uninstall_steps)
+from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, installed, installed_values, load_values,
+                        local_release, release_steps, uninstall_steps as helm_uninstall_steps)
 from .core.portforward import forwarded
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, ok, skip, unknown
@@ -124,14 +124,18 @@ def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Si
     return Sizing(cpu, mem, free, cpu >= RAY_FLOOR["cpu_m"] and mem >= RAY_FLOOR["memory_mib"])
 
 
+def misfit(sizing: Sizing) -> str:
+    """What a RayCluster that does not fit gets, and what Ray needs (doctor and the sizing step say it)."""
+    return (f"the RayCluster does not fit: {sizing.describe()}, but Ray needs at least "
+            f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods")
+
+
 def fits(lab: Lab, kube) -> tuple[str, str, str]:
     """`invoke doctor`: whether the RayCluster fits the cluster, before installing it."""
     sizing = size_cluster(kube, _reserve(lab, kube), _ceiling())
     if sizing.fits:
         return "ok", f"the RayCluster fits: {sizing.describe()}", ""
-    return ("fail", f"the RayCluster does not fit: {sizing.describe()}; Ray needs at least "
-                    f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods",
-            "free resources, leave parts out (invoke all --skip ray) or use a larger node")
+    return "fail", misfit(sizing), "free resources, leave parts out (invoke all --skip ray) or use a larger node"
 
 
 def _reserve(lab: Lab, kube) -> tuple[int, int]:
@@ -147,8 +151,6 @@ def _reserve(lab: Lab, kube) -> tuple[int, int]:
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:
     """The head's requests (millicores, MiB) in the installed RayCluster release's values, if any."""
-    from .core.helm import installed, installed_values
-
     rel = releases(lab)[1]
     if installed(ctx, lab, rel) is None:
         return None
@@ -172,9 +174,8 @@ def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
     def check(ctx):
         sizing = size_cluster(ctx.kube, _reserve(lab, ctx.kube), _ceiling())
         if not sizing.fits:
-            raise StepFailed(f"the RayCluster does not fit: {sizing.describe()}, but Ray needs at least "
-                             f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods; "
-                             "free resources (leave parts out: invoke all --skip monitoring) or add a larger node")
+            raise StepFailed(f"{misfit(sizing)}; free resources (leave parts out: invoke all --skip monitoring) "
+                             "or add a larger node")
         kept = installed_size(ctx, lab)
         if kept and RAY_FLOOR["cpu_m"] <= kept[0] <= sizing.cpu_m and RAY_FLOOR["memory_mib"] <= kept[1] <= \
                 sizing.memory_mib:
@@ -215,8 +216,9 @@ def install_steps(lab: Lab) -> list[Step]:
         reason = cluster_play.operator_unavailable(lab, "ray-operator")
         if reason:
             return skip(reason)
-        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items
-                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        from .core.kube import condition_ready
+
+        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items if condition_ready(p)]
         return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):

@@ -581,7 +581,7 @@ class Kube:
     def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
         def evaluate() -> Verdict:
             nodes = self.core.list_node().items
-            not_ready = [n.metadata.name for n in nodes if not node_ready(n)]
+            not_ready = [n.metadata.name for n in nodes if not condition_ready(n)]
             ready = len(nodes) - len(not_ready)
             if ready >= want and not not_ready:
                 return Verdict(True, f"{ready}/{len(nodes)} nodes Ready")
@@ -733,5 +733,6 @@ def _event_time(event) -> str:
     return str(event.last_timestamp or event.event_time or event.metadata.creation_timestamp)
 
 
-def node_ready(node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+def condition_ready(obj) -> bool:
+    """Whether a node's or a pod's Ready condition is True."""
+    return any(c.type == "Ready" and c.status == "True" for c in (obj.status.conditions or []))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import pytest
 
@@ -79,6 +80,14 @@ def kind_containers(sh, cluster: str) -> list[str]:
     out = sh.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={cluster}",
                   "--format", "{{.Names}}"]).stdout
     return out.split()
+
+
+def group(pgid: int) -> list[tuple[int, str]]:
+    """(pid, whole command line) of the processes still running in a process group (a zombie has
+    ended; only its reaping is left). `-ww`: a narrow ps would cut the lines."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return [(int(r[0]), r[3]) for r in rows if len(r) == 4 and r[1] == str(pgid) and not r[2].startswith("Z")]
 
 
 def pytest_terminal_summary(terminalreporter):

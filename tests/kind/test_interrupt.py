@@ -13,7 +13,7 @@ import yaml
 
 from playbooks.core.commands import LocalShell
 
-from .conftest import free_ports, kind_containers
+from .conftest import free_ports, group, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "kindlab-real-interrupt"
@@ -21,13 +21,6 @@ CLUSTER = "kindlab-real-interrupt"
 
 def dangling_volumes(sh) -> set[str]:
     return set(sh.run(["docker", "volume", "ls", "--quiet", "--filter", "dangling=true"]).stdout.split())
-
-
-def group(pgid: int) -> list[str]:
-    """Processes still running in the process group (a zombie has ended; only its reaping is left)."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines()]
-    return [row[2] for row in rows if len(row) == 3 and row[0] == str(pgid) and not row[1].startswith("Z")]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
@@ -45,7 +38,7 @@ def test_ctrl_c_during_kind_create_ends_every_child_and_leaves_no_half_made_clus
     try:
         deadline = time.monotonic() + 120
         # mid-create: kind runs and its node container exists
-        while not (any("kind create cluster" in p for p in group(proc.pid)) and kind_containers(sh, CLUSTER)):
+        while not (any("kind create cluster" in args for _, args in group(proc.pid)) and kind_containers(sh, CLUSTER)):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "kind create never started"
             time.sleep(0.2)

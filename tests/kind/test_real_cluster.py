@@ -7,13 +7,13 @@ kindlab's behind.
 """
 import subprocess
 import urllib.request
-from dataclasses import replace
 
 import pytest
 
 from playbooks import parts
 from playbooks import cluster, faas, images, lab as lab_play, nginx
 from playbooks.core.cli import make_context
+from playbooks.core.kube import condition_ready
 from playbooks.core.commands import LocalShell
 from playbooks.core.resources import applied
 from playbooks.core.runner import PlayFailed
@@ -85,7 +85,7 @@ def test_nginx_scaled_to_three_is_served_over_real_http_and_a_rerun_changes_noth
         assert "Welcome to nginx!" in response.read().decode()
     kube = make_context(lab).kube
     pods = kube.core.list_namespaced_pod("default", label_selector="app=nginx").items
-    ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    ready = [p for p in pods if condition_ready(p)]
     assert len(ready) == 3
     assert {p.spec.containers[0].image for p in pods} == {images.reference("nginx")}  # Debian's, built here
     again = play(steps)

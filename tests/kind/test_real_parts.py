@@ -29,12 +29,13 @@ import yaml
 
 from playbooks import cluster, images, monitoring, ray
 from playbooks.core.cli import make_context
+from playbooks.core.kube import condition_ready as ready
 from playbooks.core.quantities import quantity
 from playbooks.core.resources import absent, applied
 from playbooks.core.runner import PlayFailed
 
 from ..conftest import PlayRun
-from .conftest import kind_containers
+from .conftest import group, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / "tests" / "fixtures" / "charts"
@@ -87,10 +88,6 @@ def timed(play, steps):
 def figure(text: str) -> None:
     """A measured figure for the log (pytest -s, or CI's captured output of a failure)."""
     print(f"\nFIGURE {text}")
-
-
-def ready(pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 # --- Ray ---------------------------------------------------------------------------
@@ -285,12 +282,6 @@ def test_a_target_taken_down_is_named_without_waiting_out_the_timeout(play, lab,
             {"op": "remove", "path": "/spec/template/spec/nodeSelector/kindlab.dev~1nowhere"}])
     back = outcomes_of(play(monitoring.verify_steps(lab)))
     assert back["prometheus targets up"].status == "changed", play.output
-
-
-def group(pgid: int) -> list[tuple[int, str]]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
-    rows = [line.split(None, 3) for line in out.splitlines()]
-    return [(int(r[0]), r[3]) for r in rows if len(r) == 4 and r[1] == str(pgid) and not r[2].startswith("Z")]
 
 
 def prometheus_answers(url: str = "http://127.0.0.1:9090/api/v1/query?query=up") -> list:

@@ -112,6 +112,11 @@ class GoBuild:
     is fetched at that version). `wrapper` set: `go build -o ... package` inside
     tools/<wrapper>, whose go.mod pins every module.
 
+    `archive` set: `go build package` inside that source archive, unpacked
+    (playbooks/sources.py: its sha256 checked), for the tools whose modules the
+    proxy refuses; `vendor` when the archive carries its dependencies (no
+    network: GOPROXY=off), else they come from the module proxy.
+
     `patches` (wrapper builds only): files of one pinned module replaced by
     files of the wrapper folder, for a build that leaves parts out (Prometheus'
     generated list of service-discovery plugins). Go refuses to overlay files
@@ -125,6 +130,8 @@ class GoBuild:
     stamps: tuple[tuple[str, str], ...] = ()  # (Go variable, value) for -ldflags -X
     cgo: bool = False
     patches: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (module, ((file in it, wrapper file), ...))
+    archive: str | None = None  # sources.ARCHIVES name: built from that archive (after the module, if any)
+    vendor: bool = False        # the archive vendors its dependencies
 
     def ldflags(self) -> str:
         # -s -w drop the symbol table and DWARF: a third of the size, no runtime cost.
@@ -273,6 +280,8 @@ TOOLS: dict[str, ToolSpec] = {
             package="github.com/openfaas/faas-cli",
             module_query=FAAS_CLI_VERSION,
             stamps=(("github.com/openfaas/faas-cli/version.Version", FAAS_CLI_VERSION),),
+            # where the module proxy refuses github.com/openfaas/*: the MIT source archive, vendored
+            archive="faas-cli", vendor=True,
         ),
         release=ReleaseDownload(
             url="https://github.com/openfaas/faas-cli/releases/download/{version}/{asset}",
@@ -520,20 +529,25 @@ def is_current(name: str, bin_dir: Path) -> bool:
 # ---------------------------------------------------------------- installing
 
 
-def install(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> str:
+def install(name: str, bin_dir: Path, source: str = "auto", log: Log = print,
+            sources: Mapping[str, str] | None = None) -> str:
     """Install the pinned version of tool `name` into `bin_dir`, replacing any other; says how.
 
     source "release" downloads the project's release binary and checks it
     against the checksum the project publishes beside it; "go" builds it from
-    Go source; "auto" downloads, and builds from source only when the release
-    cannot be reached (a wrong or missing checksum is an error, never a reason
-    to fall back quietly).
+    Go source (its module; where the module proxy refuses it and the tool has
+    a source archive, from that archive, found in the `sources` folders);
+    "archive" builds it from the archive alone; "auto" downloads, and builds
+    from source only when the release cannot be reached (a wrong or missing
+    checksum is an error, never a reason to fall back quietly).
     """
     spec = _spec(name)
-    if source not in ("auto", "go", "release"):
-        raise ValueError(f"source must be 'auto', 'go' or 'release', not {source!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
     bin_dir = Path(bin_dir)
     bin_dir.mkdir(parents=True, exist_ok=True)
+    if source == "archive":
+        return _install_from_archive(spec, bin_dir, log, sources, why="")
 
     if source in ("auto", "release"):
         if spec.release is None or _asset(spec) is None:
@@ -551,10 +565,53 @@ def install(name: str, bin_dir: Path, source: str = "auto", log: Log = print) ->
                         "check the network or install from source with source='go'"
                     ) from None
                 log(f"{spec.name}: release unreachable ({error.reason}); building from Go source instead")
-                _install_from_go(spec, bin_dir, log)
-                return f"built from Go source (release unreachable: {error.reason})"
-    _install_from_go(spec, bin_dir, log)
-    return "built from Go source"
+                return _install_from_source(spec, bin_dir, log, sources,
+                                            why=f"release unreachable: {error.reason}")
+    return _install_from_source(spec, bin_dir, log, sources, why="")
+
+
+SOURCES = ("auto", "go", "release", "archive")  # how a tool may come (tools.install --source)
+# What `go` prints when the module proxy will not serve a module version.
+_REFUSED = re.compile(r"403 Forbidden|404 Not Found|410 Gone|(?<!toolchain )not available|unknown revision|invalid version")
+
+
+def _install_from_source(spec: ToolSpec, bin_dir: Path, log: Log, sources: Mapping[str, str] | None,
+                         why: str) -> str:
+    """Its Go module; where the proxy refuses that and the tool has a source archive, the archive."""
+    if spec.go.module_query or spec.go.wrapper:
+        try:
+            _install_from_go(spec, bin_dir, log)
+            return "built from Go source" + (f" ({why})" if why else "")
+        except ToolInstallError as error:
+            if not (spec.go.archive and _REFUSED.search(str(error))):
+                raise
+            refusal = error
+        refused = f"the Go module proxy refuses {spec.go.package}@{spec.go.module_query}"
+        log(f"{spec.name}: {refused}; building it from its source archive")
+        try:
+            return _install_from_archive(spec, bin_dir, log, sources, "; ".join(filter(None, [why, refused])))
+        except _ArchiveMissing as missing:
+            raise ToolInstallError(f"{refusal}\nNor from its source archive: {missing}") from None
+    return _install_from_archive(spec, bin_dir, log, sources, why)
+
+
+class _ArchiveMissing(ToolInstallError):
+    """The tool's source archive is not where kindlab.sources says, or is not the pinned one."""
+
+
+def _install_from_archive(spec: ToolSpec, bin_dir: Path, log: Log, sources: Mapping[str, str] | None,
+                          why: str) -> str:
+    from . import sources as sources_  # noqa: PLC0415 (only tools with an archive need it)
+
+    if not spec.go.archive:
+        raise ToolInstallError(f"{spec.name} has no source archive; install it with source='go' or 'release'")
+    try:
+        folder = sources_.unpacked(spec.go.archive, sources or {}, sources_.cache_dir(bin_dir))
+    except sources_.SourceMissing as error:
+        raise _ArchiveMissing(f"{spec.name}: " + "; ".join(filter(None, [why, str(error)]))) from None
+    _install_from_go(spec, bin_dir, log, archive_dir=folder)
+    archive = sources_.ARCHIVES[spec.go.archive]
+    return f"built from the source archive {archive.file} (sha256 checked)" + (f"; {why}" if why else "")
 
 
 def ensure(name: str, bin_dir: Path, source: str = "auto", log: Log = print) -> bool:
@@ -581,7 +638,7 @@ def _spec(name: str) -> ToolSpec:
 # ------------------------------------------------------------ from Go source
 
 
-def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log) -> None:
+def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log, archive_dir: Path | None = None) -> None:
     go = shutil.which("go")
     if go is None:
         raise ToolInstallError(
@@ -592,7 +649,7 @@ def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=bin_dir))
     try:
         built = staging / exe_name(spec.name)
-        argv, cwd, env = _go_command(go, spec, staging)
+        argv, cwd, env = _go_command(go, spec, staging, archive_dir)
         where = f" in {cwd}" if cwd else ""
         log(f"{spec.name}: building {spec.version} from Go source{where} (a few minutes on a cold cache)")
         _run_build(spec, argv, cwd, env)
@@ -612,11 +669,18 @@ def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _go_command(go: str, spec: ToolSpec, staging: Path) -> tuple[list[str], Path | None, dict[str, str]]:
+def _go_command(go: str, spec: ToolSpec, staging: Path,
+                archive_dir: Path | None = None) -> tuple[list[str], Path | None, dict[str, str]]:
     build = spec.go
     env = dict(os.environ)
     env["CGO_ENABLED"] = "1" if build.cgo else "0"
     flags = ["-trimpath", "-buildvcs=false", "-ldflags", build.ldflags()]
+    if archive_dir is not None:  # the unpacked source archive is the main module
+        env.pop("GOFLAGS", None)
+        if build.vendor:  # everything it imports is in vendor/: no network at all
+            env.update(GOPROXY="off", GOTOOLCHAIN="local")
+        mode = "-mod=vendor" if build.vendor else "-mod=readonly"
+        return [go, "build", *flags, mode, "-o", str(staging / exe_name(spec.name)), build.package], archive_dir, env
     if build.wrapper:
         cwd = TOOLS_DIR / build.wrapper
         if not (cwd / "go.mod").is_file():
@@ -695,7 +759,7 @@ def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str,
 def _go_advice(output: str) -> str:
     if re.search(r"requires go >= |go: downloading go1\.|toolchain not available", output):
         return f"Install Go {GO_MIN_VERSION} or newer and run again."
-    if re.search(r"403 Forbidden|404 Not Found|410 Gone|not available|unknown revision|invalid version", output):
+    if _REFUSED.search(output):
         return "The Go module proxy did not serve that module version; check GOPROXY and the network."
     if re.search(r"dial tcp|i/o timeout|no such host|connection refused|TLS handshake", output):
         return "The Go module proxy could not be reached; check the network or GOPROXY and run again."

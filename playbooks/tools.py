@@ -36,8 +36,8 @@ def selected(testbed: bool, everything: bool, only: str) -> list[str]:
 
 
 def install_steps(lab: Lab, names: list[str], source: str) -> list[Step]:
-    if source not in ("auto", "go", "release"):
-        raise SettingsError(f"--source must be go, release or auto, not {source!r}")
+    if source not in toolchain.SOURCES:
+        raise SettingsError(f"--source must be one of {', '.join(toolchain.SOURCES)}, not {source!r}")
     return [_tool_step(lab, name, source) for name in names]
 
 
@@ -52,7 +52,7 @@ def _tool_step(lab: Lab, name: str, source: str) -> Step:
 
     def apply(ctx):
         try:
-            how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say)
+            how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say, sources=lab.source_folders)
         except toolchain.ToolInstallError as exc:
             raise StepFailed(str(exc)) from None
         return f"installed {name} {pinned} in {lab.tools_dir}: {how}"

@@ -87,6 +87,8 @@ SCHEMA: dict[str, Any] = {
     "kind": {"node_image": Setting("", str)},
     "images": Setting({}, dict),          # part -> image instead of the part's default
     "charts": Setting({}, dict),          # release -> local chart dir or .tgz instead of its repository
+    # folders of source archives no package registry serves (playbooks/sources.py)
+    "sources": {"openfaas": Setting("", str), "monitoring": Setting("", str)},
     "debian_mirror": Setting(DEBIAN_MIRROR, str),
     "retries": {"attempts": Setting(5, int, 1, 20), "initial": Setting(1.0, float, 0.01, 60),
                 "max": Setting(20.0, float, 0.01, 600)},
@@ -268,6 +270,8 @@ class Lab:
     node_image: str = DEFAULTS["kind"]["node_image"]  # kind's --image; empty: kind's default
     # part -> an image to run instead of the part's default (nginx, registry)
     images: tuple[tuple[str, str], ...] = ()
+    # source archive group (openfaas, monitoring) -> the folder holding its archives
+    sources: tuple[tuple[str, str], ...] = ()
     debian_mirror: str = DEFAULTS["debian_mirror"]  # where `invoke images.build` gets Debian
     check_mode: bool = False
     verbose: bool = False
@@ -289,6 +293,11 @@ class Lab:
 
     def image_override(self, part: str) -> str | None:
         return dict(self.images).get(part)
+
+    @property
+    def source_folders(self) -> dict[str, str]:
+        """kindlab.sources: archive group -> folder (playbooks/sources.py)."""
+        return dict(self.sources)
 
     @property
     def tools_dir(self) -> Path:
@@ -387,6 +396,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         offline=offline,
         node_image=cfg["kind"]["node_image"],
         images=tuple(sorted(cfg["images"].items())),
+        sources=tuple(sorted((k, v) for k, v in cfg["sources"].items() if v)),
         debian_mirror=cfg["debian_mirror"] or DEBIAN_MIRROR,
         check_mode=bool(flags.get("check")),
         verbose=bool(flags.get("verbose")),

@@ -9,9 +9,12 @@ Docker restarts with its engine, holds the default ports.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
+
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +22,10 @@ from playbooks import engine, images, toolchain
 from playbooks.core.commands import LocalShell
 from playbooks.core.settings import Lab
 
-REAL_CLUSTER = "kindlab-real"
+# One set of clusters per checkout (as the kwok testbed's name): test runs in two checkouts side by side
+# never delete each other's clusters.
+CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[2]).encode()).hexdigest()[:4]
+REAL_CLUSTER = f"kindlab-real-{CHECKOUT}"
 NEEDED_IMAGES = tuple(images.user_images())  # what `invoke setup` builds: the node, nginx, ray, monitoring's
 
 

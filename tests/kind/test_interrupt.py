@@ -13,10 +13,10 @@ import yaml
 
 from playbooks.core.commands import LocalShell
 
-from .conftest import free_ports, group, kind_containers
+from .conftest import CHECKOUT, free_ports, group, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = "kindlab-real-interrupt"
+CLUSTER = f"kindlab-interrupt-{CHECKOUT}"
 
 
 def dangling_volumes(sh) -> set[str]:

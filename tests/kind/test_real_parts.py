@@ -10,7 +10,7 @@ the charts (tests/fixtures/charts/*-stub: the upstream charts are not in the
 repository; they render the same kinds of objects from the same value keys,
 and the operators make the pods from them as they do for users).
 
-The tests run in file order on one cluster of their own, `kindlab-parts`,
+The tests run in file order on one cluster of their own, `kindlab-parts-<checkout>`,
 with Ray's tests first and monitoring's after (this machine has two cores).
 Each prints the figures the issues ask for; none asserts a duration.
 """
@@ -35,11 +35,11 @@ from playbooks.core.resources import absent, applied
 from playbooks.core.runner import PlayFailed
 
 from ..conftest import PlayRun
-from .conftest import group, kind_containers
+from .conftest import CHECKOUT, group, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / "tests" / "fixtures" / "charts"
-CLUSTER = "kindlab-parts"
+CLUSTER = f"kindlab-parts-{CHECKOUT}"
 CHARTS = (("kuberay-operator", str(STUBS / "kuberay-operator-stub")), ("monitoring", str(STUBS / "kps-stub")),
           ("ray-cluster", str(STUBS / "ray-cluster-stub")))
 SITE_NAMESPACE = "crawl-site"

@@ -97,6 +97,7 @@ class AsyncExecutor:
 
     def __init__(self) -> None:
         self.startup_s: Optional[float] = None  # from creation to the first request
+        self.marks: dict[str, float] = {}  # moments for crawler.timing (epoch seconds)
         self._created = time.monotonic()
         self._results: "queue.SimpleQueue[FetchResult]" = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
@@ -107,6 +108,7 @@ class AsyncExecutor:
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
+            self.marks["first_request"] = time.time()
         self._loop.call_soon_threadsafe(self._start, list(urls), options)
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
@@ -130,6 +132,7 @@ class ThreadExecutor:
 
     def __init__(self, concurrency: int, fetch: BatchFetcher = fetch_batch) -> None:
         self.startup_s: Optional[float] = 0.0
+        self.marks: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl")
         self._fetch = fetch
         self._results: "queue.SimpleQueue[FetchResult]" = queue.SimpleQueue()
@@ -204,6 +207,7 @@ class RayExecutor:
         self._ray = ray
         self._created = time.monotonic()
         self.startup_s: Optional[float] = None  # from ray.init to the first request
+        self.marks: dict[str, float] = {"ray_imported": time.time()}  # moments for crawler.timing
         self._started_ray = False
         if not ray.is_initialized():
             # In a Ray job RAY_ADDRESS is set and this joins the cluster; elsewhere it
@@ -212,9 +216,11 @@ class RayExecutor:
             ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING",
                      **({"include_dashboard": False} if local else {}))
             self._started_ray = True
+        self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
         self._actors = [actor.remote() for _ in range(fetchers)]
         ray.get([a.ready.remote() for a in self._actors])
+        self.marks["fetchers_ready"] = time.time()
         self._in_flight: list[set[str]] = [set() for _ in self._actors]  # sent to the actor, not yet back
         self._calls: dict = {}  # ObjectRef of an exchange() call -> actor index
         self._waiting: list[str] = []  # started, not yet sent: every actor had a call out
@@ -225,6 +231,7 @@ class RayExecutor:
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
+            self.marks["first_request"] = time.time()
         self._options = options
         self._waiting += urls
         self._send()

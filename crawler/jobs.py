@@ -92,6 +92,7 @@ def submit_crawl(
     CrawlJobError when the job fails, is stopped, or outlives timeout_s (it is
     then stopped).
     """
+    submit = time.time()  # the client's moments, for crawler.timing
     from ray.job_submission import JobSubmissionClient  # Ray only where a job is submitted
 
     entrypoint = crawl_entrypoint(crawl_args)
@@ -107,23 +108,27 @@ def submit_crawl(
             "(not submitted)", "UNREACHABLE",
             f"no Ray dashboard answered at {address} ({exc}); is the head service port-forwarded?",
         ) from exc
+    submitted = time.time()
     on_log(f"submitted Ray job {job_id}: {entrypoint}")
     on_log(f"follow it: {follow_command(follow_address or address, job_id)}" + (f"  ({follow_note})" if follow_note else ""))
-    log = _follow(client, job_id, on_log, timeout_s)
+    log, info = _follow(client, job_id, on_log, timeout_s)
     try:
         result = parse_result(log)
     except ResultMissing as exc:
         raise CrawlJobError(job_id, "SUCCEEDED", f"{exc}", log[-_TAIL_LINES:]) from exc
-    result["job"] = {"id": job_id, "address": address}
+    timing = {"submit": submit, "submitted": submitted, "done": time.time(),
+              "job_start": (info.start_time or 0) / 1000 or None}  # the cluster's clock, as the job's marks
+    result["job"] = {"id": job_id, "address": address, "timing": timing}
     return result
 
 
-def _follow(client, job_id: str, on_log: Callable[[str], None], timeout_s: float) -> list[str]:
-    """Stream the job's new log lines to on_log until it ends; return the whole log."""
+def _follow(client, job_id: str, on_log: Callable[[str], None], timeout_s: float):
+    """Stream the job's new log lines to on_log until it ends; return the whole log and the job's info."""
     deadline = time.monotonic() + timeout_s
     seen = 0
     while True:
-        status = client.get_job_status(job_id)
+        info = client.get_job_info(job_id)
+        status = info.status
         text = client.get_job_logs(job_id)
         complete = text if status.is_terminal() else text[: text.rfind("\n") + 1]
         for line in complete[seen:].splitlines():
@@ -133,10 +138,9 @@ def _follow(client, job_id: str, on_log: Callable[[str], None], timeout_s: float
         lines = text.splitlines()
         if status.is_terminal():
             if status.value != "SUCCEEDED":
-                info = client.get_job_info(job_id)
                 tail = [line for line in lines if not is_result_line(line)][-_TAIL_LINES:]
                 raise CrawlJobError(job_id, status.value, info.message or "no message from Ray", tail)
-            return lines
+            return lines, info
         if time.monotonic() > deadline:
             client.stop_job(job_id)
             tail = [line for line in lines if not is_result_line(line)][-_TAIL_LINES:]

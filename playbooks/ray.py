@@ -263,7 +263,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     """Submit the crawler as a Ray job (port-forwarding the head unless --address is given)."""
     from rich.text import Text
 
-    from crawler import jobs  # imports ray: only when a crawl is asked for
+    from crawler import jobs, timing  # imports ray: only when a crawl is asked for
 
     def check(ctx):
         if not address and not lab.can.runs_containers:
@@ -279,7 +279,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             if line.startswith("Total: "):
                 summed_up.append(line)
 
-        def run(url: str, follow: dict) -> str:
+        def run(url: str, follow: dict, forward_s: float | None = None) -> str:
             start = time.monotonic()
             try:
                 result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6, **follow)
@@ -287,6 +287,9 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                 raise StepFailed(str(exc)) from None
             if not summed_up:
                 show(Text(jobs.summarize(result)))
+            if lab.verbose:
+                show(Text(timing.format_phases(timing.job_phases(result, forward_s),
+                                               "where the crawl job's seconds went")))
             stats = result.get("stats", {})
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")
@@ -296,10 +299,12 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
 
         if address:
             return run(address, {})
+        opening = time.monotonic()
         with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
             # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
             return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
-                             "follow_note": "with `invoke ray.dashboard` running in another terminal"})
+                             "follow_note": "with `invoke ray.dashboard` running in another terminal"},
+                       forward_s=time.monotonic() - opening)
 
     return [action("crawler job on Ray", submit, check=check)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import time
 import zipfile
 from dataclasses import dataclass
 from enum import Enum
@@ -110,31 +111,31 @@ class Status(str, Enum):
 
 @dataclass
 class Info:
+    status: Status
     message: str
+    start_time: int  # ms, as Ray's JobDetails
 
 
 class FakeJobs:
-    """Plays a job's life: each status poll moves one step through `steps` (status, log so far)."""
+    """Plays a job's life: each poll of the job's info moves one step through `steps` (status, log so far)."""
 
     def __init__(self, steps):
         self.steps = steps
         self.polls = 0
         self.stopped = []
         self.submitted = {}
+        self.started_ms = int(time.time() * 1000)
 
     def submit_job(self, **kwargs):
         self.submitted = kwargs
         return "raysubmit_fake"
 
-    def get_job_status(self, job_id):
+    def get_job_info(self, job_id):
         self.polls = min(self.polls + 1, len(self.steps))
-        return self.steps[self.polls - 1][0]
+        return Info(self.steps[self.polls - 1][0], "Job entrypoint command failed with exit code 2", self.started_ms)
 
     def get_job_logs(self, job_id):
         return self.steps[self.polls - 1][1]
-
-    def get_job_info(self, job_id):
-        return Info("Job entrypoint command failed with exit code 2")
 
     def stop_job(self, job_id):
         self.stopped.append(job_id)
@@ -172,7 +173,9 @@ def test_submit_crawl_streams_new_lines_once_and_returns_the_result(fake_jobs):
     assert seen[1] == "follow it: ray job logs --follow --address http://127.0.0.1:8265 raysubmit_fake"
     assert seen[2:] == ["starting", "crawling", "Total: 3 pages"]
     assert result["pages"] == RESULT["pages"]
-    assert result["job"] == {"id": "raysubmit_fake", "address": "http://127.0.0.1:8265"}
+    assert (result["job"]["id"], result["job"]["address"]) == ("raysubmit_fake", "http://127.0.0.1:8265")
+    timing = result["job"]["timing"]  # the client's moments and the job's start, for the --verbose breakdown
+    assert timing["submit"] <= timing["submitted"] <= timing["done"] and timing["job_start"] == client.started_ms / 1000
     assert client.submitted["runtime_env"]["working_dir"] == str(jobs.PACKAGE_DIR.parent)
 
 
@@ -296,7 +299,7 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
     out = io.StringIO()
     console = Console(file=out, width=80, highlight=False)
     said = []
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=console.print)
     detail = steps[0].apply(SimpleNamespace(say=said.append))
     lines = out.getvalue().splitlines()
@@ -309,6 +312,28 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
     assert "Truncated: --max-pages 4" in " ".join(lines)
     assert "cut by --max-pages, 5 URLs left unfetched" in detail
     assert said and all(len(message) < 80 for message in said)
+
+
+def test_with_verbose_the_crawl_step_says_where_the_jobs_seconds_went(fake_jobs):
+    from types import SimpleNamespace
+
+    from playbooks.ray import crawl_args, crawl_steps
+
+    now = time.time()
+    marks = {"process": now, "ray_imported": now + 0.5, "ray_connected": now + 0.8, "fetchers_ready": now + 1.2,
+             "first_request": now + 1.3, "crawl_done": now + 1.6, "closed": now + 1.7}
+    fake_jobs([(Status.SUCCEEDED, "\n".join(result_lines(dict(RESULT, timing=marks))) + "\n")])
+    shown = []
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=True),
+                        crawl_args(["http://a.test/"], "", 2, 10, 4), address="http://127.0.0.1:8265",
+                        show=lambda text: shown.append(str(text)))
+    steps[0].apply(SimpleNamespace(say=lambda message: None))
+    breakdown = shown[-1].splitlines()
+    assert breakdown[0] == "where the crawl job's seconds went:"
+    assert [line.split("  ")[1].strip() for line in breakdown[1:]] == [
+        "submission", "runtime environment", "driver start", "ray.init", "fetchers ready", "first request", "crawl",
+        "fetchers closed", "job end", "in all"]
+    assert "  crawl                  0.30 s" in breakdown
 
 
 def test_crawl_args_let_concurrency_reach_one_host():
@@ -332,7 +357,7 @@ def test_a_crawl_that_fetched_nothing_fails_and_says_why(fake_jobs):
     from playbooks.ray import crawl_args, crawl_steps
 
     fake_jobs([(Status.SUCCEEDED, "\n".join(result_lines(NOTHING)) + "\n")])
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://docs.test/"], "", 2, 10, 4),
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://docs.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=lambda text: None)
     with pytest.raises(StepFailed, match=r"fetched no page: its start URL was blocked by robots.txt.*"
                                          r"the host not reached from the cluster.*invoke ray.crawl --url URL"):
@@ -356,8 +381,47 @@ def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fa
     summary = summarize(RESULT)
     fake_jobs([(Status.SUCCEEDED, summary + "\n" + "\n".join(result_lines(RESULT)) + "\n")])
     shown = []
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=lambda text: shown.append(str(text)))
     steps[0].apply(SimpleNamespace(say=lambda message: None))
     lines = [line for text in shown for line in text.splitlines()]
     assert sum(line.startswith("Total: ") for line in lines) == 1, shown
+
+
+# -- where a crawl job's seconds go (ray.crawl --verbose) -----------------------------------
+
+
+def test_the_breakdown_adds_up_to_the_clients_wall_time_even_when_the_clusters_clock_is_off():
+    from crawler import timing
+
+    skew = 1000.0  # the cluster's clock runs 1000 s ahead of the client's
+    job_start = 100.4 + skew
+    marks = {"process": job_start + 2.0, "ray_imported": job_start + 3.0, "ray_connected": job_start + 3.5,
+             "fetchers_ready": job_start + 4.5, "first_request": job_start + 4.6, "crawl_done": job_start + 8.0,
+             "closed": job_start + 8.2}
+    result = {"timing": marks, "job": {"timing": {"submit": 100.0, "submitted": 100.5, "done": 110.0,
+                                                  "job_start": job_start}}}
+    phases = dict(timing.job_phases(result, forward_s=0.3))
+    assert list(phases) == ["port-forward", "submission", "runtime environment", "driver start", "ray.init",
+                            "fetchers ready", "first request", "crawl", "fetchers closed", "job end"]
+    assert phases["runtime environment"] == pytest.approx(2.0) and phases["crawl"] == pytest.approx(3.4)
+    assert phases["job end"] == pytest.approx(9.5 - 8.2)  # the client's 9.5 s after submitting, less the job's 8.2
+    assert sum(phases.values()) == pytest.approx(0.3 + 10.0)
+    text = timing.format_phases(list(phases.items()))
+    assert "  runtime environment    2.00 s" in text and text.endswith("in all                10.30 s")
+
+
+def test_a_local_crawl_has_no_ray_phases_and_its_start_is_one_phase():
+    from crawler import timing
+
+    marks = {"process": 10.0, "first_request": 10.4, "crawl_done": 11.0, "closed": 11.1}
+    assert timing.driver_phases(marks) == [("first request", pytest.approx(0.4)), ("crawl", pytest.approx(0.6)),
+                                           ("fetchers closed", pytest.approx(0.1))]
+
+
+def test_the_process_start_is_read_from_the_system_and_precedes_now():
+    from crawler import timing
+
+    started = timing.process_started()
+    if started is not None:  # Linux: /proc
+        assert time.time() - 600 < started <= time.time()

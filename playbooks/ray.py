@@ -1,8 +1,11 @@
 """The ray play: the KubeRay operator, a laptop-sized RayCluster, and the crawler as a Ray job.
 
 The crawl is submitted through the Ray Jobs API with its own runtime
-environment (the crawler package as working_dir): nothing is pip-installed
-into running pods.
+environment: nothing is pip-installed into running pods. Offline, the
+RayCluster runs kindlab's Ray image, which has the crawler installed, so the
+job ships nothing; on any other Ray the crawler package travels as the job's
+working_dir. Offline, the ray part also serves the site the crawl reads (Python's
+documentation, kindlab's python-docs image) beside the RayCluster.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from .core.part import Part
 from .core.quantities import node_free, quantity
 from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, installed, installed_values, load_values,
                         local_release, release_steps, uninstall_steps as helm_uninstall_steps)
+from .core import kyaml
 from .core.portforward import forwarded
+from .core.resources import applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, ok, skip, unknown
 
@@ -32,14 +37,29 @@ CLUSTER = Release(name="raylab", namespace=NAMESPACE, chart="kuberay/ray-cluster
                   repo_name=KUBERAY_REPO[0], repo_url=KUBERAY_REPO[1],
                   values_files=(ROOT / "helm-values" / "ray-cluster.yaml",), wait=False)
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job can run there"
-DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]  # what `invoke all` and `ray.crawl` crawl
-# Offline the internet is out of reach: the lab's own nginx, as the Ray pods reach it inside the cluster.
-OFFLINE_CRAWL = ["http://nginx.default.svc.cluster.local/"]
+SITE = "python-docs"  # offline, the crawl's site: the catalog image, its Deployment and Service in NAMESPACE
+SITE_MANIFEST = ROOT / "manifests" / "python-docs.yaml"
 
 
-def default_crawl(lab: Lab) -> list[str]:
-    """The start URLs when none are given: Ray's docs, or offline the lab's nginx."""
-    return OFFLINE_CRAWL if lab.offline else DEFAULT_CRAWL
+@dataclass(frozen=True)
+class CrawlTarget:
+    """What `invoke all` and `ray.crawl` crawl when no URL is given, and how far."""
+    urls: tuple[str, ...]
+    depth: int
+    max_pages: int
+    concurrency: int
+
+
+# Online, Ray's documentation, lightly (a public site). Offline the internet is out of reach: Python's
+# documentation, served inside the cluster by the ray part (518 pages within depth 2, all of them).
+ONLINE_CRAWL = CrawlTarget(("https://docs.ray.io/en/latest/",), depth=2, max_pages=200, concurrency=8)
+OFFLINE_CRAWL = CrawlTarget((f"http://{SITE}.{NAMESPACE}.svc.cluster.local/",), depth=2, max_pages=1000,
+                            concurrency=16)
+
+
+def default_crawl(lab: Lab) -> CrawlTarget:
+    """Ray's docs, or offline Python's docs inside the cluster."""
+    return OFFLINE_CRAWL if lab.offline else ONLINE_CRAWL
 
 
 def releases(lab: Lab) -> tuple[Release, Release]:
@@ -120,7 +140,8 @@ def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Si
     best = max(((cpu, mem) for _, cpu, mem, _ in node_free(kube, skip_namespace=NAMESPACE)), default=(0, 0))
     cpu = min(ceiling[0], (best[0] - reserve[0]) // 2 // 50 * 50)
     mem = min(ceiling[1], (best[1] - reserve[1]) // 2 // 128 * 128)
-    free = f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's other parts"
+    free = (f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's "
+            "other parts")
     return Sizing(cpu, mem, free, cpu >= RAY_FLOOR["cpu_m"] and mem >= RAY_FLOOR["memory_mib"])
 
 
@@ -139,14 +160,16 @@ def fits(lab: Lab, kube) -> tuple[str, str, str]:
 
 
 def _reserve(lab: Lab, kube) -> tuple[int, int]:
-    """What the lab's other parts will request that is not running yet (they install beside Ray)."""
+    """What the lab's other parts will request that is not running yet (they install beside Ray), and the
+    crawl's site where the ray part serves one (in Ray's namespace: counted as free, so always kept)."""
     from .parts import REGISTRY  # the registry imports this module: read it only when sizing
 
     present = {ns.metadata.name for ns in kube.core.list_namespace().items}
     # offline, a part that cannot run there (faas: no OpenFaaS images) never comes: nothing is kept for it
     waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present
                and not (lab.offline and p.offline_blocker)]
-    return sum(p.requests[0] for p in waiting), sum(p.requests[1] for p in waiting)
+    site = site_requests() if site_image(lab) else (0, 0)
+    return sum(p.requests[0] for p in waiting) + site[0], sum(p.requests[1] for p in waiting) + site[1]
 
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:
@@ -192,12 +215,42 @@ def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
     return Step("ray pods sized to the cluster", check)
 
 
+# --- the crawl's site, offline ---------------------------------------------------------
+def site_image(lab: Lab) -> str | None:
+    """The python-docs image the ray part serves: offline kindlab's (or kindlab.images.python-docs), else none."""
+    return images.for_part(lab, SITE)
+
+
+def site_documents(ref: str) -> list[dict]:
+    """manifests/python-docs.yaml with its image set."""
+    docs = [d for d in kyaml.load_all(SITE_MANIFEST.read_text(encoding="utf-8")) if d]
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["image"] = ref
+    return docs
+
+
+def site_requests() -> tuple[int, int]:
+    """What the site's pod requests (millicores, MiB), as the manifest says."""
+    requests = site_documents("")[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
+
+
+def site_steps(lab: Lab, ref: str, after: str) -> list[Step]:
+    """The site's image in the nodes, then its Deployment and Service rolled out: beside the RayCluster's
+    release and pods (`after`: the step that makes Ray's namespace)."""
+    load = [replace(images_loaded_step(lab, SITE, [ref]), needs=(after,))] if needs_loading(lab, ref) else []
+    site = applied(f"{SITE} site (the crawl's)", lab, lambda: site_documents(ref),
+                   wait=lambda ctx: ctx.kube.wait_deployment(NAMESPACE, SITE, timeout=lab.timeout, say=ctx.say),
+                   needs=(load[0].name if load else after,))
+    return [*load, site]
+
+
 def install_steps(lab: Lab) -> list[Step]:
     """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready.
 
     With kindlab's images (offline), each is loaded into the kind nodes just
     before the release that runs it: the Ray image, the big one, only once the
-    RayCluster is known to fit.
+    RayCluster is known to fit. Offline, the crawl's site comes up beside the
+    RayCluster, once its namespace is there.
     """
     operator, cluster = releases(lab)
     plan: dict = {}  # the sizing step decides, the RayCluster release reads it as its inline values
@@ -227,8 +280,14 @@ def install_steps(lab: Lab) -> list[Step]:
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2)
 
+    cluster_steps = release_steps(lab, cluster)
+    ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
+    site_ref = site_image(lab)
+    site = site_steps(lab, site_ref, after=cluster_steps[0].name) if site_ref else []
+    if site:  # the pods' wait after both the release and the site
+        ready = replace(ready, needs=(cluster_steps[-1].name, site[-1].name))
     return [*before_operator, *release_steps(lab, operator), sizing_step(lab, plan, image_values(ray_ref)),
-            *load_ray, *release_steps(lab, cluster), Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
+            *load_ray, *cluster_steps, *site, ready]
 
 
 def cluster_status(kube) -> list[tuple[str, str]]:
@@ -248,6 +307,10 @@ def uninstall_steps(lab: Lab) -> list[Step]:
     operator, cluster = releases(lab)
     return [*helm_uninstall_steps(lab, cluster, delete_namespace=True),
             *helm_uninstall_steps(lab, operator, delete_namespace=True)]
+
+
+def target_args(target: CrawlTarget) -> list[str]:
+    return crawl_args(list(target.urls), "", target.depth, target.max_pages, target.concurrency)
 
 
 def crawl_args(urls: list[str], prefix: str, depth: int, max_pages: int, concurrency: int) -> list[str]:
@@ -348,7 +411,7 @@ PART = Part(
     name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
     help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
           "Uninstall the RayCluster and the KubeRay operator."),
-    use=lambda lab: crawl_steps(lab, crawl_args(default_crawl(lab), "", 2, 200, 8)),
+    use=lambda lab: crawl_steps(lab, target_args(default_crawl(lab))),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
     memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator"),

@@ -364,12 +364,17 @@ def test_a_crawl_that_fetched_nothing_fails_and_says_why(fake_jobs):
         steps[0].apply(SimpleNamespace(say=lambda message: None))
 
 
-def test_offline_the_default_crawl_is_the_labs_own_nginx_inside_the_cluster():
+def test_offline_the_default_crawl_is_pythons_docs_inside_the_cluster_whole_and_online_rays_docs():
     from playbooks import ray
     from playbooks.core.settings import Lab
 
-    assert ray.default_crawl(Lab(offline=True)) == ["http://nginx.default.svc.cluster.local/"]
-    assert ray.default_crawl(Lab()) == ray.DEFAULT_CRAWL
+    offline = ray.default_crawl(Lab(offline=True))
+    assert offline.urls == ("http://python-docs.ray.svc.cluster.local/",)  # the Service the ray part makes
+    assert offline.max_pages > 518  # the site's pages within its depth: none left out
+    assert ray.default_crawl(Lab()).urls == ("https://docs.ray.io/en/latest/",)
+    documents = ray.site_documents("kindlab.local/python-docs:x")
+    assert [(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]) for d in documents] == [
+        ("Deployment", "python-docs", "ray"), ("Service", "python-docs", "ray")]
 
 
 def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fake_jobs):

@@ -18,13 +18,19 @@ def step(steps, name):
 
 
 def test_offline_the_images_load_just_before_what_runs_them_the_big_one_only_once_ray_fits():
-    names = [s.name for s in ray.install_steps(Lab(offline=True, charts=CHARTS))]
+    steps = ray.install_steps(Lab(offline=True, charts=CHARTS))
+    names = [s.name for s in steps]
     assert names == ["kuberay-operator values for its image", "kuberay-operator image(s) in the kind nodes",
                      "kuberay-operator namespace kuberay", "kuberay-operator release", "ray pods sized to the cluster",
                      "ray image(s) in the kind nodes", "raylab namespace ray", "raylab release",
+                     "python-docs image(s) in the kind nodes", "python-docs site (the crawl's)",
                      "ray head and worker pods Ready"]
+    # the crawl's site comes up beside the RayCluster once Ray's namespace is there; the pods' wait (and so
+    # the crawl after it) waits for both
+    assert step(steps, "python-docs image(s) in the kind nodes").needs == ("raylab namespace ray",)
+    assert step(steps, "ray head and worker pods Ready").needs == ("raylab release", "python-docs site (the crawl's)")
     online = [s.name for s in ray.install_steps(Lab())]
-    assert not [n for n in online if "image" in n]
+    assert not [n for n in online if "image" in n or "python-docs" in n]
 
 
 def test_the_operator_gets_kindlabs_image_and_only_the_feature_gates_it_knows():
@@ -68,4 +74,7 @@ def test_offline_nothing_is_kept_for_a_part_that_cannot_run_offline():
     offline = ray._reserve(Lab(offline=True), kube)
     assert online == (REGISTRY["monitoring"].requests[0] + REGISTRY["faas"].requests[0],
                       REGISTRY["monitoring"].requests[1] + REGISTRY["faas"].requests[1])
-    assert offline == REGISTRY["monitoring"].requests  # faas has no images offline: it never comes
+    # faas has no images offline: it never comes; the crawl's site does, beside Ray
+    site = ray.site_requests()
+    assert site == (50, 32)  # manifests/python-docs.yaml
+    assert offline == (REGISTRY["monitoring"].requests[0] + site[0], REGISTRY["monitoring"].requests[1] + site[1])

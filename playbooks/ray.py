@@ -120,8 +120,11 @@ class Sizing:
     fits: bool
 
     def values(self) -> dict:
+        """Requests of the size decided; memory limited to it, CPU not limited (null deletes the chart's
+        default): the scheduler counts the requests, so every part still gets its share, while the Ray
+        processes a job starts (supervisor, driver, workers) use idle CPU instead of being throttled."""
         size = {"cpu": f"{self.cpu_m}m", "memory": f"{self.memory_mib}Mi"}
-        resources = {"requests": size, "limits": size}
+        resources = {"requests": size, "limits": {"cpu": None, "memory": size["memory"]}}
         return {"head": {"resources": resources}, "worker": {"resources": resources}}
 
     def describe(self) -> str:

@@ -329,7 +329,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     """Submit the crawler as a Ray job (port-forwarding the head unless --address is given)."""
     from rich.text import Text
 
-    from crawler import jobs, timing  # imports ray: only when a crawl is asked for
+    from crawler import jobs, timing
 
     def check(ctx):
         if not address and not lab.can.runs_containers:
@@ -345,34 +345,45 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             if line.startswith("Total: "):
                 summed_up.append(line)
 
-        def run(url: str, follow: dict, forward_s: float | None = None) -> str:
+        def run(url: str, follow: dict, forward_s: float | None = None, ship_package: bool = True) -> str:
             start = time.monotonic()
             try:
-                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6, **follow)
+                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6,
+                                           ship_package=ship_package, **follow)
             except jobs.CrawlJobError as exc:
                 raise StepFailed(str(exc)) from None
             if not summed_up:
                 show(Text(jobs.summarize(result)))
             if lab.verbose:
+                how = "the crawler shipped as working_dir" if ship_package else "the crawler from the Ray image"
                 show(Text(timing.format_phases(timing.job_phases(result, forward_s),
-                                               "where the crawl job's seconds went")))
+                                               f"where the crawl job's seconds went ({how})")))
             stats = result.get("stats", {})
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")
             cut = f"; cut by --max-pages, {stats['unfetched']} URLs left unfetched" if stats.get("truncated") else ""
-            return (f"job finished in {time.monotonic() - start:.0f}s: {stats.get('unique', '?')} pages, "
+            return (f"job finished in {time.monotonic() - start:.1f}s: {stats.get('unique', '?')} pages, "
                     f"{stats.get('failed', 0)} failed{cut}")
 
-        if address:
+        if address:  # a Ray of the user's: its image may have no crawler, or another
             return run(address, {})
         opening = time.monotonic()
         with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
             # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
             return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
                              "follow_note": "with `invoke ray.dashboard` running in another terminal"},
-                       forward_s=time.monotonic() - opening)
+                       forward_s=time.monotonic() - opening, ship_package=not crawler_in_pods(ctx))
 
     return [action("crawler job on Ray", submit, check=check)]
+
+
+def crawler_in_pods(ctx) -> bool:
+    """Whether every Ray pod runs kindlab's Ray image as this checkout builds it (its tag hashes the crawler's
+    files): the crawler installed there is this one, so the job ships none. KubeRay does not replace running
+    pods when the RayCluster's image changes, so a pod left on an older build gets the package shipped."""
+    ref = images.reference("ray")
+    pods = ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
+    return bool(pods) and all(c.image == ref for pod in pods for c in pod.spec.containers)
 
 
 def nothing_fetched(stats: dict) -> str:

@@ -78,3 +78,17 @@ def test_offline_nothing_is_kept_for_a_part_that_cannot_run_offline():
     site = ray.site_requests()
     assert site == (50, 32)  # manifests/python-docs.yaml
     assert offline == (REGISTRY["monitoring"].requests[0] + site[0], REGISTRY["monitoring"].requests[1] + site[1])
+
+
+def test_the_crawler_travels_with_the_job_unless_every_ray_pod_runs_this_checkouts_ray_image():
+    """kindlab's Ray image has the crawler installed, and its tag hashes the crawler's files: only pods on
+    exactly that image run this crawler. KubeRay leaves running pods on their old image after an upgrade."""
+    def pods(*refs):
+        items = [NS(spec=NS(containers=[NS(image=ref)])) for ref in refs]
+        return NS(kube=NS(core=NS(list_namespaced_pod=lambda namespace, label_selector: NS(items=items))))
+
+    ours, older = images.reference("ray"), "kindlab.local/ray:2.52.0-000000000000"
+    assert ray.crawler_in_pods(pods(ours, ours))
+    assert not ray.crawler_in_pods(pods(ours, older))  # a worker left on an older build
+    assert not ray.crawler_in_pods(pods("rayproject/ray:2.52.0-py311"))  # upstream's image has no crawler
+    assert not ray.crawler_in_pods(pods())

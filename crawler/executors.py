@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
@@ -210,11 +211,7 @@ class RayExecutor:
         self.marks: dict[str, float] = {"ray_imported": time.time()}  # moments for crawler.timing
         self._started_ray = False
         if not ray.is_initialized():
-            # In a Ray job RAY_ADDRESS is set and this joins the cluster; elsewhere it
-            # starts a local Ray for this process, without the dashboard (seconds of start-up).
-            local = not (address or os.environ.get("RAY_ADDRESS"))
-            ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING",
-                     **({"include_dashboard": False} if local else {}))
+            _join_or_start(ray, address)
             self._started_ray = True
         self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
@@ -291,11 +288,35 @@ class RayExecutor:
         return results
 
 
-def _workers_runtime_env() -> Optional[dict]:
-    """What Ray workers need to import this package.
+def _join_or_start(ray, address: Optional[str]) -> None:
+    """Join a Ray (a job's: RAY_ADDRESS is set; or the one at `address`), or start one for this process with
+    only what a crawl uses."""
+    # Ray 2.52 warns on every ray.init about a future change to GPU environment variables: nothing a
+    # crawl uses, and a line in every crawl's output (and job log).
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING")
+        return
+    # A Ray of our own: its workers are our descendants and inherit our environment, so PYTHONPATH hands
+    # them this very package, with no runtime environment to pack, upload and unpack for each worker
+    # (seconds, measured). No dashboard either.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, before] if before else [root])
+    try:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
-    A Ray job already ships it in its working_dir (see crawler.jobs); a driver
-    started any other way sends the package along itself.
+
+def _workers_runtime_env() -> Optional[dict]:
+    """What the workers of a Ray this driver joins need to import this package.
+
+    A Ray job already has it (its working_dir, or kindlab's Ray image, see
+    crawler.jobs); a driver joining any other Ray sends the package along.
     """
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # set by Ray for a job's driver
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import cluster as cluster_play, images, toolchain
 from .cluster import images_loaded_step, needs_loading
 from .core.part import Part
-from .core.quantities import node_free, quantity
+from .core.quantities import LIVE_PODS, node_free, quantity, requests
 from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, installed, installed_values, load_values,
                         local_release, release_steps, uninstall_steps as helm_uninstall_steps)
 from .core import kyaml
@@ -163,16 +163,26 @@ def fits(lab: Lab, kube) -> tuple[str, str, str]:
 
 
 def _reserve(lab: Lab, kube) -> tuple[int, int]:
-    """What the lab's other parts will request that is not running yet (they install beside Ray), and the
-    crawl's site where the ray part serves one (in Ray's namespace: counted as free, so always kept)."""
+    """What the lab's other parts will still request (they install beside Ray), and the crawl's site where
+    the ray part serves one.
+
+    A part counts its declared requests less what its pods request now: one
+    whose release is still making its pods (monitoring, beside Ray in `invoke
+    all`) counts whole, not as nothing because its namespace exists. The site
+    sits in Ray's namespace, whose pods count as free: it is always kept.
+    """
     from .parts import REGISTRY  # the registry imports this module: read it only when sizing
 
-    present = {ns.metadata.name for ns in kube.core.list_namespace().items}
+    running: dict[str, tuple[int, int]] = {}
+    for pod in kube.core.list_pod_for_all_namespaces(field_selector=LIVE_PODS).items:
+        cpu, mem = requests(pod)
+        have = running.get(pod.metadata.namespace, (0, 0))
+        running[pod.metadata.namespace] = (have[0] + cpu, have[1] + mem)
     # offline, a part that cannot run there (faas: no OpenFaaS images) never comes: nothing is kept for it
-    waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present
-               and not (lab.offline and p.offline_blocker)]
+    others = [p for p in REGISTRY.values() if p.name != "ray" and not (lab.offline and p.offline_blocker)]
     site = site_requests() if site_image(lab) else (0, 0)
-    return sum(p.requests[0] for p in waiting) + site[0], sum(p.requests[1] for p in waiting) + site[1]
+    return tuple(site[i] + sum(max(0, p.requests[i] - sum(running.get(ns, (0, 0))[i] for ns in p.namespaces))
+                               for p in others) for i in (0, 1))
 
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:

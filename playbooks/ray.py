@@ -37,6 +37,7 @@ CLUSTER = Release(name="raylab", namespace=NAMESPACE, chart="kuberay/ray-cluster
                   repo_name=KUBERAY_REPO[0], repo_url=KUBERAY_REPO[1],
                   values_files=(ROOT / "helm-values" / "ray-cluster.yaml",), wait=False)
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job can run there"
+RAY_PODS = "ray.io/node-type"  # the label KubeRay puts on the head and worker pods (the site has none)
 SITE = "python-docs"  # offline, the crawl's site: the catalog image, its Deployment and Service in NAMESPACE
 SITE_MANIFEST = ROOT / "manifests" / "python-docs.yaml"
 
@@ -284,19 +285,21 @@ def install_steps(lab: Lab) -> list[Step]:
             return skip(reason)
         from .core.kube import condition_ready
 
-        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items if condition_ready(p)]
+        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace, label_selector=RAY_PODS).items
+                if condition_ready(p)]
         return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):
         ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
                                  timeout=lab.timeout, say=ctx.say)
+        # every pod of the namespace Ready: the head, the worker and, offline, the crawl's site
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
-                                             what="ray head and worker pods", min_pods=2)
+                                             what="ray head and worker pods", min_pods=2 + (1 if site else 0))
 
     cluster_steps = release_steps(lab, cluster)
-    ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
     site_ref = site_image(lab)
     site = site_steps(lab, site_ref, after=cluster_steps[0].name) if site_ref else []
+    ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
     if site:  # the pods' wait after both the release and the site
         ready = replace(ready, needs=(cluster_steps[-1].name, site[-1].name))
     return [*before_operator, *release_steps(lab, operator), sizing_step(lab, plan, image_values(ray_ref)),
@@ -392,7 +395,7 @@ def crawler_in_pods(ctx) -> bool:
     files): the crawler installed there is this one, so the job ships none. KubeRay does not replace running
     pods when the RayCluster's image changes, so a pod left on an older build gets the package shipped."""
     ref = images.reference("ray")
-    pods = ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
+    pods = ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector=RAY_PODS).items
     return bool(pods) and all(c.image == ref for pod in pods for c in pod.spec.containers)
 
 

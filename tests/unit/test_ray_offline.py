@@ -111,3 +111,21 @@ def test_the_crawler_travels_with_the_job_unless_every_ray_pod_runs_this_checkou
     assert not ray.crawler_in_pods(pods(ours, older))  # a worker left on an older build
     assert not ray.crawler_in_pods(pods("rayproject/ray:2.52.0-py311"))  # upstream's image has no crawler
     assert not ray.crawler_in_pods(pods())
+
+
+def test_the_crawl_site_beside_the_ray_pods_is_not_taken_for_one_of_them():
+    """Offline the site's pod shares Ray's namespace: the head and the site Ready, the worker not there yet,
+    is not a RayCluster Ready (the crawl would start on a cluster without its worker)."""
+    def ready_pod(**labels):
+        return NS(metadata=NS(labels=labels), status=NS(conditions=[NS(type="Ready", status="True")]))
+
+    pods = [ready_pod(**{"ray.io/node-type": "head"}), ready_pod(app="python-docs")]
+
+    def list_namespaced_pod(namespace, label_selector=""):
+        return NS(items=[p for p in pods if not label_selector or label_selector in p.metadata.labels])
+
+    ready = step(ray.install_steps(Lab(provider="kind", offline=True, charts=CHARTS)), "ray head and worker pods Ready")
+    ctx = NS(kube=NS(core=NS(list_namespaced_pod=list_namespaced_pod)))
+    assert ready.check(ctx).state == "unknown"
+    pods.append(ready_pod(**{"ray.io/node-type": "worker"}))
+    assert ready.check(ctx).state == "ok"

@@ -393,10 +393,14 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
 def crawler_in_pods(ctx) -> bool:
     """Whether every Ray pod runs kindlab's Ray image as this checkout builds it (its tag hashes the crawler's
     files): the crawler installed there is this one, so the job ships none. KubeRay does not replace running
-    pods when the RayCluster's image changes, so a pod left on an older build gets the package shipped."""
-    ref = images.reference("ray")
-    pods = ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector=RAY_PODS).items
-    return bool(pods) and all(c.image == ref for pod in pods for c in pod.spec.containers)
+    pods when the RayCluster's image changes, so a pod left on an older build gets the package shipped.
+    Asked with kubectl: `ray.crawl` needs no Kubernetes client otherwise, and importing one costs more."""
+    lab = ctx.lab
+    out = ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", NAMESPACE,
+                      "get", "pods", "-l", RAY_PODS, "-o", "jsonpath={.items[*].spec.containers[*].image}"],
+                     check=False)
+    found = out.stdout.split() if out.returncode == 0 else []
+    return bool(found) and set(found) == {images.reference("ray")}
 
 
 def nothing_fetched(stats: dict) -> str:

@@ -53,13 +53,16 @@ def user_errors(body: Callable) -> Callable:
 
 
 def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
-    from .kube import Kube  # the kubernetes client is slow to import; only plays need it
-
     shell = make_shell(lab.tools_dir, verbose=lab.verbose)
     # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
     fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
-    return StepContext(lab, shell, lambda: Kube(lab.kubeconfig, lab.context, fix=fix,
-                                                fixed_nodes=lab.can.fixed_nodes), reporter)
+
+    def kube():
+        from .kube import Kube  # the kubernetes client is slow to import (half a second): only a step that uses it
+
+        return Kube(lab.kubeconfig, lab.context, fix=fix, fixed_nodes=lab.can.fixed_nodes)
+
+    return StepContext(lab, shell, kube, reporter)
 
 
 def lock_path(lab: Lab) -> Path:

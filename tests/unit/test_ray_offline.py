@@ -102,9 +102,13 @@ def test_a_part_installing_beside_ray_is_kept_whole_until_its_pods_are_there():
 def test_the_crawler_travels_with_the_job_unless_every_ray_pod_runs_this_checkouts_ray_image():
     """kindlab's Ray image has the crawler installed, and its tag hashes the crawler's files: only pods on
     exactly that image run this crawler. KubeRay leaves running pods on their old image after an upgrade."""
-    def pods(*refs):
-        items = [NS(spec=NS(containers=[NS(image=ref)])) for ref in refs]
-        return NS(kube=NS(core=NS(list_namespaced_pod=lambda namespace, label_selector: NS(items=items))))
+    def pods(*refs):  # kubectl's answer: the images of the Ray pods' containers
+        asked = []
+
+        def run(argv, check=True):
+            asked.append(argv)
+            return NS(returncode=0, stdout=" ".join(refs))
+        return NS(lab=Lab(provider="kind", offline=True), sh=NS(run=run))
 
     ours, older = images.reference("ray"), "kindlab.local/ray:2.52.0-000000000000"
     assert ray.crawler_in_pods(pods(ours, ours))

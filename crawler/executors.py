@@ -197,7 +197,9 @@ class RayExecutor:
     URLs started while every actor's call is out wait in the driver and go
     with the next call that comes back (within a few milliseconds when the
     actors are busy). The actors are I/O bound: each asks for a fraction of a
-    CPU, and SPREAD puts them on different nodes of a cluster. An actor that
+    CPU, and SPREAD puts them on different nodes of a cluster. The crawl starts
+    as soon as one actor answers (each is a new Ray worker process: a second or
+    more on a busy node); the others take URLs once they answer. An actor that
     dies takes its URLs in flight with it: they are reported failed and the
     others carry on.
     """
@@ -216,14 +218,20 @@ class RayExecutor:
         self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
         self._actors = [actor.remote() for _ in range(fetchers)]
-        ray.get([a.ready.remote() for a in self._actors])
-        self.marks["fetchers_ready"] = time.time()
         self._in_flight: list[set[str]] = [set() for _ in self._actors]  # sent to the actor, not yet back
         self._calls: dict = {}  # ObjectRef of an exchange() call -> actor index
-        self._waiting: list[str] = []  # started, not yet sent: every actor had a call out
+        self._starting: dict = {a.ready.remote(): i for i, a in enumerate(self._actors)}  # not answered yet
+        self._usable: set[int] = set()  # answered ready()
+        self._waiting: list[str] = []  # started, not yet sent: every usable actor had a call out
         self._options: Optional[FetchOptions] = None
         self._options_sent: set[int] = set()
         self._lost: set[int] = set()
+        while not self._usable:  # the first actor to answer is enough to begin
+            if not self._starting:
+                raise RuntimeError(_ALL_LOST)
+            first, _ = ray.wait(list(self._starting), num_returns=1)
+            self._answered(first[0])
+        self.marks["fetchers_ready"] = time.time()
 
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
@@ -234,18 +242,26 @@ class RayExecutor:
         self._send()
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
-        self._send(collect=True)
-        if not self._calls:
-            return []
-        ready, rest = self._ray.wait(list(self._calls), num_returns=1, timeout=timeout)
-        if rest and ready:
-            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        done: list[FetchResult] = []
-        for ref in ready:
-            done += self._results_of(ref, self._calls.pop(ref))
-        self._send()
-        return done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._send(collect=True)
+            refs = [*self._calls, *self._starting]
+            if not refs:
+                return []
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, rest = self._ray.wait(refs, num_returns=1, timeout=left)
+            if rest and ready:
+                more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            done: list[FetchResult] = []
+            for ref in ready:
+                if ref in self._starting:  # an actor answering ready(): it takes URLs from now on
+                    self._answered(ref)
+                else:
+                    done += self._results_of(ref, self._calls.pop(ref))
+            self._send()
+            if done or not ready:  # results, or the timeout passed
+                return done
 
     def close(self) -> None:
         for actor in self._actors:
@@ -257,10 +273,10 @@ class RayExecutor:
         """Hand the waiting URLs to the actors that have no call out, the least loaded first;
         with collect, also call every such actor that still has URLs in flight."""
         out = set(self._calls.values())
-        free = [i for i in range(len(self._actors)) if i not in out and i not in self._lost]
+        free = [i for i in sorted(self._usable) if i not in out and i not in self._lost]
         if not free:
             if len(self._lost) == len(self._actors):
-                raise RuntimeError("every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why")
+                raise RuntimeError(_ALL_LOST)
             return
         shares: dict[int, list[str]] = {i: [] for i in free}
         for url in self._waiting:
@@ -274,6 +290,14 @@ class RayExecutor:
                 self._options_sent.add(index)
                 self._calls[self._actors[index].exchange.remote(share, options)] = index
 
+    def _answered(self, ref) -> None:
+        index = self._starting.pop(ref)
+        try:
+            self._ray.get(ref)
+            self._usable.add(index)
+        except self._ray.exceptions.RayError:  # it died starting: the others carry the crawl
+            self._lost.add(index)
+
     def _results_of(self, ref, index: int) -> list[FetchResult]:
         try:
             results = self._ray.get(ref)
@@ -286,6 +310,9 @@ class RayExecutor:
         for result in results:
             self._in_flight[index].discard(result.url)
         return results
+
+
+_ALL_LOST = "every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why"
 
 
 def _join_or_start(ray, address: Optional[str]) -> None:

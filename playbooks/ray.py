@@ -23,7 +23,7 @@ from .core import kyaml
 from .core.portforward import forwarded
 from .core.resources import applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, action, ok, skip, unknown
+from .core.steps import Step, StepFailed, action, change, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY_REPO = ("kuberay", "https://ray-project.github.io/kuberay-helm/")
@@ -296,14 +296,60 @@ def install_steps(lab: Lab) -> list[Step]:
         return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2 + (1 if site else 0))
 
-    cluster_steps = release_steps(lab, cluster)
+    cluster_steps = [*release_steps(lab, cluster), pods_on_spec_step(lab, cluster.name)]
     site_ref = site_image(lab)
     site = site_steps(lab, site_ref, after=cluster_steps[0].name) if site_ref else []
     ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
-    if site:  # the pods' wait after both the release and the site
+    if site:  # the pods' wait after both the RayCluster's steps and the site
         ready = replace(ready, needs=(cluster_steps[-1].name, site[-1].name))
     return [*before_operator, *release_steps(lab, operator), sizing_step(lab, plan, image_values(ray_ref)),
             *load_ray, *cluster_steps, *site, ready]
+
+
+def pods_on_spec_step(lab: Lab, name: str) -> Step:
+    """KubeRay leaves running pods as they are when the RayCluster's spec changes (the chart exposes no
+    upgrade strategy): a Ray pod whose image or resources differ from its group's template is deleted, and
+    the operator makes it again from the spec. So a new Ray image (a crawler edit) or a new size reaches
+    the pods, and a rerun on pods that match changes nothing."""
+    def stale(ctx) -> list[str]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            spec = ctx.kube.custom.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayclusters", name)["spec"]
+        except ApiException as exc:
+            if exc.status == 404:
+                return []  # no RayCluster yet: the operator makes its pods from the spec
+            raise
+        templates = {"headgroup": spec["headGroupSpec"]["template"]["spec"]["containers"][0]}
+        templates.update({group["groupName"]: group["template"]["spec"]["containers"][0]
+                          for group in spec.get("workerGroupSpecs") or []})
+        found = []
+        for pod in ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector=RAY_PODS).items:
+            want = templates.get((pod.metadata.labels or {}).get("ray.io/group", ""))
+            have = pod.spec.containers[0]
+            if want is None or pod.metadata.deletion_timestamp:
+                continue
+            if have.image != want.get("image"):
+                found.append(f"{pod.metadata.name} (image {have.image} -> {want.get('image')})")
+            elif _sizes(have.resources.to_dict() if have.resources else {}) != _sizes(want.get("resources") or {}):
+                found.append(f"{pod.metadata.name} (resources)")
+        return found
+
+    def check(ctx):
+        found = stale(ctx)
+        return change(f"recreate {', '.join(found)}") if found else ok("the Ray pods run the RayCluster's spec")
+
+    def recreate(ctx):
+        for entry in stale(ctx):
+            ctx.kube.core.delete_namespaced_pod(entry.split(" ", 1)[0], NAMESPACE)
+
+    return Step(f"{name} pods on the RayCluster's spec", check, recreate)
+
+
+def _sizes(resources: dict) -> dict:
+    """requests/limits as comparable numbers (a pod's quantities come back canonical: 2048Mi as 2Gi)."""
+    return {kind: {key: quantity(value, "m" if key == "cpu" else "Mi") for key, value in (values or {}).items()}
+            for kind, values in resources.items() if kind in ("requests", "limits") and values}
 
 
 def cluster_status(kube) -> list[tuple[str, str]]:

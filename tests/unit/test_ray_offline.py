@@ -23,12 +23,13 @@ def test_offline_the_images_load_just_before_what_runs_them_the_big_one_only_onc
     assert names == ["kuberay-operator values for its image", "kuberay-operator image(s) in the kind nodes",
                      "kuberay-operator namespace kuberay", "kuberay-operator release", "ray pods sized to the cluster",
                      "ray image(s) in the kind nodes", "raylab namespace ray", "raylab release",
-                     "python-docs image(s) in the kind nodes", "python-docs site (the crawl's)",
-                     "ray head and worker pods Ready"]
+                     "raylab pods on the RayCluster's spec", "python-docs image(s) in the kind nodes",
+                     "python-docs site (the crawl's)", "ray head and worker pods Ready"]
     # the crawl's site comes up beside the RayCluster once Ray's namespace is there; the pods' wait (and so
     # the crawl after it) waits for both
     assert step(steps, "python-docs image(s) in the kind nodes").needs == ("raylab namespace ray",)
-    assert step(steps, "ray head and worker pods Ready").needs == ("raylab release", "python-docs site (the crawl's)")
+    assert step(steps, "ray head and worker pods Ready").needs == ("raylab pods on the RayCluster's spec",
+                                                                   "python-docs site (the crawl's)")
     online = [s.name for s in ray.install_steps(Lab())]
     assert not [n for n in online if "image" in n or "python-docs" in n]
 
@@ -133,3 +134,34 @@ def test_the_crawl_site_beside_the_ray_pods_is_not_taken_for_one_of_them():
     assert ready.check(ctx).state == "unknown"
     pods.append(ready_pod(**{"ray.io/node-type": "worker"}))
     assert ready.check(ctx).state == "ok"
+
+
+def test_ray_pods_left_on_an_older_image_or_size_are_recreated_from_the_rayclusters_spec():
+    """KubeRay does not replace running pods when the RayCluster changes: a rebuilt Ray image (a crawler
+    edit) or a new size would never reach them, and the crawl would ship the crawler every time."""
+    from kubernetes.client import V1Container, V1ObjectMeta, V1Pod, V1PodSpec, V1ResourceRequirements
+
+    size = {"requests": {"cpu": "250m", "memory": "2048Mi"}, "limits": {"memory": "2048Mi"}}
+    spec = {"headGroupSpec": {"template": {"spec": {"containers": [{"image": "ray:new", "resources": size}]}}},
+            "workerGroupSpecs": [{"groupName": "workergroup",
+                                  "template": {"spec": {"containers": [{"image": "ray:new", "resources": size}]}}}]}
+
+    def pod(name, group, image, limits):
+        resources = V1ResourceRequirements(requests={"cpu": "250m", "memory": "2Gi"}, limits=limits)
+        return V1Pod(metadata=V1ObjectMeta(name=name, labels={"ray.io/group": group, "ray.io/node-type": "x"}),
+                     spec=V1PodSpec(containers=[V1Container(name="ray", image=image, resources=resources)]))
+
+    pods = [pod("head", "headgroup", "ray:new", {"memory": "2Gi"}),  # as the spec says, quantities canonical
+            pod("worker", "workergroup", "ray:new", {"cpu": "250m", "memory": "2Gi"})]  # an old CPU limit
+    deleted = []
+    kube = NS(custom=NS(get_namespaced_custom_object=lambda *args: {"spec": spec}),
+              core=NS(list_namespaced_pod=lambda namespace, label_selector: NS(items=pods),
+                      delete_namespaced_pod=lambda name, namespace: deleted.append(name)))
+    on_spec = ray.pods_on_spec_step(Lab(), "raylab")
+    assert on_spec.check(NS(kube=kube)).detail == "recreate worker (resources)"
+    on_spec.apply(NS(kube=kube))
+    assert deleted == ["worker"]
+    pods[1] = pod("worker", "workergroup", "ray:old", {"memory": "2Gi"})
+    assert on_spec.check(NS(kube=kube)).detail == "recreate worker (image ray:old -> ray:new)"
+    pods[1] = pod("worker", "workergroup", "ray:new", {"memory": "2Gi"})
+    assert on_spec.check(NS(kube=kube)).state == "ok"

@@ -286,7 +286,7 @@ def install_steps(lab: Lab) -> list[Step]:
         from .core.kube import condition_ready
 
         pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace, label_selector=RAY_PODS).items
-                if condition_ready(p)]
+                if condition_ready(p) and not p.metadata.deletion_timestamp]  # not one just recreated
         return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):

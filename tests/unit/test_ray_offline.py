@@ -122,7 +122,8 @@ def test_the_crawl_site_beside_the_ray_pods_is_not_taken_for_one_of_them():
     """Offline the site's pod shares Ray's namespace: the head and the site Ready, the worker not there yet,
     is not a RayCluster Ready (the crawl would start on a cluster without its worker)."""
     def ready_pod(**labels):
-        return NS(metadata=NS(labels=labels), status=NS(conditions=[NS(type="Ready", status="True")]))
+        return NS(metadata=NS(labels=labels, deletion_timestamp=None),
+                  status=NS(conditions=[NS(type="Ready", status="True")]))
 
     pods = [ready_pod(**{"ray.io/node-type": "head"}), ready_pod(app="python-docs")]
 
@@ -134,6 +135,8 @@ def test_the_crawl_site_beside_the_ray_pods_is_not_taken_for_one_of_them():
     assert ready.check(ctx).state == "unknown"
     pods.append(ready_pod(**{"ray.io/node-type": "worker"}))
     assert ready.check(ctx).state == "ok"
+    pods[-1].metadata.deletion_timestamp = "2026-12-07T02:40:00Z"  # deleted to be made again on the new spec
+    assert ready.check(ctx).state == "unknown"
 
 
 def test_ray_pods_left_on_an_older_image_or_size_are_recreated_from_the_rayclusters_spec():

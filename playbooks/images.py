@@ -197,9 +197,10 @@ def inputs_hash(name: str) -> str:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """A folder's files as an image takes them: Python's byte-code caches left out (running the tests
-    writes them; they are not inputs)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    """A folder's files as an image takes them: Python's byte-code caches (running the tests writes them)
+    and a README (an edit of the docs rebuilds nothing) left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and p.suffix != ".pyc" and p.name != "README.md")
 
 
 def _hash_folder(digest, folder: Path) -> None:

@@ -36,7 +36,8 @@ def test_a_changed_file_changes_its_image_and_the_images_built_from_it(scratch_c
 
 def test_an_edit_of_the_crawler_rebuilds_only_the_thin_ray_image_and_byte_code_is_no_input(tmp_path, monkeypatch):
     """The crawler is baked into kindlab's Ray image: an edit must give the RayCluster a new image (so no job
-    runs a stale crawler), without Ray's pip install again; running the tests (byte code) changes nothing."""
+    runs a stale crawler), without Ray's pip install again; running the tests (byte code) or editing its README
+    changes nothing."""
     shutil.copytree(images.ROOT / "crawler", tmp_path / "crawler", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(images, "ROOT", tmp_path)
     images.inputs_hash.cache_clear()
@@ -44,6 +45,8 @@ def test_an_edit_of_the_crawler_rebuilds_only_the_thin_ray_image_and_byte_code_i
         before = {name: images.inputs_hash(name) for name in images.CATALOG}
         (tmp_path / "crawler" / "__pycache__").mkdir()
         (tmp_path / "crawler" / "__pycache__" / "parse.cpython-311.pyc").write_bytes(b"byte code")
+        readme = tmp_path / "crawler" / "README.md"
+        readme.write_text(readme.read_text() + "\nA line of docs.\n")
         images.inputs_hash.cache_clear()
         assert {name: images.inputs_hash(name) for name in images.CATALOG} == before
         parse = tmp_path / "crawler" / "parse.py"

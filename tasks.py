@@ -233,11 +233,14 @@ def down(c, cluster=False, only="", skip="", provider=None, name=None, context=N
 
 
 @task(help=h("provider name context verbose", calls="warm calls per system (default 20, 1 to 10000)",
-             gateway="OpenFaaS gateway URL (default: the lab's, http://127.0.0.1:31112)",
+             batch=f"calls in the batch of each system, {compare_play.IN_FLIGHT} in flight "
+                   f"(default {compare_play.BATCH}; 0: none)",
+             gateway="OpenFaaS gateway URL (default: the lab's function, http://127.0.0.1:31112)",
              address="Ray dashboard URL (default: the lab's head, port-forwarded)"))
 @user_errors
-def compare(c, calls="20", gateway="", address="", provider=None, name=None, context=None, verbose=False):
-    """Measure OpenFaaS function latency and Ray task latency in this lab, side by side."""
+def compare(c, calls="20", batch=str(compare_play.BATCH), gateway="", address="", provider=None, name=None,
+            context=None, verbose=False):
+    """Measure the reverse function beside a Ray task in this lab: first call, warm calls, a batch."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
     n = parse_count(calls, "--calls", 10_000)
     if n < 1:
@@ -245,7 +248,9 @@ def compare(c, calls="20", gateway="", address="", provider=None, name=None, con
     if not lab.can.runs_containers and not (gateway and address):
         raise SettingsError("a simulated (kwok) cluster runs no containers, so there is nothing to time; "
                             "use the kind lab, or pass --gateway and --address of running systems")
-    console.print(compare_play.measure(lab, make_context(lab), n, gateway, address))
+    rows = compare_play.measure(lab, make_context(lab), n, gateway, address,
+                                batch=parse_count(batch, "--batch", 1_000_000))
+    console.print(compare_play.table(lab, rows))
 
 
 # --- the Docker engine and the images ----------------------------------------
@@ -281,7 +286,7 @@ def images_list(c, all=False):
 def setup(c, source="auto", verbose=False):
     """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images."""
     lab = lab_for(c, verbose=verbose)
-    tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source)
+    tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source, optional=True)
     # Where no engine can be had (no root, no apt-get), the engine and the images are
     # skipped with the reason, and the tests that need them skip too (CI fails them).
     engine = engine_play.start_steps(lab, optional=True)
@@ -293,10 +298,11 @@ def setup(c, source="auto", verbose=False):
 
 # --- tools and doctor ------------------------------------------------------
 @task(help={"testbed": "the simulated-cluster testbed and the tools the tests use "
-                        "(kind, kubectl, helm, kwok, kwokctl, etcd, kube-apiserver, the operators...)",
+                        "(kind, kubectl, helm, faas-cli, kwok, kwokctl, etcd, kube-apiserver, the operators...)",
             "all": "every tool: the lab's and the testbed's",
-            "source": "release (download, checksum checked), go (build from Go modules) or auto: "
-                      "release, or Go where the releases cannot be reached",
+            "source": "release (download, checksum checked), go (build from Go modules; where the module proxy "
+                      "refuses one, from its source archive in kindlab.sources), archive, or auto: release, "
+                      "or Go where the releases cannot be reached",
             "only": "comma-separated tool names to install",
             **h("check verbose")})
 @user_errors

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from . import engine, images, toolchain
+from . import engine, images, sources, toolchain
 from .cluster import CLUSTER_CPUS, CLUSTER_IMAGES, CLUSTER_MEMORY_MIB, render_kind_config
 from .core.commands import CommandError, LocalShell
 from .core.part import Part
@@ -78,12 +78,16 @@ def _offline_images(lab: Lab, parts: list[Part], docker: Finding) -> list[Findin
         return []
     shell = LocalShell(lab.tools_dir)
     found = []
+    for part in parts:
+        if part.offline_note:  # what runs differently offline: said, nothing to fix
+            found.append(Finding(f"offline {part.name}", "warn", part.offline_note,
+                                 f"none needed; with internet, run without --offline for all of {part.name}"))
+        for archive in part.sources:
+            missing = sources.reason_missing(archive, lab.source_folders)
+            found.append(Finding(f"source {archive}", "fail" if missing else "ok",
+                                 missing or sources.ARCHIVES[archive].file + " (sha256 checked)",
+                                 "set kindlab.sources in invoke.yaml" if missing else ""))
     for owner, needed in (("cluster", CLUSTER_IMAGES), *((p.name, p.images) for p in parts)):
-        blocker = next((p.offline_blocker for p in parts if p.name == owner and p.offline_blocker), "")
-        if blocker:
-            found.append(Finding(f"offline {owner}", "warn", blocker,
-                                 f"leave it out offline: invoke all --offline --skip {owner}"))
-            continue
         for name in needed:
             built = images.current(shell, name)
             found.append(Finding(f"image {name}", "ok" if built else "fail",

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from rich.table import Table
 
-from . import cluster, images
+from . import cluster, images, sources
 from .core.helm import chart_at_hand
 from .core.part import Part
 from .core.settings import Lab, SettingsError
@@ -54,9 +54,8 @@ def in_order(parts: Sequence[Part]) -> list[Part]:
 
 
 def offline_blocker(sh, part: Part, lab: Lab | None = None) -> str | None:
-    """Why `part` cannot run offline here, or None when its images are built and its charts at hand."""
-    if part.offline_blocker:
-        return part.offline_blocker
+    """Why `part` cannot run offline here, or None when its images are built, its charts at hand and its
+    source archives where kindlab.sources says."""
     missing = [name for name in part.images if not images.current(sh, name)]
     if missing:
         return (f"offline, {part.name} needs image(s) {', '.join(missing)}, not built yet: "
@@ -67,6 +66,9 @@ def offline_blocker(sh, part: Part, lab: Lab | None = None) -> str | None:
         return (f"offline, {part.name} needs its chart(s) on this machine, and no chart repository is reached: "
                 + "; ".join(f"{r.chart} {r.version}: set kindlab.charts.{key} to a copy of it (a chart directory "
                             "or .tgz)" for key, r in away.items()))
+    archives = [sources.reason_missing(name, lab.source_folders) for name in part.sources] if lab is not None else []
+    if any(archives):
+        return f"offline, {part.name} needs its source archives: " + "; ".join(filter(None, archives))
     return None
 
 
@@ -90,7 +92,7 @@ def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
         if reason:
             blocked["reason"] = reason
             return skip(reason)
-        return ok(f"{part.name}'s images are built")
+        return ok(f"{part.name}'s images are built" + (f"; {part.offline_note}" if part.offline_note else ""))
 
     def gated(step: Step) -> Step:
         def check(ctx):

@@ -143,10 +143,8 @@ def _reserve(lab: Lab, kube) -> tuple[int, int]:
     from .parts import REGISTRY  # the registry imports this module: read it only when sizing
 
     present = {ns.metadata.name for ns in kube.core.list_namespace().items}
-    # offline, a part that cannot run there (faas: no OpenFaaS images) never comes: nothing is kept for it
-    waiting = [p for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present
-               and not (lab.offline and p.offline_blocker)]
-    return sum(p.requests[0] for p in waiting), sum(p.requests[1] for p in waiting)
+    waiting = [p.requested(lab) for p in REGISTRY.values() if p.name != "ray" and not set(p.namespaces) & present]
+    return sum(cpu for cpu, _ in waiting), sum(mem for _, mem in waiting)
 
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:

@@ -45,6 +45,16 @@ _SECRET_KEY_WORDS = ("password", "secret", "token", "apikey", "api_key", "privat
 
 
 @dataclass(frozen=True)
+class LogRefusal:
+    """A container that exits with `marker` in its log will never run here: the wait fails at once
+    with `reason` instead of waiting out a crash loop (OpenFaaS CE's faas-netes without internet)."""
+
+    container: str
+    marker: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Release:
     """One Helm release: which chart, which version, where, with what values."""
 
@@ -59,6 +69,7 @@ class Release:
     crds_from_chart: bool = False
     wait: bool = True
     min_pods: int = 1  # pods the namespace must have before the wait can be satisfied
+    refusals: tuple[LogRefusal, ...] = ()  # log lines of its containers that mean it can never run
     index_max_age: float = DEFAULT_INDEX_MAX_AGE
 
     @property
@@ -562,7 +573,8 @@ def release_step(lab: Lab, release: Release) -> Step:
             return None
         wait_rollouts_observed(ctx, release.namespace, lab.timeout)
         return ctx.kube.wait_namespace_ready(release.namespace, timeout=lab.timeout, say=ctx.say,
-                                             what=f"release {release.name}", min_pods=release.min_pods)
+                                             what=f"release {release.name}", min_pods=release.min_pods,
+                                             refusals=release.refusals)
 
     return Step(f"{release.name} release", check, apply, wait=wait)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import urllib3
 from kubernetes import client, config, watch
@@ -235,6 +235,7 @@ class Kube:
         self.context = context
         self.fixed_nodes = fixed_nodes  # no autoscaler: a pod that does not fit now never will
         self._pull_errors: dict[str, float] = {}  # pod uid -> when its pull error was first seen
+        self._exit_logs: dict[tuple, str] = {}  # (pod uid, container, restarts, ended now) -> its log's tail
         self.fix = fix or f"check the cluster: `kubectl --context {context} get --raw /readyz`"
         configuration = client.Configuration()
         try:
@@ -421,6 +422,33 @@ class Kube:
             return "none yet"
         return (text or "").strip().splitlines()[-1][:200] if (text or "").strip() else "none yet"
 
+    def refused(self, pods: list, refusals: Sequence) -> str | None:
+        """The reason of the first refusal a container said in its log as it exited, else None.
+
+        A log is read once per container run (the kubelet keeps the last one as `previous`).
+        """
+        for pod in pods:
+            for cs in pod.status.container_statuses or []:
+                for refusal in refusals:
+                    if cs.name != refusal.container:
+                        continue
+                    ended_now = bool(cs.state and cs.state.terminated)
+                    if not ended_now and not (cs.last_state and cs.last_state.terminated):
+                        continue
+                    key = (pod.metadata.uid, cs.name, cs.restart_count or 0, ended_now)
+                    if key not in self._exit_logs:
+                        try:
+                            self._exit_logs[key] = self.core.read_namespaced_pod_log(
+                                pod.metadata.name, pod.metadata.namespace, container=cs.name,
+                                previous=not ended_now, tail_lines=20) or ""
+                        except ApiException:
+                            self._exit_logs[key] = ""
+                    line = next((l for l in self._exit_logs[key].splitlines() if refusal.marker in l), None)
+                    if line is not None:
+                        return (f"{refusal.reason} (pod {pod.metadata.name}, container {cs.name} exited: "
+                                f"{line.strip()[:200]})")
+        return None
+
     def _room_for(self, pod) -> str:
         """What an Unschedulable pod asks, beside what the roomiest node has free."""
         from .quantities import node_free, requests
@@ -473,8 +501,12 @@ class Kube:
         ], timeout=timeout, say=say, events_of=events_of)
 
     def wait_namespace_ready(self, namespace: str, *, timeout: float, what: str = "",
-                             say: Callable[[str], None] = lambda m: None, min_pods: int = 1) -> str:
-        """Until every Deployment/StatefulSet/DaemonSet in the namespace and every pod is Ready."""
+                             say: Callable[[str], None] = lambda m: None, min_pods: int = 1,
+                             refusals: Sequence = ()) -> str:
+        """Until every Deployment/StatefulSet/DaemonSet in the namespace and every pod is Ready.
+
+        `refusals` (helm.LogRefusal): a container that exited saying one of them fails the wait at once.
+        """
         what = what or f"namespace {namespace}"
 
         def evaluate() -> Verdict:
@@ -497,6 +529,7 @@ class Kube:
             ready, progress, failure = self.explain(pods, len(pods), what, namespace)
             if not pending and ready == len(pods) and len(pods) >= min_pods:
                 return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
+            failure = (self.refused(pods, refusals) if refusals else None) or failure
             if len(pods) < min_pods:
                 progress = f"waiting for pods to appear ({len(pods)}/{min_pods})"
             why = next((f"deployment {d.metadata.name}: {w}" for d in behind[:3]

@@ -34,14 +34,20 @@ class Part:
     memory_mib: int = 0                # what it needs on a kind node, roughly (doctor)
     cpus: float = 0.0
     requests: tuple[int, int] = (0, 0)  # what its pods request with kindlab's values: millicores, MiB
+    offline_requests: tuple[int, int] | None = None  # the same offline, where it runs less there
     tools: tuple[str, ...] = ("kubectl", "helm")  # the lab tools its steps run (doctor)
     images: tuple[str, ...] = ()       # kindlab's offline images it runs (playbooks/images.py)
     # its Helm releases by their kindlab.charts key (offline, their charts must be at hand)
     releases: Callable[[Lab], dict] = lambda lab: {}
-    offline_blocker: str = ""          # why it cannot run offline at all, if it cannot
+    offline_note: str = ""             # what it leaves out offline, and why (all, NAME.install and doctor say it)
+    sources: tuple[str, ...] = ()      # source archives it needs offline (playbooks/sources.py)
     task_names: tuple[str, str] = ("install", "uninstall")
     # doctor, when the cluster exists: (ok|warn|fail, detail, fix) about the part fitting in it
     preflight: Callable[[Lab, object], tuple[str, str, str]] | None = None
+
+    def requested(self, lab: Lab) -> tuple[int, int]:
+        """What its pods request in this lab: millicores, MiB."""
+        return self.offline_requests if lab.offline and self.offline_requests is not None else self.requests
 
 
 __all__ = ["Part"]

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from .commands import CommandError
 from .settings import Lab
-from .steps import Check, Step, StepFailed, Unreachable, is_transient, missing_prerequisite, unknown
+from .steps import Check, Skipped, Step, StepFailed, Unreachable, is_transient, missing_prerequisite, unknown
 
 _ELAPSED = re.compile(r"\s*\(\d+s\)$")
 STYLES = {"ok": "green", "changed": "yellow", "unknown": "magenta", "failed": "bold red", "skipped": "cyan"}
@@ -239,6 +239,8 @@ def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
             if waited and not changes:
                 detail = waited
         return outcome("changed" if changes else "ok", detail)
+    except Skipped as exc:
+        return outcome("skipped", str(exc))
     except Exception as exc:
         if isinstance(exc, (StepFailed, CommandError, Unreachable)):  # their messages are sentences
             return outcome("failed", str(exc))

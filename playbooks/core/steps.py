@@ -74,6 +74,11 @@ class StepFailed(Exception):
     """A permanent failure a user can act on: the message says what and what next."""
 
 
+class Skipped(Exception):
+    """An apply that found it cannot be done here and need not be (an optional tool whose source is
+    missing): the step is reported skipped, with this reason."""
+
+
 class Unreachable(ConnectionError):
     """A service that did not answer (the API server): retried as transient; its message is a
     sentence for the user, printed as it is once the retries are spent."""

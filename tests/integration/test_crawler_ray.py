@@ -217,11 +217,11 @@ def test_compare_measures_function_and_ray_task_latency(ray_head, tmp_path):
     import threading
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {**os.environ, "KINDLAB_HOME": str(tmp_path / "home"), "KUBECONFIG": str(tmp_path / "kubeconfig"),
-           "COLUMNS": "200"}
+           "COLUMNS": "250"}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "invoke", "compare", "--calls", os.environ.get("KINDLAB_COMPARE_CALLS", "5"),
-             "--provider", "kwok",
+             "--batch", "40", "--provider", "kwok",
              "--gateway", f"http://127.0.0.1:{server.server_port}", "--address", ray_head],
             cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=180)
     finally:
@@ -231,6 +231,7 @@ def test_compare_measures_function_and_ray_task_latency(ray_head, tmp_path):
     assert proc.returncode == 0, out
     assert "OpenFaaS function (HTTP via gateway)" in out and "Ray task (inside the cluster)" in out
     rows = [line for line in out.splitlines() if "OpenFaaS function" in line or "Ray task" in line]
-    for row in rows:  # first call, warm median, warm p95 are numbers; 5 warm calls each
+    for row in rows:  # first call, warm median, warm p95 are numbers; 5 warm calls each; a batch's rate
         cells = [c.strip() for c in row.split("│") if c.strip()]
         assert all(float(v) >= 0 for v in cells[1:4]) and cells[4] == os.environ.get("KINDLAB_COMPARE_CALLS", "5")
+        assert float(cells[5]) > 0

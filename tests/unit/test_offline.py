@@ -96,7 +96,29 @@ def built(*names):
     return Engine({images.reference(n): images.inputs_hash(n) for n in names})
 
 
-def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_others_with_the_reason():
+def fake_archive(tmp_path, monkeypatch, name: str) -> Path:
+    """A folder holding a stand-in for source archive `name`, pinned as kindlab would pin it."""
+    import dataclasses
+    import hashlib
+    import io
+    import tarfile
+
+    from playbooks import sources
+
+    archive = sources.ARCHIVES[name]
+    folder = tmp_path / archive.group
+    folder.mkdir(exist_ok=True)
+    with tarfile.open(folder / archive.file, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{archive.folder}/README")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    digest = hashlib.sha256((folder / archive.file).read_bytes()).hexdigest()
+    monkeypatch.setitem(sources.ARCHIVES, name, dataclasses.replace(archive, sha256=digest))
+    return folder
+
+
+def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_others_with_the_reason(
+        tmp_path, monkeypatch):
     everything = built(*images.CATALOG)
     lab = Lab(offline=True, charts=LOCAL_CHARTS)
     steps = lab_play.all_steps(lab, parts.choose())
@@ -105,10 +127,28 @@ def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_o
     assert {name: r.state for name, r in results.items()} == {
         "nginx images (offline)": "ok", "monitoring images (offline)": "ok", "ray images (offline)": "ok",
         "faas images (offline)": "skip"}
-    assert "OpenFaaS" in results["faas images (offline)"].detail
+    # faas builds its function from the template's source archive, which no setting names here
+    assert "kindlab.sources.openfaas names no folder" in results["faas images (offline)"].detail
     # every later step of a skipped part is skipped too, not just its first
     faas_steps = [s for s in steps if s.name in ("namespace openfaas-fn", "function reverse deployed")]
     assert all(s.check(Ctx(everything, lab)).state == "skip" for s in faas_steps)
+
+    # with the archive where kindlab.sources says, faas runs offline, saying why without its platform
+    folder = fake_archive(tmp_path, monkeypatch, "python-flask-template")
+    lab = Lab(offline=True, charts=LOCAL_CHARTS, sources=(("openfaas", str(folder)),))
+    gate = next(s for s in lab_play.all_steps(lab, parts.choose()) if s.name == "faas images (offline)")
+    result = gate.check(Ctx(everything, lab))
+    assert result.state == "ok" and "OpenFaaS CE refuses to start without internet" in result.detail
+
+
+def test_offline_a_source_archive_that_differs_from_the_pinned_one_is_refused(tmp_path):
+    from playbooks import sources
+
+    folder = tmp_path / "openfaas"
+    folder.mkdir()
+    (folder / sources.ARCHIVES["python-flask-template"].file).write_bytes(b"not the archive")
+    reason = sources.reason_missing("python-flask-template", {"openfaas": str(folder)})
+    assert "not the " + sources.ARCHIVES["python-flask-template"].sha256 in reason and "get the archive again" in reason
 
 
 def test_offline_a_part_whose_chart_only_a_repository_has_is_skipped_naming_the_setting():

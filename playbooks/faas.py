@@ -28,10 +28,11 @@ from pathlib import Path
 
 import yaml
 
-from . import images, sources
+from . import images, providers, sources
 from .core import kyaml
-from .core.part import Part
+from .core.part import NodePort, Part
 from .core.helm import LogRefusal, Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.deadline import Longer
 from .core.resources import absent, applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, change, ok, skip
@@ -42,7 +43,6 @@ VALUES = ROOT / "helm-values" / "openfaas.yaml"
 NAMESPACE, FN_NAMESPACE = "openfaas", "openfaas-fn"
 FUNCTION = "reverse"
 TEMPLATE = "python3-http"  # online: from the template store, as functions/stack.yaml names it
-REGISTRY = {"name": "kind-registry", "image": "registry:2.8.3", "host_port": 5001}
 CHART_VERSION = "15.0.0"
 # OpenFaaS CE's own decision, said in one line wherever the platform is left out or refuses.
 CE_OFFLINE = ("OpenFaaS CE refuses to start without internet: its faas-netes checks connectivity when it starts "
@@ -62,14 +62,18 @@ TEMPLATE_BASES = {"ghcr.io/openfaas/of-watchdog:0.11.3": "of-watchdog",
 NO_PLATFORM = (f"{CE_OFFLINE}. Offline the reverse function runs without the platform: its own Deployment and "
                "NodePort Service, as faas-netes would make them, and no gateway")
 FUNCTION_PORT = 8080    # of-watchdog's, as on OpenFaaS
-FUNCTION_NODE_PORT = 31112  # the gateway's node port online; offline the function's own (kind maps it to the host)
+# A cold build installs the template's Debian packages and its Python packages from PyPI, then pushes.
+BUILD_BUDGET = Longer(2, "a cold function build installs its template's Debian and Python packages")
+# the gateway's node port online, offline the function's own; kind maps it to kindlab.ports.gateway
+NODE_PORT = NodePort("gateway", 31112, 31112, "OpenFaaS gateway NodePort (offline: the function's)")
 LICENSE_NOTE = ("OpenFaaS CE is licensed for personal, non-commercial use (commercial use is limited to "
                 "60 days) and needs internet access when it starts.")
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so there is no gateway to call"
 
 
 def gateway_url(lab: Lab) -> str:
-    return f"http://{lab.listen_address}:{lab.gateway_port}"
+    """The gateway on this machine (offline, the function itself): kind maps its node port here."""
+    return f"http://{lab.listen_address}:{lab.host_port(NODE_PORT.name, NODE_PORT.host_port)}"
 
 
 def function_hash(directory: Path = FUNCTIONS / FUNCTION, offline: bool = False) -> str:
@@ -85,7 +89,7 @@ def function_hash(directory: Path = FUNCTIONS / FUNCTION, offline: bool = False)
 
 
 def function_image(lab: Lab, code_hash: str) -> str:
-    return f"localhost:{REGISTRY['host_port']}/{FUNCTION}:{code_hash}"
+    return f"{providers.LOCAL_REGISTRY}/{FUNCTION}:{code_hash}"
 
 
 def deployed_image(kube) -> str | None:
@@ -129,80 +133,6 @@ def _fn_namespace() -> list[dict]:
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FN_NAMESPACE}}]
 
 
-def registry_image(lab: Lab) -> str:
-    """kindlab.images.registry, else offline the registry image kindlab built, else the pinned one."""
-    return images.for_part(lab, "registry") or REGISTRY["image"]
-
-
-def registry_steps(lab: Lab) -> list[Step]:
-    """kind's documented local registry: a container on 127.0.0.1:5001, known to every node."""
-    name, port = REGISTRY["name"], REGISTRY["host_port"]
-    hosts_dir = f"/etc/containerd/certs.d/localhost:{port}"
-    hosts_toml = f'[host."http://{name}:5000"]\n'
-
-    def applicable(ctx):
-        return lab.can.docker_nodes
-
-    def check_running(ctx):
-        if not applicable(ctx):
-            return skip(f"the local registry is for kind clusters, whose nodes are Docker containers "
-                        f"(provider {lab.provider})")
-        out = ctx.sh.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
-        return ok(f"registry {name} running") if out.stdout.strip() == "true" else \
-            change(f"run registry {name} on 127.0.0.1:{port}")
-
-    def run_registry(ctx):
-        exists = ctx.sh.run(["docker", "inspect", name], check=False).returncode == 0
-        if exists:
-            ctx.sh.run(["docker", "start", name])
-        else:
-            image = registry_image(lab)
-            if lab.offline and images.present_inputs(ctx.sh, image) is None:
-                raise StepFailed(f"registry image {image} is not in the local Docker engine: "
-                                 "run `invoke images.build --only registry`")
-            ctx.sh.run(["docker", "run", "-d", "--restart=always", "-p", f"127.0.0.1:{port}:5000",
-                        "--label", "kindlab.dev/part=faas", "--network", "bridge", "--name", name, image],
-                       timeout=lab.timeout)
-
-    def check_network(ctx):
-        if not applicable(ctx):
-            return skip("kind only")
-        out = ctx.sh.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", name]).stdout
-        return ok("on the kind network") if '"kind"' in out else change(f"connect {name} to the kind network")
-
-    def nodes(ctx) -> list[str]:
-        out = ctx.sh.run(["kind", "get", "nodes", "--name", lab.cluster]).stdout
-        return [n.strip() for n in out.splitlines() if n.strip()]
-
-    def check_nodes(ctx):
-        if not applicable(ctx):
-            return skip("kind only")
-        missing = [n for n in nodes(ctx) if ctx.sh.run(["docker", "exec", n, "cat", f"{hosts_dir}/hosts.toml"],
-                                                        check=False).stdout != hosts_toml]
-        return change(f"point containerd on {', '.join(missing)} at the registry") if missing else \
-            ok("every node knows localhost:5001")
-
-    def configure_nodes(ctx):
-        for node in nodes(ctx):
-            ctx.sh.run(["docker", "exec", node, "mkdir", "-p", hosts_dir])
-            ctx.sh.run(["docker", "exec", "-i", node, "cp", "/dev/stdin", f"{hosts_dir}/hosts.toml"], input=hosts_toml)
-
-    hosting = {"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "local-registry-hosting", "namespace": "kube-public"},
-               "data": {"localRegistryHosting.v1": f'host: "localhost:{port}"\n'
-                                                   'help: "https://kind.sigs.k8s.io/docs/user/local-registry/"\n'}}
-    hosting_step = applied("local registry advertised (kube-public)", lab, lambda: [hosting])
-    if not lab.can.docker_nodes:
-        hosting_step = Step(hosting_step.name, lambda ctx: skip("kind only"))
-    return [
-        Step(f"registry {name} running", check_running, run_registry),
-        Step(f"registry {name} on the kind network", check_network,
-             lambda ctx: ctx.sh.run(["docker", "network", "connect", "kind", name]) and None),
-        Step("kind nodes use the local registry", check_nodes, configure_nodes),
-        hosting_step,
-    ]
-
-
 def openfaas_release(lab: Lab) -> Release:
     """The OpenFaaS release, from a local chart when kindlab.charts.faas names one."""
     return local_release(RELEASE, lab.local_chart("faas"))
@@ -225,9 +155,10 @@ def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
         return f"note: {LICENSE_NOTE}"
 
     namespace = applied(f"namespace {FN_NAMESPACE}", lab, _fn_namespace)
+    registry = providers.of(lab).registry_steps()
     if lab.offline:
-        return [namespace, *registry_steps(lab), Step(f"{release.name} release", lambda ctx: skip(NO_PLATFORM))]
-    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry_steps(lab),
+        return [namespace, *registry, Step(f"{release.name} release", lambda ctx: skip(NO_PLATFORM))]
+    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry,
             *release_steps(lab, release)]
 
 
@@ -314,18 +245,17 @@ def deploy_steps(lab: Lab) -> list[Step]:
     def deploy(ctx):
         build = _build_dir(lab, code_hash)
         if not (build / "template" / TEMPLATE).exists():
-            ctx.sh.run(["faas-cli", "template", "store", "pull", TEMPLATE], cwd=build, timeout=lab.timeout)
+            ctx.sh.run(["faas-cli", "template", "store", "pull", TEMPLATE], cwd=build)
         for verb in ("build", "push"):
             ctx.say(f"faas-cli {verb} {image}")
-            ctx.sh.run(["faas-cli", verb, "-f", "stack.yaml"], cwd=build, timeout=lab.timeout * 2)
-        ctx.sh.run(["faas-cli", "deploy", "-f", "stack.yaml", "--gateway", gateway_url(lab)], cwd=build,
-                   timeout=lab.timeout)
+            ctx.sh.run(["faas-cli", verb, "-f", "stack.yaml"], cwd=build)
+        ctx.sh.run(["faas-cli", "deploy", "-f", "stack.yaml", "--gateway", gateway_url(lab)], cwd=build)
         return f"deployed {image}"
 
     def wait(ctx):
-        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, timeout=lab.timeout, say=ctx.say)
+        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
 
-    return [*login_steps(lab), Step(f"function {FUNCTION} deployed", check, deploy, wait=wait)]
+    return [*login_steps(lab), Step(f"function {FUNCTION} deployed", check, deploy, wait=wait, budget=BUILD_BUDGET)]
 
 
 # --- offline: the function without the platform ----------------------------------------
@@ -347,15 +277,17 @@ def function_documents(image: str) -> list[dict]:
         {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"type": "NodePort", "selector": labels,
                   "ports": [{"name": "http", "port": FUNCTION_PORT, "targetPort": FUNCTION_PORT,
-                             "nodePort": FUNCTION_NODE_PORT, "protocol": "TCP"}]}},
+                             "nodePort": NODE_PORT.node_port, "protocol": "TCP"}]}},
     ]
 
 
 def registry_has(image: str, timeout: float = 5) -> bool:
-    """Whether the lab's registry (127.0.0.1:5001) holds `image` (localhost:5001/NAME:TAG)."""
-    path, _, tag = image.split("/", 1)[1].rpartition(":")
+    """Whether the lab's local registry holds `image` (localhost:5001/NAME:TAG)."""
+    host, _, rest = image.partition("/")
+    path, _, tag = rest.rpartition(":")
+    port = host.rpartition(":")[2]
     request = urllib.request.Request(
-        f"http://127.0.0.1:{REGISTRY['host_port']}/v2/{path}/manifests/{tag}", method="HEAD",
+        f"http://127.0.0.1:{port}/v2/{path}/manifests/{tag}", method="HEAD",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
                            "application/vnd.oci.image.manifest.v1+json"})
     try:
@@ -367,7 +299,7 @@ def registry_has(image: str, timeout: float = 5) -> bool:
         raise StepFailed(f"the lab's registry answered HTTP {exc.code} for {image}: "
                          "run `invoke faas.install` to repair it") from None
     except OSError as exc:
-        raise StepFailed(f"the lab's registry at 127.0.0.1:{REGISTRY['host_port']} does not answer ({exc}): "
+        raise StepFailed(f"the lab's registry at 127.0.0.1:{port} does not answer ({exc}): "
                          "run `invoke faas.install`") from None
 
 
@@ -397,14 +329,13 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
         if images.present_inputs(ctx.sh, image) is None:
             ctx.say(f"faas-cli build {image}")
             # the Docker engine's own builder: it needs no buildx, and finds kindlab's base images locally
-            ctx.sh.run(["faas-cli", "build", "-f", "stack.yaml"], cwd=build, env={"DOCKER_BUILDKIT": "0"},
-                       timeout=lab.timeout * 2)
+            ctx.sh.run(["faas-cli", "build", "-f", "stack.yaml"], cwd=build, env={"DOCKER_BUILDKIT": "0"})
         ctx.say(f"faas-cli push {image}")
-        ctx.sh.run(["faas-cli", "push", "-f", "stack.yaml"], cwd=build, timeout=lab.timeout)
+        ctx.sh.run(["faas-cli", "push", "-f", "stack.yaml"], cwd=build)
         return f"built and pushed {image}"
 
     def wait(ctx):
-        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, timeout=lab.timeout, say=ctx.say)
+        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
 
     deployed = applied(f"function {FUNCTION} deployed", lab, lambda: function_documents(image), wait=wait)
 
@@ -413,7 +344,7 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
             return skip(NO_CONTAINERS)
         return deployed.check(ctx)
 
-    return [Step(f"function {FUNCTION} image", check_image, build_and_push),
+    return [Step(f"function {FUNCTION} image", check_image, build_and_push, budget=BUILD_BUDGET),
             Step(deployed.name, check_deployed, deployed.apply, wait=wait)]
 
 
@@ -480,15 +411,16 @@ def addresses(lab: Lab) -> list[tuple[str, str, str]]:
 
 
 PART = Part(
-    name="faas", namespaces=(NAMESPACE, FN_NAMESPACE), install=install_steps, uninstall=uninstall_steps,
+    name="faas", namespaces=(NAMESPACE, FN_NAMESPACE), install=lambda lab, parts: install_steps(lab),
+    uninstall=lambda lab, parts: uninstall_steps(lab),
     help=("Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway.",
           "Remove the function, uninstall OpenFaaS and delete its namespaces."),
-    use=lambda lab: deploy_steps(lab) + invoke_steps(lab, "Hello World"),
+    use=lambda lab, parts: deploy_steps(lab) + invoke_steps(lab, "Hello World"),
     addresses=addresses,
     status=lambda lab, kube: function_status(kube),
     # offline only the function runs, and faas-netes sets it no requests
     memory_mib=768, cpus=0.5, requests=(450, 800), offline_requests=(0, 0), tools=("kubectl", "helm", "faas-cli"),
-    images=("registry", *TEMPLATE_BASES.values()),
+    images=("registry", *TEMPLATE_BASES.values()), node_ports=(NODE_PORT,),
     releases=lambda lab: {} if lab.offline else {"faas": openfaas_release(lab)},
     offline_note=NO_PLATFORM, sources=(TEMPLATE_ARCHIVE,))
 

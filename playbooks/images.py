@@ -324,6 +324,11 @@ class _Plan:
                 self._current[name] = current(sh, name)
             return self._current[name]
 
+    def built(self, name: str) -> None:
+        """`name` was just built from its inputs as they are: the images made from it need it no more."""
+        with self._lock:
+            self._current[name] = True
+
     def must_build(self, sh, name: str) -> bool:
         return not self.is_current(sh, name) and self.required(sh, name)
 
@@ -439,8 +444,7 @@ def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...]) -> Ste
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         _remove_older(ctx, name)
-        with plan._lock:
-            plan._current[name] = True
+        plan.built(name)
         return f"built {ref}"
 
     return Step(_image_step_name(name), check, build, needs=needs)

@@ -84,7 +84,7 @@ def real_lab(tmp_path_factory) -> Lab:
     home = tmp_path_factory.mktemp("kindlab-real")
     nginx_port, http_port, gateway_port = free_ports(3)
     return Lab(provider="kind", cluster=REAL_CLUSTER, home=home, kubeconfig=home / "kubeconfig",
-               nginx_port=nginx_port, http_port=http_port, gateway_port=gateway_port,
+               ports=(("nginx", nginx_port), ("http", http_port), ("gateway", gateway_port)),
                bin_dir=toolchain.default_bin_dir(), offline=True, timeout=300,
                retry_attempts=3, retry_initial=0.5, sources=tuple(sorted(source_folders().items())))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from playbooks import parts
-from playbooks import cluster, faas, images, lab as lab_play, nginx
+from playbooks import cluster, faas, images, lab as lab_play, nginx, providers
 from playbooks.core.cli import make_context
 from playbooks.core.kube import condition_ready
 from playbooks.core.commands import LocalShell
@@ -97,7 +97,7 @@ def test_nginx_scaled_to_three_is_served_over_real_http_and_a_rerun_changes_noth
     assert statuses(first)["nginx image(s) in the kind nodes"] == "changed", play.output
     verify = {o.step: o for o in first}["nginx answers"]
     assert verify.status == "changed" and verify.action and "serves the nginx welcome page" in verify.detail
-    with urllib.request.urlopen(f"http://127.0.0.1:{lab.nginx_port}/", timeout=10) as response:
+    with urllib.request.urlopen(nginx.url(lab), timeout=10) as response:
         assert response.status == 200 and response.headers["Server"].startswith("nginx")
         assert "Welcome to nginx!" in response.read().decode()
     kube = make_context(lab).kube
@@ -170,7 +170,7 @@ def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play,
     # A lab left running on this machine (the registry outlives none of its clusters but the last)
     # keeps its registry and the images pushed there: then the step finds it and changes nothing.
     kept = sh.run(["docker", "inspect", "--format", "{{.State.Running}}", "kind-registry"], check=False)
-    first = play(faas.registry_steps(lab))
+    first = play(providers.of(lab).registry_steps())
     if kept.stdout.strip() == "true":
         assert statuses(first)["registry kind-registry running"] == "ok", play.output
     else:
@@ -189,7 +189,7 @@ def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play,
     step = applied(f"deployment {name}", lab, lambda: [doc],
                    wait=lambda ctx: ctx.kube.wait_deployment("default", name, timeout=120, say=ctx.say))
     play([step])  # pulled by the node's containerd from the registry container
-    again = play(faas.registry_steps(lab))
+    again = play(providers.of(lab).registry_steps())
     assert set(statuses(again).values()) == {"ok"}, play.output
     sh.run(["docker", "image", "rm", pushed], check=False)
 

@@ -83,8 +83,8 @@ def test_unchanged_code_means_no_rebuild(env):
     step = [s for s in faas.deploy_steps(lab) if s.name.startswith("function")][0]
     image = faas.function_image(lab, faas.function_hash())
     assert step.check(ctx_for(lab, FakeKube(image=image))).state == "ok"
-    assert step.check(ctx_for(lab, FakeKube(image="localhost:5001/reverse:old"))).state == "change"
-    assert step.check(ctx_for(lab, FakeKube(image=None))).state == "change"
+    assert step.check(ctx_for(lab, FakeKube(image="localhost:5001/reverse:old"))).state == "changed"
+    assert step.check(ctx_for(lab, FakeKube(image=None))).state == "changed"
     assert calls() == []  # checks run no tool
 
 
@@ -93,7 +93,7 @@ def test_on_kwok_the_build_is_skipped_with_its_reason(env):
     kwok = Lab(provider="kwok", home=lab.home, bin_dir=lab.bin_dir)
     step = [s for s in faas.deploy_steps(kwok) if s.name.startswith("function")][0]
     result = step.check(ctx_for(kwok, FakeKube(image=None)))
-    assert result.state == "skip" and "no containers" in result.detail
+    assert result.state == "skipped" and "no containers" in result.detail
 
 
 def test_deploy_pulls_template_builds_pushes_deploys_with_the_hash_tag(env):
@@ -113,7 +113,7 @@ def test_login_sends_the_password_on_stdin_never_argv(env):
     lab, calls = env
     step = faas.login_steps(lab)[0]
     ctx = ctx_for(lab, FakeKube(password="s3cret-pw"))
-    assert step.check(ctx).state == "change"
+    assert step.check(ctx).state == "changed"
     step.apply(ctx)
     (call,) = calls()
     assert call["argv"] == ["login", "--username", "admin", "--password-stdin", "--gateway", "http://127.0.0.1:31112"]
@@ -150,7 +150,7 @@ def test_offline_install_leaves_the_platform_out_saying_why_in_one_line(tmp_path
     steps = {s.name: s for s in faas.install_steps(lab)}
     assert "OpenFaaS CE licence" not in steps  # nothing of CE runs offline
     result = steps["openfaas release"].check(None)
-    assert result.state == "skip"
+    assert result.state == "skipped"
     assert result.detail.startswith("OpenFaaS CE refuses to start without internet") and "\n" not in result.detail
     assert "its own Deployment and NodePort Service" in result.detail
 
@@ -190,7 +190,7 @@ def test_offline_invoke_posts_to_the_functions_own_port_and_prints_its_answer(tm
     server = http.server.HTTPServer(("127.0.0.1", 0), Reverse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        lab = Lab(provider="kind", home=tmp_path, offline=True, gateway_port=server.server_address[1])
+        lab = Lab(provider="kind", home=tmp_path, offline=True, ports=(("gateway", server.server_address[1]),))
         detail = faas.invoke_steps(lab, "Hello World")[0].apply(None)
         assert "'dlroW olleH'" in detail and "no gateway offline" in detail
     finally:

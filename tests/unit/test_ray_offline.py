@@ -7,7 +7,7 @@ import pytest
 
 from playbooks import images, ray, toolchain
 from playbooks.core.settings import Lab
-from playbooks.core.steps import StepFailed
+from playbooks.core.steps import Handoff, StepFailed
 
 STUBS = Path(__file__).resolve().parents[1] / "fixtures" / "charts"
 CHARTS = (("kuberay-operator", str(STUBS / "kuberay-operator-stub")), ("ray-cluster", str(STUBS / "ray-cluster-stub")))
@@ -29,8 +29,8 @@ def test_offline_the_images_load_just_before_what_runs_them_the_big_one_only_onc
 
 def test_the_operator_gets_kindlabs_image_and_only_the_feature_gates_it_knows():
     lab = Lab(offline=True, charts=CHARTS)
-    plan: dict = {}
-    result = ray.operator_values_step(lab, ray.releases(lab)[0], plan).check(NS())
+    result = ray.operator_values_step(lab, ray.releases(lab)[0], Handoff("the operator's values")).check(NS())
+    plan = result.value  # what the step decides, handed to the operator's release
     assert f"{plan['image']['repository']}:{plan['image']['tag']}" == images.reference("kuberay-operator")
     assert [g["name"] for g in plan["featureGates"]] == [
         "RayClusterStatusConditions", "RayJobDeletionPolicy", "RayMultiHostIndexing", "RayServiceIncrementalUpgrade",
@@ -42,14 +42,13 @@ def test_the_operator_gets_kindlabs_image_and_only_the_feature_gates_it_knows():
 
 def test_the_ray_cluster_gets_kindlabs_ray_image_with_its_size():
     lab = Lab(offline=True, charts=CHARTS)
-    plan = {}
-    sized = ray.sizing_step(lab, plan, ray.image_values(images.reference("ray")))
+    sized = ray.sizing_step(lab, Handoff("the RayCluster's values"), fixed=ray.image_values(images.reference("ray")))
     kube = NS(core=NS(list_node=lambda: NS(items=[NS(metadata=NS(name="n"), spec=NS(taints=[]),
                                                       status=NS(allocatable={"cpu": "2", "memory": "8Gi"}))]),
                       list_pod_for_all_namespaces=lambda field_selector: NS(items=[]),
                       list_namespace=lambda: NS(items=[])))
     no_release = NS(run=lambda argv, **kwargs: NS(stdout="[]"))  # helm list: no RayCluster release yet
-    sized.check(NS(kube=kube, sh=no_release))
+    plan = sized.check(NS(kube=kube, sh=no_release)).value
     assert f"{plan['image']['repository']}:{plan['image']['tag']}" == images.reference("ray")
     assert plan["head"]["resources"]["requests"]["cpu"].endswith("m")
 
@@ -64,8 +63,8 @@ def test_offline_nothing_is_kept_for_a_part_that_cannot_run_offline():
     namespaces = NS(items=[NS(metadata=NS(name=n)) for n in ("default", "kube-system")])
     kube = NS(core=NS(list_namespace=lambda: namespaces))
     from playbooks.parts import REGISTRY
-    online = ray._reserve(Lab(), kube)
-    offline = ray._reserve(Lab(offline=True), kube)
+    online = ray._reserve(Lab(), kube, REGISTRY.values())
+    offline = ray._reserve(Lab(offline=True), kube, REGISTRY.values())
     assert online == (REGISTRY["monitoring"].requests[0] + REGISTRY["faas"].requests[0],
                       REGISTRY["monitoring"].requests[1] + REGISTRY["faas"].requests[1])
-    assert offline == REGISTRY["monitoring"].requests  # faas has no images offline: it never comes
+    assert offline == REGISTRY["monitoring"].requests  # offline faas runs only its function: it requests nothing

@@ -91,12 +91,13 @@ def verify_steps(lab: Lab) -> list[Step]:
                                  "check `invoke nginx.deploy` and `invoke nginx.scale`")
             return (f"service nginx: {ready}/{want} ready endpoints (a simulated cluster runs no "
                     "containers, so no HTTP request was made)")
-        where = url(lab)
-        try:
-            status, body = probes.http_get(where, timeout=5, attempts=8, backoff=1.0)
-        except probes.HttpGetError as exc:
-            raise StepFailed(f"nginx not reachable at {where}: {exc}; is the kind port mapping in place "
-                             "(`invoke cluster.status`)?") from None
+        with providers.of(lab).reached(ctx, PART, NODE_PORT, NAMESPACE, "nginx", 80) as base:
+            where = f"{base}/"
+            try:
+                status, body = probes.http_get(where, timeout=5, attempts=8, backoff=1.0)
+            except probes.HttpGetError as exc:
+                raise StepFailed(f"nginx not reachable at {where}: {exc}; is the kind port mapping in place "
+                                 "(`invoke cluster.status`)?") from None
         text = body.decode("utf-8", "replace")
         if status != 200 or not probes.nginx_welcome_ok(text):
             raise StepFailed(f"{where} answered {status} without the nginx welcome page")

@@ -674,7 +674,9 @@ class Kube:
         unplaced = [p for p in live if not p.spec.node_name]
         unseen = (dep.status.observed_generation or 0) < (dep.metadata.generation or 0)
         if len(live) >= want and not unplaced and not unseen:
-            return ""
+            # every pod is there: a status that still lags behind them is the controller-manager's to write
+            lags = (dep.status.updated_replicas or 0) < want or (dep.status.replicas or 0) < want
+            return self.leaders_down().get("kube-controller-manager", "") if lags else ""
         down = self.leaders_down()
         if (len(live) < want or unseen) and "kube-controller-manager" in down:
             return down["kube-controller-manager"]
@@ -710,8 +712,11 @@ class Kube:
         for name, (renewed, duration) in self.leases().items():
             if time.time() - max(renewed, self.back_at) > duration + LEASE_SLACK_S:
                 who, consequence = LEADERS[name]
+                # measured on kwok: a 20 s stall makes the controller-manager exit ("leaderelection lost")
+                why = (": it lost its lease while the API server did not answer (a leader that cannot renew its "
+                       "lease exits)" if renewed <= self.back_at else "")
                 down[name] = (f"the {who} is not running (its lease kube-system/{name} was last renewed "
-                              f"{time.time() - renewed:.0f}s ago), so {consequence}; {self.fix}")
+                              f"{time.time() - renewed:.0f}s ago{why}), so {consequence}; {self.fix}")
         return down
 
     def replica_failure(self, dep) -> str:

@@ -8,13 +8,15 @@ provider flags: a part may ask whether containers run, not who runs them.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..core import kubeconfig
-from ..core.part import Part
+from ..core.part import NodePort, Part
+from ..core.portforward import forwarded
 from ..core.settings import Lab
 from ..core.steps import Step, change, ok, skip, unknown
 
@@ -68,6 +70,14 @@ class Provider:
     def port_mappings(self, parts: Sequence[Part]) -> list[dict]:
         """(listen address, host port, node port) for the parts' node ports, where the host maps them."""
         return []
+
+    @contextlib.contextmanager
+    def reached(self, ctx, part: Part, port: NodePort, namespace: str, service: str,
+                service_port: int) -> Iterator[str]:
+        """A URL base on this machine that reaches a part's Service: here a port-forward to it for as
+        long as the block runs (no port of this cluster's nodes is mapped to the host)."""
+        with forwarded(ctx, namespace, f"svc/{service}", service_port) as base:
+            yield base
 
     def operator_unavailable(self, tool: str) -> str | None:
         """Why no operator of this kind can turn a part's custom resources into pods, or None."""

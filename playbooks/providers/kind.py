@@ -10,12 +10,12 @@ containers, free host ports, inotify limits, kindlab's node image offline).
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import yaml
 
@@ -23,7 +23,7 @@ from .. import engine, images
 from ..core import kyaml
 from ..core.commands import CommandError, LocalShell
 from ..core.deadline import Longer
-from ..core.part import Part
+from ..core.part import NodePort, Part
 from ..core.portforward import port_free
 from ..core.resources import applied
 from ..core.settings import Lab
@@ -90,6 +90,12 @@ class KindProvider(Provider):
         mappings += [{"containerPort": port.node_port, "hostPort": part.host_port(lab, port.name),
                       "what": port.what or f"{part.name} NodePort"} for part in parts for port in part.node_ports]
         return [{**m, "listenAddress": lab.listen_address, "protocol": "TCP"} for m in mappings]
+
+    @contextlib.contextmanager
+    def reached(self, ctx, part: Part, port: NodePort, namespace: str, service: str,
+                service_port: int) -> Iterator[str]:
+        """The host port kind maps to the node port (what a user opens in a browser)."""
+        yield f"http://{self.lab.listen_address}:{part.host_port(self.lab, port.name)}"
 
     def render_config(self, parts: Sequence[Part]) -> dict:
         """The kind Cluster config: the port mappings under the control-plane node, the workers.

@@ -239,7 +239,7 @@ def kwok_control_plane_step(lab: Lab) -> Step:
         return f"restarted {', '.join(stopped) or 'the control plane'} of kwok cluster {lab.cluster}"
 
     def wait(ctx):
-        from .core.kube import LEADERS, Kube, Verdict  # the kubernetes client is slow to import; only plays need it
+        from ..core.kube import LEADERS, Kube, Verdict  # the kubernetes client is slow to import; only plays need it
 
         since = restarted.get("at")
         # kwokctl's own kubeconfig: the user's may not have the context yet

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from . import images, providers, sources
+from . import images, probes, providers, sources
 from .core import kyaml
 from .core.part import NodePort, Part
 from .core.helm import LogRefusal, Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
@@ -353,14 +353,10 @@ def function_url(lab: Lab) -> str:
     return f"{gateway_url(lab)}/" if lab.offline else f"{gateway_url(lab)}/function/{FUNCTION}"
 
 
-def call(url: str, data: bytes, timeout: float = 30) -> tuple[int, bytes]:
-    """One POST to the function: (HTTP status, body)."""
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "text/plain"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def call(url: str, data: bytes, timeout: float = 30, attempts: int = 5) -> tuple[int, bytes]:
+    """One POST to the function: (HTTP status, body). A refused or reset connection (a pod just Ready,
+    kube-proxy not yet routing its node port) is tried again, a few times over seconds."""
+    return probes.http_get(url, timeout=timeout, attempts=attempts, backoff=0.5, data=data)
 
 
 def invoke_steps(lab: Lab, data: str) -> list[Step]:
@@ -372,7 +368,7 @@ def invoke_steps(lab: Lab, data: str) -> list[Step]:
             url = function_url(lab)
             try:
                 status, body = call(url, data.encode("utf-8"), timeout=60)
-            except OSError as exc:
+            except probes.HttpGetError as exc:
                 raise StepFailed(f"the reverse function did not answer at {url} ({exc}): "
                                  "run `invoke faas.deploy`, then `invoke status`") from None
             if status != 200:

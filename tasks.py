@@ -12,7 +12,8 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from playbooks.core.settings import DEFAULTS, SettingsError, check_config_files
+from playbooks.core.settings import SettingsError, check_config_files
+from playbooks import parts as parts_play
 
 
 def _config_files() -> list[Path]:
@@ -31,7 +32,7 @@ def _config_files() -> list[Path]:
 
 
 try:  # before Invoke reads them: a bad file is one line and exit 2, not Invoke's traceback
-    check_config_files(_config_files())
+    check_config_files(_config_files(), parts_play.SCHEMA)
 except SettingsError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -45,14 +46,20 @@ from playbooks import images as images_play  # noqa: E402
 from playbooks import lab as lab_play  # noqa: E402
 from playbooks import monitoring as monitoring_play  # noqa: E402
 from playbooks import nginx as nginx_play  # noqa: E402
-from playbooks import parts as parts_play  # noqa: E402
 from playbooks import ray as ray_play  # noqa: E402
 from playbooks import tools as tools_play  # noqa: E402
-from playbooks.core.cli import COMMON_HELP, console, lab_for, make_context, play, user_errors  # noqa: E402
-from playbooks.core.settings import MAX_REPLICAS, forget_lab, parse_count, remember_lab  # noqa: E402
+from playbooks.core import cli  # noqa: E402
+from playbooks.core.cli import COMMON_HELP, console, make_context, play, user_errors  # noqa: E402
+from playbooks.core.settings import defaults, forget_lab, parse_count, remember_lab  # noqa: E402
 from playbooks.core.steps import StepFailed  # noqa: E402
 
 PLAY_FLAGS = "provider name context check verbose timeout offline"
+PARTS = list(parts_play.REGISTRY.values())  # every part the lab may run
+
+
+def lab_for(c, **flags):
+    """The Lab from Invoke's configuration (kindlab's settings and the parts') and the task's flags."""
+    return cli.lab_for(c, schema=parts_play.SCHEMA, **flags)
 
 
 def h(names=PLAY_FLAGS, **extra):
@@ -81,9 +88,9 @@ def play_task(title, steps, doc, after=None, checkable=True):
     return task(body, help=h() if checkable else h("provider name context verbose timeout offline"))
 
 
-# --- cluster ---------------------------------------------------------------
+# --- cluster: its provider's (playbooks/cluster.py -> playbooks/providers/) ---------------
 cluster_create = play_task(
-    "cluster.create", cluster_play.create_steps,
+    "cluster.create", lambda lab: cluster_play.create_steps(lab, PARTS),
     "Create the lab's cluster (kind; kwok simulates one) and wait for Ready nodes.",
     after=remember_lab)
 cluster_delete = play_task(
@@ -98,19 +105,20 @@ def cluster_status(c, provider=None, name=None, context=None, verbose=False):
     """Show the cluster: provider, context, server version, nodes, port mappings."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
     kube = make_context(lab).kube
-    for what, state in cluster_play.status_rows(lab, kube):
+    for what, state in cluster_play.status_rows(lab, kube, PARTS):
         console.print(f"  [bold]{what:<16}[/bold] {state}")
 
 
 # --- the parts' own tasks (install and uninstall come from the registry) ------
-@task(help=h(replicas=f"how many nginx pods (default 3, at most {MAX_REPLICAS})"))
+@task(help=h(replicas=f"how many nginx pods (default kindlab.nginx.replicas, 3; at most {nginx_play.MAX_REPLICAS})"))
 @user_errors
 def nginx_scale(c, replicas=None, provider=None, name=None, context=None, check=False, verbose=False,
                 timeout=None, offline=False):
     """Scale nginx to --replicas (default 3) and wait until that many pods are Ready."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                   timeout=timeout, offline=offline)
-    count = lab.replicas if replicas is None else parse_count(replicas, "--replicas", MAX_REPLICAS)
+    count = nginx_play.replicas(lab) if replicas is None else parse_count(replicas, "--replicas",
+                                                                           nginx_play.MAX_REPLICAS)
     play(lab, "nginx.scale", nginx_play.scale_steps(lab, count))
 
 
@@ -220,7 +228,7 @@ def all_(c, only="", skip="", provider=None, name=None, context=None, check=Fals
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                   timeout=timeout, offline=offline)
     parts = parts_play.choose(only, skip)
-    outcomes = play(lab, "all", lab_play.all_steps(lab, parts), after=remember_lab)
+    outcomes = play(lab, "all", lab_play.all_steps(lab, parts, PARTS), after=remember_lab)
     console.print(lab_play.addresses_table(lab, lab_play.parts_that_ran(parts, outcomes)))
 
 
@@ -230,7 +238,7 @@ def status(c, provider=None, name=None, context=None, verbose=False):
     """One table for the lab: nodes, releases, Ready pods, endpoints, the function, the Ray cluster."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
     ctx = make_context(lab)
-    console.print(lab_play.status_table(lab, ctx.kube, ctx.sh))
+    console.print(lab_play.status_table(lab, ctx.kube, ctx.sh, PARTS))
 
 
 @task(help=h(cluster="delete the whole cluster instead of removing the parts", **PARTS_HELP))
@@ -245,11 +253,14 @@ def down(c, cluster=False, only="", skip="", provider=None, name=None, context=N
 
 
 @task(help=h("provider name context verbose", calls="warm calls per system (default 20, 1 to 10000)",
-             gateway="OpenFaaS gateway URL (default: the lab's, http://127.0.0.1:31112)",
+             batch=f"calls in the batch of each system, {compare_play.IN_FLIGHT} in flight "
+                   f"(default {compare_play.BATCH}; 0: none)",
+             gateway="OpenFaaS gateway URL (default: the lab's function, http://127.0.0.1:31112)",
              address="Ray dashboard URL (default: the lab's head, port-forwarded)"))
 @user_errors
-def compare(c, calls="20", gateway="", address="", provider=None, name=None, context=None, verbose=False):
-    """Measure OpenFaaS function latency and Ray task latency in this lab, side by side."""
+def compare(c, calls="20", batch=str(compare_play.BATCH), gateway="", address="", provider=None, name=None,
+            context=None, verbose=False):
+    """Measure the reverse function beside a Ray task in this lab: first call, warm calls, a batch."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
     n = parse_count(calls, "--calls", 10_000)
     if n < 1:
@@ -257,7 +268,9 @@ def compare(c, calls="20", gateway="", address="", provider=None, name=None, con
     if not lab.can.runs_containers and not (gateway and address):
         raise SettingsError("a simulated (kwok) cluster runs no containers, so there is nothing to time; "
                             "use the kind lab, or pass --gateway and --address of running systems")
-    console.print(compare_play.measure(lab, make_context(lab), n, gateway, address))
+    rows = compare_play.measure(lab, make_context(lab), n, gateway, address,
+                                batch=parse_count(batch, "--batch", 1_000_000))
+    console.print(compare_play.table(lab, rows))
 
 
 # --- the Docker engine and the images ----------------------------------------
@@ -293,7 +306,7 @@ def images_list(c, all=False):
 def setup(c, source="auto", verbose=False):
     """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images."""
     lab = lab_for(c, verbose=verbose)
-    tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source)
+    tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source, optional=True)
     # Where no engine can be had (no root, no apt-get), the engine and the images are
     # skipped with the reason, and the tests that need them skip too (CI fails them).
     engine = engine_play.start_steps(lab, optional=True)
@@ -305,10 +318,11 @@ def setup(c, source="auto", verbose=False):
 
 # --- tools and doctor ------------------------------------------------------
 @task(help={"testbed": "the simulated-cluster testbed and the tools the tests use "
-                        "(kind, kubectl, helm, kwok, kwokctl, etcd, kube-apiserver, the operators...)",
+                        "(kind, kubectl, helm, faas-cli, kwok, kwokctl, etcd, kube-apiserver, the operators...)",
             "all": "every tool: the lab's and the testbed's",
-            "source": "release (download, checksum checked), go (build from Go modules) or auto: "
-                      "release, or Go where the releases cannot be reached",
+            "source": "release (download, checksum checked), go (build from Go modules; where the module proxy "
+                      "refuses one, from its source archive in kindlab.sources), archive, or auto: release, "
+                      "or Go where the releases cannot be reached",
             "only": "comma-separated tool names to install",
             **h("check verbose")})
 @user_errors
@@ -332,7 +346,7 @@ def tools_list(c):
 def doctor(c, provider=None, parts="", offline=False):
     """Preflight: tools, Docker, free ports, memory and CPU, inotify limits; a fix for each."""
     lab = lab_for(c, provider=provider, offline=offline)
-    results = doctor_play.findings(lab, parts_play.choose(parts))
+    results = doctor_play.findings(lab, parts_play.choose(parts), PARTS)
     console.print(doctor_play.table(lab, results))
     failed = [f for f in results if f.status == "fail"]
     if failed:
@@ -353,13 +367,13 @@ def _part_namespace(part):
     """`PART.install` / `PART.uninstall` from the part's record, then its own tasks."""
     install, uninstall = part.task_names
     return _namespace(part.name, **{
-        install: play_task(f"{part.name}.{install}", part.install, part.help[0]),
-        uninstall: play_task(f"{part.name}.{uninstall}", part.uninstall, part.help[1]),
+        install: play_task(f"{part.name}.{install}", lambda lab: part.install(lab, PARTS), part.help[0]),
+        uninstall: play_task(f"{part.name}.{uninstall}", lambda lab: part.uninstall(lab, PARTS), part.help[1]),
         **PART_TASKS.get(part.name, {})})
 
 
 ns = Collection()
-ns.configure({"kindlab": DEFAULTS})  # every default, once: playbooks/core/settings.py SCHEMA
+ns.configure({"kindlab": defaults(parts_play.SCHEMA)})  # every default, once: SCHEMA and the parts' own
 ns.add_collection(_namespace("cluster", create=cluster_create, delete=cluster_delete, status=cluster_status))
 for _part in parts_play.REGISTRY.values():
     ns.add_collection(_part_namespace(_part))

@@ -1,37 +1,31 @@
-"""Preflight checks: what the lab needs from this machine, each problem with its fix."""
+"""Preflight checks: what the lab needs from this machine, each problem with its fix.
+
+The provider checks what is its own (Docker and ports for kind, the testbed for kwok); this
+module checks what every lab needs: the tools, the parts' offline needs, memory and CPU, and
+whether each part fits a cluster that exists already.
+"""
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from rich.table import Table
 
-from . import engine, images, toolchain
-from .cluster import CLUSTER_CPUS, CLUSTER_IMAGES, CLUSTER_MEMORY_MIB, render_kind_config
-from .core.commands import CommandError, LocalShell
+from . import providers, toolchain
 from .core.part import Part
-from .core.portforward import port_free
 from .core.settings import Lab
-# kind's known issue "too many open files": its documented minimums.
-INOTIFY = {"max_user_watches": 524288, "max_user_instances": 512}
+from .parts import REGISTRY, offline_reason
+from .providers import Finding
 
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    status: str  # ok | warn | fail
-    detail: str
-    fix: str = ""
+# What the cluster itself needs before any part, roughly: a kind control plane.
+CLUSTER_MEMORY_MIB, CLUSTER_CPUS = 2048, 1.0
 
 
 def _tools(lab: Lab, parts: list[Part]) -> list[Finding]:
     """The tools the cluster and the chosen parts run (a part not chosen needs none of its own)."""
-    names = ["kind"] if lab.can.docker_nodes else []
+    names = list(providers.of(lab).tools())
     names += [t for p in parts for t in p.tools if t not in names]
-    if not lab.can.runs_containers:  # the simulated cluster: its control plane and operators
-        names += [t for t in toolchain.TESTBED_TOOLS if t not in names]
     found = []
     for name in names:
         pinned = toolchain.TOOLS[name].version
@@ -48,63 +42,28 @@ def _tools(lab: Lab, parts: list[Part]) -> list[Finding]:
     return found
 
 
-def _docker(lab: Lab) -> Finding:
-    if not lab.can.docker_nodes:
-        return Finding("docker", "ok", f"not needed with provider {lab.provider}")
-    shell = LocalShell(lab.tools_dir)
-    if shell.which("docker") is None:
-        return Finding("docker", "fail", "docker CLI not found", "install Docker (Desktop or Engine)")
-    try:
-        shell.run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=20)
-    except CommandError as exc:
-        return Finding("docker", "fail", f"daemon not reachable: {exc.output.strip()[-160:]}",
-                       "start Docker (Desktop: open it; Linux: `sudo systemctl start docker`), "
-                       "or rehearse without it: --provider kwok")
-    return Finding("docker", "ok", "daemon reachable")
-
-
-def _privileged(lab: Lab, docker: Finding) -> list[Finding]:
-    """Every kind node is a --privileged container: try one (with a local image, nothing is pulled)."""
-    if not lab.can.docker_nodes or docker.status != "ok":
+def _offline(lab: Lab, parts: list[Part]) -> list[Finding]:
+    """Offline on kind: each part's needs (parts.offline_reason), and what it leaves out and why."""
+    if not lab.offline or not lab.can.docker_nodes:
         return []
-    problem = engine.privileged_problem(LocalShell(lab.tools_dir))
-    if problem:
-        return [Finding("docker --privileged", problem[0], problem[1], engine.CAPS_FIX)]
-    return [Finding("docker --privileged", "ok", "privileged containers start")]
+    from .core.commands import LocalShell
 
-
-def _offline_images(lab: Lab, parts: list[Part], docker: Finding) -> list[Finding]:
-    if not lab.offline or not lab.can.docker_nodes or docker.status != "ok":
-        return []
     shell = LocalShell(lab.tools_dir)
     found = []
-    for owner, needed in (("cluster", CLUSTER_IMAGES), *((p.name, p.images) for p in parts)):
-        blocker = next((p.offline_blocker for p in parts if p.name == owner and p.offline_blocker), "")
-        if blocker:
-            found.append(Finding(f"offline {owner}", "warn", blocker,
-                                 f"leave it out offline: invoke all --offline --skip {owner}"))
-            continue
-        for name in needed:
-            built = images.current(shell, name)
-            found.append(Finding(f"image {name}", "ok" if built else "fail",
-                                 images.reference(name) + ("" if built else " not built"),
-                                 "" if built else f"invoke images.build --only {name}"))
+    for part in parts:
+        if part.offline_note:  # what runs differently offline: said, nothing to fix
+            found.append(Finding(f"offline {part.name}", "warn", part.offline_note,
+                                 f"none needed; with internet, run without --offline for all of {part.name}"))
+        reason = offline_reason(shell, part, lab)
+        found.append(Finding(f"offline {part.name} needs", "fail" if reason else "ok",
+                             reason or "its images, charts and source archives are here",
+                             _fix(reason) if reason else ""))
     return found
 
 
-def _ports(lab: Lab) -> list[Finding]:
-    if not lab.can.docker_nodes:
-        return []
-    found = []
-    for m in render_kind_config(lab)["nodes"][0]["extraPortMappings"]:
-        where = f"{m['listenAddress']}:{m['hostPort']}"
-        if not port_free(m["hostPort"], m["listenAddress"]):
-            found.append(Finding(f"port {where}", "warn",
-                                 "in use (fine if it is this lab's cluster)",
-                                 "stop what listens there, or change kindlab.ports in invoke.yaml"))
-        else:
-            found.append(Finding(f"port {where}", "ok", "free"))
-    return found
+def _fix(reason: str) -> str:
+    """The command or setting a reason names (after its last colon), for the fix column."""
+    return reason.rsplit(": ", 1)[-1]
 
 
 def _memory_mib() -> int | None:
@@ -139,22 +98,7 @@ def _resources(parts: list[Part]) -> list[Finding]:
     return found
 
 
-def _inotify(lab: Lab) -> list[Finding]:
-    if not sys.platform.startswith("linux") or not lab.can.docker_nodes:
-        return []
-    found = []
-    for key, minimum in INOTIFY.items():
-        try:
-            value = int(Path(f"/proc/sys/fs/inotify/{key}").read_text())
-        except (OSError, ValueError):
-            continue
-        status = "ok" if value >= minimum else "fail"
-        found.append(Finding(f"inotify {key}", status, f"{value} (kind wants >= {minimum})",
-                             "" if status == "ok" else f"sudo sysctl fs.inotify.{key}={minimum}"))
-    return found
-
-
-def _in_the_cluster(lab: Lab, parts: list[Part]) -> list[Finding]:
+def _in_the_cluster(lab: Lab, parts: list[Part], registry: Sequence[Part]) -> list[Finding]:
     """Where the lab's cluster exists already: whether each part fits in it (a RayCluster's size)."""
     from .core import kubeconfig
 
@@ -164,16 +108,18 @@ def _in_the_cluster(lab: Lab, parts: list[Part]) -> list[Finding]:
     from .core.kube import Kube  # the kubernetes client is slow to import: only when needed
     try:
         kube = Kube(lab.kubeconfig, lab.context)
-        return [Finding(f"{p.name} in {lab.context}", *p.preflight(lab, kube)) for p in checks]
+        return [Finding(f"{p.name} in {lab.context}", *p.preflight(lab, kube, registry)) for p in checks]
     except Exception as exc:  # noqa: BLE001 - the cluster may be stopped: say so, do not stop the doctor
         return [Finding(f"cluster {lab.context}", "warn", f"cannot be read ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:120]})", "invoke cluster.create starts it again")]
 
 
-def findings(lab: Lab, parts: list[Part]) -> list[Finding]:
-    docker = _docker(lab)
-    return [*_tools(lab, parts), docker, *_privileged(lab, docker), *_offline_images(lab, parts, docker),
-            *_ports(lab), *_resources(parts), *_inotify(lab), *_in_the_cluster(lab, parts)]
+def findings(lab: Lab, parts: list[Part], registry: Sequence[Part] | None = None) -> list[Finding]:
+    """Every check for the chosen parts; `registry`: every part the lab may run (the cluster maps their
+    node ports; Ray keeps room for them)."""
+    registry = list(REGISTRY.values()) if registry is None else list(registry)
+    return [*_tools(lab, parts), *providers.of(lab).doctor(registry), *_offline(lab, parts), *_resources(parts),
+            *_in_the_cluster(lab, parts, registry)]
 
 
 def table(lab: Lab, results: list[Finding]) -> Table:

@@ -107,7 +107,7 @@ def start_steps(lab: Lab, optional: bool = False) -> list[Step]:
     optional (for `invoke setup`): where no engine can be had (no root, no
     apt-get), the steps are skipped with the reason instead of failing.
     """
-    state: dict = {}
+    seen = _Engine()  # `docker info`, read once by the checks and again once dockerd was started
 
     def cannot(reason: str):
         if optional:
@@ -115,9 +115,7 @@ def start_steps(lab: Lab, optional: bool = False) -> list[Step]:
         raise StepFailed(reason)
 
     def answering(ctx) -> dict | None:
-        if "info" not in state:
-            state["info"] = engine_info(ctx.sh)
-        return state["info"]
+        return seen.info(ctx.sh)
 
     def check_installed(ctx):
         if answering(ctx):
@@ -186,9 +184,8 @@ def start_steps(lab: Lab, optional: bool = False) -> list[Step]:
     def wait_answering(ctx):
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            info = engine_info(ctx.sh)
+            info = seen.info(ctx.sh, again=True)
             if info:
-                state["info"] = info
                 return f"Docker {info.get('ServerVersion')} answers (default runtime {info.get('DefaultRuntime')})"
             if time.monotonic() > deadline:
                 raise StepFailed(f"dockerd did not answer within {START_TIMEOUT_S:.0f}s; its log "
@@ -201,6 +198,19 @@ def start_steps(lab: Lab, optional: bool = False) -> list[Step]:
         Step(f"runtime wrapper {WRAPPER}", check_wrapper, build_wrapper),
         Step("Docker engine answers", check_running, start, wait=wait_answering),
     ]
+
+
+class _Engine:
+    """What `docker info` said (None: no engine answers), read once until asked again."""
+
+    def __init__(self):
+        self._read = False
+        self._info: dict | None = None
+
+    def info(self, sh, again: bool = False) -> dict | None:
+        if again or not self._read:
+            self._info, self._read = engine_info(sh), True
+        return self._info
 
 
 def _start_detached(lab: Lab, runtime: Path | None) -> int:

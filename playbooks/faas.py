@@ -5,21 +5,35 @@ registry (localhost:5001) that the nodes' containerd knows about, and
 function images are pushed there instead of to a public registry. A content
 hash of the function's files is its image tag: unchanged code is neither
 rebuilt nor redeployed.
+
+Offline the OpenFaaS platform cannot run: OpenFaaS CE refuses to start
+without internet (CE_OFFLINE), and kindlab does not change that. The function
+still runs for real: faas-cli and the python3-http template come from their
+MIT source archives (kindlab.sources.openfaas), the template's base images
+are kindlab's (`python`, `of-watchdog`: images.py), faas-cli builds and
+pushes the image to the lab's registry, and the function is deployed as the
+Deployment and NodePort Service faas-netes would make, without the gateway.
+Online, a cluster that cannot reach the internet has faas-netes exit with
+CE's refusal: the release's wait reads that in its log and fails at once.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
 
-from . import images
+from . import images, probes, providers, sources
 from .core import kyaml
-from .core.part import Part
-from .core.helm import Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
-from .core.resources import applied
+from .core.part import NodePort, Part
+from .core.helm import LogRefusal, Release, local_release, release_steps, uninstall_steps as helm_uninstall_steps
+from .core.deadline import Longer
+from .core.resources import absent, applied
 from .core.settings import Lab
 from .core.steps import Step, StepFailed, action, change, ok, skip
 
@@ -28,31 +42,54 @@ FUNCTIONS = ROOT / "functions"
 VALUES = ROOT / "helm-values" / "openfaas.yaml"
 NAMESPACE, FN_NAMESPACE = "openfaas", "openfaas-fn"
 FUNCTION = "reverse"
-TEMPLATE = "python3-http"
-REGISTRY = {"name": "kind-registry", "image": "registry:2.8.3", "host_port": 5001}
+TEMPLATE = "python3-http"  # online: from the template store, as functions/stack.yaml names it
 CHART_VERSION = "15.0.0"
+# OpenFaaS CE's own decision, said in one line wherever the platform is left out or refuses.
+CE_OFFLINE = ("OpenFaaS CE refuses to start without internet: its faas-netes checks connectivity when it starts "
+              "and exits (\"OpenFaaS CE cannot be run in an offline environment\"), and its EULA forbids changing that")
+CE_REFUSAL = LogRefusal(container="faas-netes", marker="cannot be run in an offline environment",
+                        reason=f"{CE_OFFLINE}; this cluster's nodes do not reach the internet: give them internet "
+                               "access, or run the function without the platform: invoke faas.install --offline")
 RELEASE = Release(name="openfaas", namespace=NAMESPACE, chart="openfaas/openfaas", version=CHART_VERSION,
                   repo_name="openfaas", repo_url="https://openfaas.github.io/faas-netes/",
-                  values_files=(VALUES,))
+                  values_files=(VALUES,), refusals=(CE_REFUSAL,))
+# Offline: the same template's Debian flavour, from its MIT archive, built FROM kindlab's images of what it
+# names (python:3.12-slim-bookworm has no package-registry build; kindlab's `python` is Debian's Python 3.11).
+OFFLINE_TEMPLATE = "python3-http-debian"
+TEMPLATE_ARCHIVE = "python-flask-template"
+TEMPLATE_BASES = {"ghcr.io/openfaas/of-watchdog:0.11.3": "of-watchdog",
+                  "python:${PYTHON_VERSION}-${DEBIAN_OS}": "python"}
+NO_PLATFORM = (f"{CE_OFFLINE}. Offline the reverse function runs without the platform: its own Deployment and "
+               "NodePort Service, as faas-netes would make them, and no gateway")
+FUNCTION_PORT = 8080    # of-watchdog's, as on OpenFaaS
+# A cold build installs the template's Debian packages and its Python packages from PyPI, then pushes.
+BUILD_BUDGET = Longer(2, "a cold function build installs its template's Debian and Python packages")
+# the gateway's node port online, offline the function's own; kind maps it to kindlab.ports.gateway
+NODE_PORT = NodePort("gateway", 31112, 31112, "OpenFaaS gateway NodePort (offline: the function's)")
 LICENSE_NOTE = ("OpenFaaS CE is licensed for personal, non-commercial use (commercial use is limited to "
                 "60 days) and needs internet access when it starts.")
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so there is no gateway to call"
 
 
 def gateway_url(lab: Lab) -> str:
-    return f"http://{lab.listen_address}:{lab.gateway_port}"
+    """The gateway on this machine (offline, the function itself): kind maps its node port here."""
+    return f"http://{lab.listen_address}:{lab.host_port(NODE_PORT.name, NODE_PORT.host_port)}"
 
 
-def function_hash(directory: Path = FUNCTIONS / FUNCTION) -> str:
-    """12 hex digits over the function's files (names and bytes) and its template."""
+def function_hash(directory: Path = FUNCTIONS / FUNCTION, offline: bool = False) -> str:
+    """12 hex digits over the function's files (names and bytes) and its template; offline also over
+    what its image is built from there (the template's archive and kindlab's base images)."""
     digest = hashlib.sha256(TEMPLATE.encode())
+    if offline:
+        digest.update(json.dumps([OFFLINE_TEMPLATE, sources.ARCHIVES[TEMPLATE_ARCHIVE].sha256,
+                                  *(images.reference(name) for name in TEMPLATE_BASES.values())]).encode())
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(path.relative_to(directory).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
 def function_image(lab: Lab, code_hash: str) -> str:
-    return f"localhost:{REGISTRY['host_port']}/{FUNCTION}:{code_hash}"
+    return f"{providers.LOCAL_REGISTRY}/{FUNCTION}:{code_hash}"
 
 
 def deployed_image(kube) -> str | None:
@@ -96,87 +133,16 @@ def _fn_namespace() -> list[dict]:
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FN_NAMESPACE}}]
 
 
-def registry_image(lab: Lab) -> str:
-    """kindlab.images.registry, else offline the registry image kindlab built, else the pinned one."""
-    return images.for_part(lab, "registry") or REGISTRY["image"]
-
-
-def registry_steps(lab: Lab) -> list[Step]:
-    """kind's documented local registry: a container on 127.0.0.1:5001, known to every node."""
-    name, port = REGISTRY["name"], REGISTRY["host_port"]
-    hosts_dir = f"/etc/containerd/certs.d/localhost:{port}"
-    hosts_toml = f'[host."http://{name}:5000"]\n'
-
-    def applicable(ctx):
-        return lab.can.docker_nodes
-
-    def check_running(ctx):
-        if not applicable(ctx):
-            return skip(f"the local registry is for kind clusters, whose nodes are Docker containers "
-                        f"(provider {lab.provider})")
-        out = ctx.sh.run(["docker", "inspect", "-f", "{{.State.Running}}", name], check=False)
-        return ok(f"registry {name} running") if out.stdout.strip() == "true" else \
-            change(f"run registry {name} on 127.0.0.1:{port}")
-
-    def run_registry(ctx):
-        exists = ctx.sh.run(["docker", "inspect", name], check=False).returncode == 0
-        if exists:
-            ctx.sh.run(["docker", "start", name])
-        else:
-            image = registry_image(lab)
-            if lab.offline and images.present_inputs(ctx.sh, image) is None:
-                raise StepFailed(f"registry image {image} is not in the local Docker engine: "
-                                 "run `invoke images.build --only registry`")
-            ctx.sh.run(["docker", "run", "-d", "--restart=always", "-p", f"127.0.0.1:{port}:5000",
-                        "--label", "kindlab.dev/part=faas", "--network", "bridge", "--name", name, image],
-                       timeout=lab.timeout)
-
-    def check_network(ctx):
-        if not applicable(ctx):
-            return skip("kind only")
-        out = ctx.sh.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", name]).stdout
-        return ok("on the kind network") if '"kind"' in out else change(f"connect {name} to the kind network")
-
-    def nodes(ctx) -> list[str]:
-        out = ctx.sh.run(["kind", "get", "nodes", "--name", lab.cluster]).stdout
-        return [n.strip() for n in out.splitlines() if n.strip()]
-
-    def check_nodes(ctx):
-        if not applicable(ctx):
-            return skip("kind only")
-        missing = [n for n in nodes(ctx) if ctx.sh.run(["docker", "exec", n, "cat", f"{hosts_dir}/hosts.toml"],
-                                                        check=False).stdout != hosts_toml]
-        return change(f"point containerd on {', '.join(missing)} at the registry") if missing else \
-            ok("every node knows localhost:5001")
-
-    def configure_nodes(ctx):
-        for node in nodes(ctx):
-            ctx.sh.run(["docker", "exec", node, "mkdir", "-p", hosts_dir])
-            ctx.sh.run(["docker", "exec", "-i", node, "cp", "/dev/stdin", f"{hosts_dir}/hosts.toml"], input=hosts_toml)
-
-    hosting = {"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "local-registry-hosting", "namespace": "kube-public"},
-               "data": {"localRegistryHosting.v1": f'host: "localhost:{port}"\n'
-                                                   'help: "https://kind.sigs.k8s.io/docs/user/local-registry/"\n'}}
-    hosting_step = applied("local registry advertised (kube-public)", lab, lambda: [hosting])
-    if not lab.can.docker_nodes:
-        hosting_step = Step(hosting_step.name, lambda ctx: skip("kind only"))
-    return [
-        Step(f"registry {name} running", check_running, run_registry),
-        Step(f"registry {name} on the kind network", check_network,
-             lambda ctx: ctx.sh.run(["docker", "network", "connect", "kind", name]) and None),
-        Step("kind nodes use the local registry", check_nodes, configure_nodes),
-        hosting_step,
-    ]
-
-
 def openfaas_release(lab: Lab) -> Release:
     """The OpenFaaS release, from a local chart when kindlab.charts.faas names one."""
     return local_release(RELEASE, lab.local_chart("faas"))
 
 
 def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
-    """Namespaces, the local registry (kind), the OpenFaaS release, the gateway Ready."""
+    """Namespaces, the local registry (kind), the OpenFaaS release, the gateway Ready.
+
+    Offline the release is left out, saying why (CE_OFFLINE): the function runs without it.
+    """
     release = release or openfaas_release(lab)
     marker = lab.home / "openfaas-license-noted"
 
@@ -189,12 +155,14 @@ def install_steps(lab: Lab, release: Release | None = None) -> list[Step]:
         return f"note: {LICENSE_NOTE}"
 
     namespace = applied(f"namespace {FN_NAMESPACE}", lab, _fn_namespace)
-    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry_steps(lab),
+    registry = providers.of(lab).registry_steps()
+    if lab.offline:
+        return [namespace, *registry, Step(f"{release.name} release", lambda ctx: skip(NO_PLATFORM))]
+    return [Step("OpenFaaS CE licence", licence_noted, note_licence), namespace, *registry,
             *release_steps(lab, release)]
 
 
 def uninstall_steps(lab: Lab) -> list[Step]:
-    from .core.resources import absent
     return [*remove_steps(lab), *helm_uninstall_steps(lab, openfaas_release(lab), delete_namespace=True),
             absent(f"namespace {FN_NAMESPACE} absent", lab, _fn_namespace)]
 
@@ -210,6 +178,8 @@ def login_steps(lab: Lab) -> list[Step]:
     def check(ctx):
         if not lab.can.runs_containers:
             return skip(NO_CONTAINERS)
+        if lab.offline:
+            return skip(f"no gateway to log in to: {CE_OFFLINE}")
         auths = (kyaml.load(config.read_text()) or {}).get("auths", []) if config.exists() else []
         if any(a.get("gateway") == gateway_url(lab) and a.get("token") == token(ctx) for a in auths):
             return ok(f"logged in to {gateway_url(lab)}")
@@ -224,7 +194,11 @@ def login_steps(lab: Lab) -> list[Step]:
 
 
 def _build_dir(lab: Lab, code_hash: str) -> Path:
-    """A stack file whose image tag is the code hash, beside a copy of the handler."""
+    """A stack file whose image tag is the code hash, beside a copy of the handler.
+
+    Offline the stack names the template's Debian flavour, copied from its archive into
+    ./template (so faas-cli asks no template store) with its base images made kindlab's.
+    """
     build = lab.home / "faas-build"
     stack = kyaml.load((FUNCTIONS / "stack.yaml").read_text())
     stack["provider"]["gateway"] = gateway_url(lab)
@@ -233,11 +207,30 @@ def _build_dir(lab: Lab, code_hash: str) -> Path:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(FUNCTIONS / FUNCTION, target, ignore=shutil.ignore_patterns("__pycache__"))
+    if lab.offline:
+        stack["functions"][FUNCTION]["lang"] = OFFLINE_TEMPLATE
+        stack.pop("configuration", None)  # its template list points at the store
+        template = build / "template" / OFFLINE_TEMPLATE
+        if template.exists():
+            shutil.rmtree(template)
+        archive = sources.unpacked(TEMPLATE_ARCHIVE, lab.source_folders, sources.cache_dir(lab.tools_dir))
+        shutil.copytree(archive / "template" / OFFLINE_TEMPLATE, template)
+        dockerfile = template / "Dockerfile"
+        dockerfile.write_text(images.rebased(dockerfile.read_text(), TEMPLATE_BASES))
     (build / "stack.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
     return build
 
 
+def offline_missing(lab: Lab, sh) -> str | None:
+    """Why the function cannot be built here offline (faas-cli, the template's archive), or None."""
+    if sh.which("faas-cli") is None:
+        return "faas-cli is not installed: run `invoke tools.install --only faas-cli`"
+    return sources.reason_missing(TEMPLATE_ARCHIVE, lab.source_folders)
+
+
 def deploy_steps(lab: Lab) -> list[Step]:
+    if lab.offline:
+        return offline_deploy_steps(lab)
     code_hash = function_hash()
     image = function_image(lab, code_hash)
 
@@ -252,33 +245,148 @@ def deploy_steps(lab: Lab) -> list[Step]:
     def deploy(ctx):
         build = _build_dir(lab, code_hash)
         if not (build / "template" / TEMPLATE).exists():
-            ctx.sh.run(["faas-cli", "template", "store", "pull", TEMPLATE], cwd=build, timeout=lab.timeout)
+            ctx.sh.run(["faas-cli", "template", "store", "pull", TEMPLATE], cwd=build)
         for verb in ("build", "push"):
             ctx.say(f"faas-cli {verb} {image}")
-            ctx.sh.run(["faas-cli", verb, "-f", "stack.yaml"], cwd=build, timeout=lab.timeout * 2)
-        ctx.sh.run(["faas-cli", "deploy", "-f", "stack.yaml", "--gateway", gateway_url(lab)], cwd=build,
-                   timeout=lab.timeout)
+            ctx.sh.run(["faas-cli", verb, "-f", "stack.yaml"], cwd=build)
+        ctx.sh.run(["faas-cli", "deploy", "-f", "stack.yaml", "--gateway", gateway_url(lab)], cwd=build)
         return f"deployed {image}"
 
     def wait(ctx):
-        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, timeout=lab.timeout, say=ctx.say)
+        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
 
-    return [*login_steps(lab), Step(f"function {FUNCTION} deployed", check, deploy, wait=wait)]
+    return [*login_steps(lab), Step(f"function {FUNCTION} deployed", check, deploy, wait=wait, budget=BUILD_BUDGET)]
+
+
+# --- offline: the function without the platform ----------------------------------------
+def function_documents(image: str) -> list[dict]:
+    """What faas-netes makes for a function (Deployment and Service, probes on of-watchdog's /_/health,
+    images always pulled), the Service a NodePort here: there is no gateway in front of it."""
+    labels = {"faas_function": FUNCTION}
+    probe = {"httpGet": {"path": "/_/health", "port": FUNCTION_PORT}, "initialDelaySeconds": 0,
+             "timeoutSeconds": 1, "periodSeconds": 2}
+    meta = {"name": FUNCTION, "namespace": FN_NAMESPACE, "labels": {**labels, "app.kubernetes.io/managed-by": "kindlab"},
+            "annotations": {"kindlab.dev/no-gateway": CE_OFFLINE}}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                      "name": FUNCTION, "image": image, "imagePullPolicy": "Always",
+                      "ports": [{"name": "http", "containerPort": FUNCTION_PORT, "protocol": "TCP"}],
+                      "readinessProbe": probe, "livenessProbe": probe}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+         "spec": {"type": "NodePort", "selector": labels,
+                  "ports": [{"name": "http", "port": FUNCTION_PORT, "targetPort": FUNCTION_PORT,
+                             "nodePort": NODE_PORT.node_port, "protocol": "TCP"}]}},
+    ]
+
+
+def registry_has(image: str, timeout: float = 5) -> bool:
+    """Whether the lab's local registry holds `image` (localhost:5001/NAME:TAG)."""
+    host, _, rest = image.partition("/")
+    path, _, tag = rest.rpartition(":")
+    port = host.rpartition(":")[2]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/{path}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+                           "application/vnd.oci.image.manifest.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise StepFailed(f"the lab's registry answered HTTP {exc.code} for {image}: "
+                         "run `invoke faas.install` to repair it") from None
+    except OSError as exc:
+        raise StepFailed(f"the lab's registry at 127.0.0.1:{port} does not answer ({exc}): "
+                         "run `invoke faas.install`") from None
+
+
+def offline_deploy_steps(lab: Lab) -> list[Step]:
+    """The image built by faas-cli from the archived template and pushed to the lab's registry (only when
+    its content hash is new), then deployed as faas-netes would, without the platform."""
+    code_hash = function_hash(offline=True)
+    image = function_image(lab, code_hash)
+
+    def check_image(ctx):
+        if not lab.can.docker_nodes:
+            return skip(f"building the function needs Docker and a kind cluster; {NO_CONTAINERS}")
+        if registry_has(image):
+            return ok(f"{image} in the lab's registry (code unchanged)")
+        missing = offline_missing(lab, ctx.sh)
+        if missing:
+            raise StepFailed(f"the function cannot be built offline: {missing}")
+        return change(f"build and push {image} ({OFFLINE_TEMPLATE} template, kindlab's base images)")
+
+    def build_and_push(ctx):
+        bases = [images.reference(name) for name in TEMPLATE_BASES.values()]
+        stale = [ref for ref, name in zip(bases, TEMPLATE_BASES.values()) if not images.current(ctx.sh, name)]
+        if stale:
+            raise StepFailed(f"the function's base image(s) {', '.join(stale)} are not built: "
+                             f"run `invoke images.build --only {','.join(TEMPLATE_BASES.values())}`")
+        build = _build_dir(lab, code_hash)
+        if images.present_inputs(ctx.sh, image) is None:
+            ctx.say(f"faas-cli build {image}")
+            # the Docker engine's own builder: it needs no buildx, and finds kindlab's base images locally
+            ctx.sh.run(["faas-cli", "build", "-f", "stack.yaml"], cwd=build, env={"DOCKER_BUILDKIT": "0"})
+        ctx.say(f"faas-cli push {image}")
+        ctx.sh.run(["faas-cli", "push", "-f", "stack.yaml"], cwd=build)
+        return f"built and pushed {image}"
+
+    def wait(ctx):
+        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
+
+    deployed = applied(f"function {FUNCTION} deployed", lab, lambda: function_documents(image), wait=wait)
+
+    def check_deployed(ctx):
+        if not lab.can.docker_nodes:
+            return skip(NO_CONTAINERS)
+        return deployed.check(ctx)
+
+    return [Step(f"function {FUNCTION} image", check_image, build_and_push, budget=BUILD_BUDGET),
+            Step(deployed.name, check_deployed, deployed.apply, wait=wait)]
+
+
+def function_url(lab: Lab) -> str:
+    """Where the function answers from this machine: through the gateway, or offline its own port."""
+    return f"{gateway_url(lab)}/" if lab.offline else f"{gateway_url(lab)}/function/{FUNCTION}"
+
+
+def call(url: str, data: bytes, timeout: float = 30, attempts: int = 5) -> tuple[int, bytes]:
+    """One POST to the function: (HTTP status, body). A refused or reset connection (a pod just Ready,
+    kube-proxy not yet routing its node port) is tried again, a few times over seconds."""
+    return probes.http_get(url, timeout=timeout, attempts=attempts, backoff=0.5, data=data)
 
 
 def invoke_steps(lab: Lab, data: str) -> list[Step]:
     def check(ctx):
         return ok() if lab.can.runs_containers else skip(NO_CONTAINERS)
 
-    def call(ctx):
+    def invoke(ctx):
+        if lab.offline:  # no gateway for faas-cli to call: the function's own port
+            url = function_url(lab)
+            try:
+                status, body = call(url, data.encode("utf-8"), timeout=60)
+            except probes.HttpGetError as exc:
+                raise StepFailed(f"the reverse function did not answer at {url} ({exc}): "
+                                 "run `invoke faas.deploy`, then `invoke status`") from None
+            if status != 200:
+                raise StepFailed(f"the reverse function answered HTTP {status} at {url}: "
+                                 f"{body.decode('utf-8', 'replace')[:200]}")
+            out = body.decode("utf-8")
+            return f"{FUNCTION}({data!r}) -> {out!r} (POST {url}, no gateway offline)"
         out = ctx.sh.run(["faas-cli", "invoke", FUNCTION, "--gateway", gateway_url(lab)], input=data,
                          timeout=60).stdout
         return f"{FUNCTION}({data!r}) -> {out.rstrip(chr(10))!r}"
 
-    return [action(f"invoke {FUNCTION}", call, check=check)]
+    return [action(f"invoke {FUNCTION}", invoke, check=check)]
 
 
 def remove_steps(lab: Lab) -> list[Step]:
+    if lab.offline:
+        return [absent(f"function {FUNCTION} absent", lab, lambda: function_documents(""))]
+
     def check(ctx):
         if deployed_image(ctx.kube) is None:
             return ok(f"function {FUNCTION} absent")
@@ -292,18 +400,26 @@ def remove_steps(lab: Lab) -> list[Step]:
     return [Step(f"function {FUNCTION} absent", check, remove)]
 
 
+def addresses(lab: Lab) -> list[tuple[str, str, str]]:
+    if lab.offline:
+        return [("reverse function", function_url(lab), "POST text; no OpenFaaS gateway offline (invoke faas.invoke)")]
+    return [("OpenFaaS gateway", gateway_url(lab), "user admin; invoke faas.login")]
+
+
 PART = Part(
-    name="faas", namespaces=(NAMESPACE, FN_NAMESPACE), install=install_steps, uninstall=uninstall_steps,
+    name="faas", namespaces=(NAMESPACE, FN_NAMESPACE), install=lambda lab, parts: install_steps(lab),
+    uninstall=lambda lab, parts: uninstall_steps(lab),
     help=("Install OpenFaaS with Helm (and, on kind, the local registry) and wait for the gateway.",
           "Remove the function, uninstall OpenFaaS and delete its namespaces."),
-    use=lambda lab: deploy_steps(lab) + invoke_steps(lab, "Hello World"),
-    addresses=lambda lab: [("OpenFaaS gateway", gateway_url(lab), "user admin; invoke faas.login")],
+    use=lambda lab, parts: deploy_steps(lab) + invoke_steps(lab, "Hello World"),
+    addresses=addresses,
     status=lambda lab, kube: function_status(kube),
-    memory_mib=768, cpus=0.5, requests=(450, 800), tools=("kubectl", "helm", "faas-cli"), images=("registry",),
-    releases=lambda lab: {"faas": openfaas_release(lab)},
-    offline_blocker="OpenFaaS's images cannot be built from package registries (the Go module proxy refuses "
-                    "github.com/openfaas/*)")
+    # offline only the function runs, and faas-netes sets it no requests
+    memory_mib=768, cpus=0.5, requests=(450, 800), offline_requests=(0, 0), tools=("kubectl", "helm", "faas-cli"),
+    images=("registry", *TEMPLATE_BASES.values()), node_ports=(NODE_PORT,),
+    releases=lambda lab: {} if lab.offline else {"faas": openfaas_release(lab)},
+    offline_note=NO_PLATFORM, sources=(TEMPLATE_ARCHIVE,))
 
 
 __all__ = ["install_steps", "uninstall_steps", "login_steps", "deploy_steps", "invoke_steps", "remove_steps",
-           "function_hash", "basic_auth", "gateway_url"]
+           "function_hash", "basic_auth", "gateway_url", "function_url", "CE_OFFLINE"]

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from . import toolchain
+from . import sources, toolchain
 from .core.commands import CommandError
 from .core.settings import Lab, SettingsError
 from .core.steps import Step, StepFailed, change, ok, skip
@@ -81,7 +81,7 @@ class Image:
     """One image kindlab can build, and everything that goes into it."""
 
     name: str
-    recipe: str  # debootstrap | files | dockerfile | node
+    recipe: str  # debootstrap | files | dockerfile | pip | node
     version: str  # the version its tag names
     summary: str
     base: str | None = None  # catalog image it is built FROM
@@ -123,9 +123,16 @@ CATALOG: dict[str, Image] = {
     "etcd": _component("etcd", toolchain.ETCD_VERSION, "etcd", "/usr/local/bin/etcd"),
     "coredns": _component("coredns", toolchain.COREDNS_VERSION, "coredns", "/coredns", ("/coredns",)),
     "pause": _component("pause", toolchain.KINDLAB_COMPONENT_VERSION, "pause", "/pause", ("/pause",)),
+    # The function's base images: its template's `python` and `of-watchdog` images, kindlab's way.
+    "python": Image("python", "pip", DEBIAN_SUITE,
+                    f"Debian {DEBIAN_SUITE}'s Python 3.11 with pip: the base image of the functions' builds",
+                    base="debian", files="python"),
+    "of-watchdog": Image("of-watchdog", "files", toolchain.OF_WATCHDOG_VERSION,
+                         "OpenFaaS's of-watchdog (/fwatchdog), the functions' HTTP server (MIT source archive)",
+                         binaries=(("fwatchdog", "/fwatchdog"),), entrypoint=("/fwatchdog",)),
     # Ray from PyPI changes with the pin; the crawler on it with every edit: two images, so an edit
     # of the crawler rebuilds a layer in seconds rather than Ray's pip install.
-    "ray-base": Image("ray-base", "ray", RAY_VERSION,
+    "ray-base": Image("ray-base", "pip", RAY_VERSION,
                       f"Ray {RAY_VERSION} (PyPI) on Debian {DEBIAN_SUITE}'s Python 3.11, with what KubeRay's pods run",
                       base="debian", files="ray-base", internal=True),
     "ray": Image("ray", "dockerfile", RAY_VERSION,
@@ -215,6 +222,8 @@ def _binary_fingerprint(name: str) -> str:
     facts = [spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper, spec.go.ldflags(), spec.go.cgo]
     if spec.go.patches:  # only where there are any: the other images keep their inputs
         facts.append(spec.go.patches)
+    if spec.go.archive:  # built from a source archive: its pinned sha256 is its source
+        facts.append(sources.ARCHIVES[spec.go.archive].sha256)
     digest = hashlib.sha256(json.dumps(facts).encode())
     if spec.go.wrapper:
         _hash_folder(digest, toolchain.TOOLS_DIR / spec.go.wrapper)
@@ -232,6 +241,26 @@ def for_part(lab: Lab, name: str) -> str | None:
     """The image a part runs for catalog image `name`: kindlab.images.<name>, else offline kindlab's own,
     else None (the chart's or manifest's own)."""
     return lab.image_override(name) or (reference(name) if lab.offline else None)
+
+
+def rebased(dockerfile: str, bases: dict[str, str]) -> str:
+    """A Dockerfile whose FROM lines name kindlab's images instead of the ones `bases` maps
+    (image as the FROM line spells it -> catalog name); every other line as it was."""
+    lines = []
+    for line in dockerfile.splitlines(keepends=True):
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            at = next(i for i, w in enumerate(words) if i and not w.startswith("--"))
+            if words[at] in bases:
+                line = line.replace(words[at], reference(bases[words[at]]), 1)
+        lines.append(line)
+    words = {w for line in dockerfile.splitlines() for w in line.split()}
+    left = {w for line in lines for w in line.split()} & set(bases)
+    if left or not set(bases) <= words:
+        raise StepFailed("the template's Dockerfile does not build FROM the images kindlab replaces ("
+                         f"{', '.join(sorted(set(bases)))}): it changed; kindlab's list of its base images "
+                         "needs updating")
+    return "".join(lines)
 
 
 def is_kindlab_node(ref: str) -> bool:
@@ -319,6 +348,11 @@ class _Plan:
                 self._current[name] = current(sh, name)
             return self._current[name]
 
+    def built(self, name: str) -> None:
+        """`name` was just built from its inputs as they are: the images made from it need it no more."""
+        with self._lock:
+            self._current[name] = True
+
     def must_build(self, sh, name: str) -> bool:
         return not self.is_current(sh, name) and self.required(sh, name)
 
@@ -392,6 +426,8 @@ def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> 
     pinned = toolchain.spec(binary).version
     where = _binary_dir(lab, binary)
 
+    archive = toolchain.spec(binary).go.archive
+
     def check(ctx):
         users = plan.binary_users(ctx.sh, binary)
         if not users:
@@ -399,11 +435,14 @@ def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> 
         have = toolchain.installed_version(binary, where)
         if have == pinned:
             return ok(f"{binary} {pinned}")
+        missing = archive and sources.reason_missing(archive, lab.source_folders)
+        if missing:  # the image(s) built from it are skipped with this reason; the rest go on
+            return skip(f"image(s) {', '.join(users)} not built: {missing}")
         return change(f"build {binary} {pinned} for image(s) {', '.join(users)}" + (f" (found {have})" if have else ""))
 
     def build(ctx):
         try:
-            toolchain.install(binary, where, source="go", log=ctx.say)
+            toolchain.install(binary, where, source="go", log=ctx.say, sources=lab.source_folders)
         except toolchain.ToolInstallError as exc:
             raise StepFailed(str(exc)) from None
         return f"built {binary} {pinned}"
@@ -429,8 +468,7 @@ def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...]) -> Ste
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         _remove_older(ctx, name)
-        with plan._lock:
-            plan._current[name] = True
+        plan.built(name)
         return f"built {ref}"
 
     return Step(_image_step_name(name), check, build, needs=needs)
@@ -674,8 +712,9 @@ def _kind_base_files(ctx) -> Path:
     return folder
 
 
-def _ray(ctx, lab: Lab, name: str, workdir: Path) -> None:
-    """Ray from PyPI in a two-stage build; pip's stage trusts the host's CA bundle (a proxy may re-sign TLS)."""
+def _pip(ctx, lab: Lab, name: str, workdir: Path) -> None:
+    """A Dockerfile whose pip reaches PyPI: it gets the host's CA bundle (a proxy may re-sign TLS) as
+    host-ca/ca-certificates.crt, the pinned Ray's version and the host pip's index, if it has its own."""
     ca = workdir / "host-ca"
     ca.mkdir()
     bundle = next((Path(p) for p in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), *HOST_CA_BUNDLES)
@@ -687,7 +726,7 @@ def _ray(ctx, lab: Lab, name: str, workdir: Path) -> None:
     _dockerfile(ctx, lab, name, workdir, extra_args=args, extra_context={"host-ca": ca})
 
 
-RECIPES = {"debootstrap": _debootstrap, "files": _files, "dockerfile": _dockerfile, "node": _node, "ray": _ray}
+RECIPES = {"debootstrap": _debootstrap, "files": _files, "dockerfile": _dockerfile, "node": _node, "pip": _pip}
 
 
 # --- listing ---------------------------------------------------------------------------

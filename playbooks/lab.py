@@ -13,15 +13,14 @@ from typing import Sequence
 
 from rich.table import Table
 
-from . import cluster, images
-from .core.helm import chart_at_hand
+from . import cluster
 from .core.part import Part
 from .core.settings import Lab, SettingsError
-from .core.steps import Step, ok, skip
-from .parts import REGISTRY
+from .core.steps import Handoff, Step, ok, skip
+from .parts import REGISTRY, offline_reason
 
 
-def chain(steps: Sequence[Step], after: tuple[str, ...]) -> list[Step]:
+def chain(steps: Sequence[Step], after: tuple[Step, ...]) -> list[Step]:
     """The steps in order (each after the one before it), the first only after `after`.
 
     Only the first gets explicit needs: inside a part, a step that is skipped
@@ -30,7 +29,7 @@ def chain(steps: Sequence[Step], after: tuple[str, ...]) -> list[Step]:
     steps = list(steps)
     if not steps:
         return []
-    return [replace(steps[0], needs=after), *steps[1:]]
+    return [replace(steps[0], needs=tuple(s.name for s in after)), *steps[1:]]
 
 
 def in_order(parts: Sequence[Part]) -> list[Part]:
@@ -53,23 +52,6 @@ def in_order(parts: Sequence[Part]) -> list[Part]:
     return ordered
 
 
-def offline_blocker(sh, part: Part, lab: Lab | None = None) -> str | None:
-    """Why `part` cannot run offline here, or None when its images are built and its charts at hand."""
-    if part.offline_blocker:
-        return part.offline_blocker
-    missing = [name for name in part.images if not images.current(sh, name)]
-    if missing:
-        return (f"offline, {part.name} needs image(s) {', '.join(missing)}, not built yet: "
-                f"run `invoke images.build --only {','.join(missing)}`")
-    away = {key: r for key, r in (part.releases(lab) if lab is not None else {}).items()
-            if chart_at_hand(lab, r) is None}
-    if away:
-        return (f"offline, {part.name} needs its chart(s) on this machine, and no chart repository is reached: "
-                + "; ".join(f"{r.chart} {r.version}: set kindlab.charts.{key} to a copy of it (a chart directory "
-                            "or .tgz)" for key, r in away.items()))
-    return None
-
-
 def gate_name(part: Part) -> str:
     return f"{part.name} images (offline)"
 
@@ -81,40 +63,44 @@ def parts_that_ran(parts: Sequence[Part], outcomes) -> list[Part]:
 
 
 def offline_gated(part: Part, steps: list[Step]) -> list[Step]:
-    """Offline, a part runs only where its images are built: a gate step decides, and
-    skips itself and every step of the part with the reason."""
-    blocked: dict[str, str] = {}
+    """Offline, a part runs only where what it needs is on this machine (parts.offline_reason): a gate
+    step decides, once, and hands its answer to every step of the part, which skip with its reason."""
+    blocked: Handoff[str | None] = Handoff(f"whether {part.name} can run offline")
 
     def check_gate(ctx):
-        reason = offline_blocker(ctx.sh, part, ctx.lab)
+        reason = offline_reason(ctx.sh, part, ctx.lab)
         if reason:
-            blocked["reason"] = reason
-            return skip(reason)
-        return ok(f"{part.name}'s images are built")
+            return skip(reason, value=reason)
+        return ok(f"{part.name}'s images are built" + (f"; {part.offline_note}" if part.offline_note else ""))
 
     def gated(step: Step) -> Step:
         def check(ctx):
-            if "reason" in blocked:
+            if blocked.decided and blocked.get():
                 return skip(f"{part.name} is skipped offline")
             return step.check(ctx)
         return replace(step, check=check)
 
-    return [Step(gate_name(part), check_gate), *[gated(s) for s in steps]]
+    return [Step(gate_name(part), check_gate, decides=blocked), *[gated(s) for s in steps]]
 
 
-def all_steps(lab: Lab, parts: Sequence[Part]) -> list[Step]:
-    """The cluster, then every part: installed after the parts it needs, then used."""
-    steps = chain(cluster.create_steps(lab), ())
-    ready = steps[-1].name
-    installed: dict[str, str] = {}  # part -> its last install step: what a part that needs it waits for
+def all_steps(lab: Lab, parts: Sequence[Part], registry: Sequence[Part] | None = None) -> list[Step]:
+    """The cluster, then every part: installed after the parts it needs, then used.
+
+    `registry`: every part the lab may run (default: the registry's); the cluster maps their node
+    ports, and a part that sizes itself (Ray) keeps room for those not installed yet.
+    """
+    registry = list(REGISTRY.values()) if registry is None else list(registry)
+    steps = chain(cluster.create_steps(lab, registry), ())
+    ready = steps[-1]
+    installed: dict[str, Step] = {}  # part -> its last install step: what a part that needs it waits for
     for part in in_order(parts):
-        install, use = list(part.install(lab)), list(part.use(lab))
+        install, use = list(part.install(lab, registry)), list(part.use(lab, registry))
         part_steps = install + use
         if lab.offline and lab.can.docker_nodes:
             part_steps = offline_gated(part, part_steps)
         after = (ready, *(installed[n] for n in part.needs if n in installed))
         steps += chain(part_steps, after)
-        installed[part.name] = part_steps[len(part_steps) - len(use) - 1].name
+        installed[part.name] = steps[len(steps) - len(use) - 1]
     return steps
 
 
@@ -122,14 +108,14 @@ def down_steps(lab: Lab, parts: Sequence[Part], delete_cluster: bool) -> list[St
     """`all` reversed: a part is removed after the parts that need it; with delete_cluster, the cluster goes."""
     if delete_cluster:
         return cluster.delete_steps(lab)
-    removed: dict[str, str] = {}  # part -> its last removal step
+    removed: dict[str, Step] = {}  # part -> its last removal step
     steps: list[Step] = []
     for part in reversed(in_order(parts)):
         after = tuple(removed[p.name] for p in parts if part.name in p.needs and p.name in removed)
-        removal = chain(part.uninstall(lab), after)
+        removal = chain(part.uninstall(lab, parts), after)
         steps += removal
         if removal:
-            removed[part.name] = removal[-1].name
+            removed[part.name] = removal[-1]
     return steps
 
 
@@ -143,10 +129,11 @@ def addresses_table(lab: Lab, parts: Sequence[Part]) -> Table:
     return table
 
 
-def status_table(lab: Lab, kube, shell) -> Table:
+def status_table(lab: Lab, kube, shell, registry: Sequence[Part] | None = None) -> Table:
     """One table for the lab: cluster and nodes, releases, then each part: Ready pods and its own rows."""
+    registry = list(REGISTRY.values()) if registry is None else list(registry)
     table = Table("what", "state", title=f"kindlab status: {lab.context} ({lab.provider})", title_justify="left")
-    for what, state in cluster.status_rows(lab, kube):
+    for what, state in cluster.status_rows(lab, kube, registry):
         table.add_row(what, state)
     out = shell.run(["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context,
                      "list", "-A", "-a", "-o", "json"], check=False).stdout
@@ -154,7 +141,7 @@ def status_table(lab: Lab, kube, shell) -> Table:
         table.add_row(f"release {rel['name']}", f"{rel['status']}, chart {rel['chart']}, ns {rel['namespace']}")
     from .core.kube import pod_state  # the kubernetes client is slow to import: only when used
 
-    for part in REGISTRY.values():
+    for part in registry:
         for namespace in part.namespaces:
             pods = [pod_state(p) for p in kube.core.list_namespaced_pod(namespace).items
                     if p.status.phase != "Succeeded"]

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import cluster as cluster_play, images, probes, toolchain
-from .cluster import images_loaded_step, needs_loading
+from . import images, probes, providers, toolchain
 from .core.helm import (Release, deep_merge, load_values, local_release, release_steps,
                         uninstall_steps as helm_uninstall_steps)
 from .core.part import Part
@@ -213,8 +212,7 @@ def install_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
     rel = rel or release(lab)
     refs = [ref for ref in (images.for_part(lab, name) for name in OFFLINE_IMAGES) if ref]
     before = [offline_step(lab)] if lab.offline else []
-    if refs and needs_loading(lab, refs[0]):
-        before.append(images_loaded_step(lab, RELEASE_NAME, refs))
+    before += providers.of(lab).images_steps(RELEASE_NAME, refs)
     secret = admin_secret_step(lab, rel.namespace, needed="" if grafana_on(rel) else grafana_off_reason(lab))
     return [*before, *release_steps(lab, rel, prepare=[secret]), serving_step(lab, rel)]
 
@@ -226,7 +224,7 @@ def serving_step(lab: Lab, rel: Release) -> Step:
     made_by_the_operator = ("prometheuses", "alertmanagers") if enabled(rel, "alertmanager") else ("prometheuses",)
 
     def check(ctx):
-        reason = cluster_play.operator_unavailable(lab, "prometheus-operator")
+        reason = providers.of(lab).operator_unavailable("prometheus-operator")
         if reason:
             return skip(reason)
         missing = [s for s in services if not ctx.kube.ready_endpoints(namespace, s)]
@@ -237,7 +235,7 @@ def serving_step(lab: Lab, rel: Release) -> Step:
 
         for plural in made_by_the_operator:
             ctx.kube.wait_reconciled("monitoring.coreos.com", "v1", plural, namespace,
-                                     operator="prometheus-operator", timeout=lab.timeout, say=ctx.say)
+                                     operator="prometheus-operator", say=ctx.say)
 
         def evaluate():
             missing = [s for s in services if not ctx.kube.ready_endpoints(namespace, s)]
@@ -250,9 +248,9 @@ def serving_step(lab: Lab, rel: Release) -> Step:
 
         ctx.kube.wait_for("monitoring services", evaluate,
                           [(ctx.kube.core.list_namespaced_pod, {"namespace": namespace})],
-                          timeout=lab.timeout, say=ctx.say)
+                          say=ctx.say)
         # the operator's StatefulSets count too, now that they exist
-        done = ctx.kube.wait_namespace_ready(namespace, timeout=lab.timeout, say=ctx.say, what="monitoring")
+        done = ctx.kube.wait_namespace_ready(namespace, say=ctx.say, what="monitoring")
         return done if GRAFANA_SERVICE in services else f"{done} ({grafana_off_reason(lab)})"
 
     return Step(f"{RELEASE_NAME} {' and '.join(_named(services))} serving", check, wait=wait)
@@ -300,11 +298,11 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
     def targets(ctx):
         with forwarded(ctx, namespace, f"svc/{PROMETHEUS_SERVICE}", PROMETHEUS_PORT) as base:
             judge = TargetJudge()
-            return poll_targets(lambda: judge.judge(*_read_targets(base)), min(lab.timeout, 180.0), ctx.say)
+            return poll_targets(lambda: judge.judge(*_read_targets(base)), ctx.deadline.left(), ctx.say)
 
     def health(ctx):
         with forwarded(ctx, namespace, f"svc/{GRAFANA_SERVICE}", GRAFANA_PORT) as base:
-            return poll_until_healthy(lambda: _grafana_problems(base), min(lab.timeout, 120.0), ctx.say,
+            return poll_until_healthy(lambda: _grafana_problems(base), ctx.deadline.left(), ctx.say,
                                       what="Grafana")
 
     return [action("monitoring services have ready endpoints", endpoints),
@@ -495,7 +493,8 @@ def addresses(lab: Lab) -> list[tuple[str, str, str]]:
 
 
 PART = Part(
-    name="monitoring", namespaces=(NAMESPACE,), install=install_steps, uninstall=uninstall_steps,
+    name="monitoring", namespaces=(NAMESPACE,), install=lambda lab, parts: install_steps(lab),
+    uninstall=lambda lab, parts: uninstall_steps(lab),
     help=("Install kube-prometheus-stack (Prometheus, Grafana; offline Prometheus alone) with Helm and wait "
           "until it serves.",
           "Uninstall the monitoring release and delete its namespace (the CRDs stay)."),

@@ -1,13 +1,18 @@
-"""The registry of the lab's parts. `invoke all`, `status`, `down`, `doctor` and tasks.py read it.
+"""The registry of the lab's parts, and what is derived from it once: the settings schema and the offline rule.
 
-Adding a part: a module with its steps and a `PART` record (playbooks/core/part.py),
-then one line here. tasks.py then gives it `invoke NAME.install` and
-`invoke NAME.uninstall`, `all` installs it, `down` removes it, `doctor` counts it.
+`invoke all`, `status`, `down`, `doctor` and tasks.py read it. Adding a part is
+a module with its steps and its `PART` record (playbooks/core/part.py) and one
+line in REGISTRY: tasks.py then gives it `invoke NAME.install` and
+`invoke NAME.uninstall`, its settings join the schema (`kindlab.NAME.*`), its
+node ports the kind cluster's port mappings, `all` installs it, `down` removes
+it, `status` and `doctor` count it.
 """
 from __future__ import annotations
 
+from . import images, sources
+from .core.helm import chart_at_hand
 from .core.part import Part
-from .core.settings import SettingsError
+from .core.settings import Lab, SettingsError, schema_with
 from . import faas, monitoring, nginx, ray
 
 REGISTRY: dict[str, Part] = {part.name: part for part in (
@@ -16,6 +21,8 @@ REGISTRY: dict[str, Part] = {part.name: part for part in (
     faas.PART,
     ray.PART,
 )}
+# Every setting: kindlab's own and what the parts declare (their settings, their host ports).
+SCHEMA = schema_with(REGISTRY.values())
 
 
 def choose(only: str = "", skip: str = "", registry: dict[str, Part] | None = None) -> list[Part]:
@@ -34,4 +41,32 @@ def choose(only: str = "", skip: str = "", registry: dict[str, Part] | None = No
     return [registry[name] for name in chosen if name not in dropped]
 
 
-__all__ = ["REGISTRY", "choose", "Part"]
+def offline_reason(sh, part: Part, lab: Lab) -> str | None:
+    """The one rule for "can this part run offline here?": None when every image it declares is built
+    (or, for an image reference, in the local engine), its charts are on this machine and its source
+    archives where kindlab.sources says; else why not, with the fix."""
+    missing = [name for name in part.images if not _image_here(sh, name)]
+    if missing:
+        ours = [name for name in missing if name in images.CATALOG]
+        fix = (f"run `invoke images.build --only {','.join(ours)}`" if ours else
+               f"build or load {', '.join(missing)} into the local Docker engine")
+        return f"offline, {part.name} needs image(s) {', '.join(missing)}, not built yet: {fix}"
+    away = {key: r for key, r in part.releases(lab).items() if chart_at_hand(lab, r) is None}
+    if away:
+        return (f"offline, {part.name} needs its chart(s) on this machine, and no chart repository is reached: "
+                + "; ".join(f"{r.chart} {r.version}: set kindlab.charts.{key} to a copy of it (a chart directory "
+                            "or .tgz)" for key, r in away.items()))
+    archives = [reason for name in part.sources if (reason := sources.reason_missing(name, lab.source_folders))]
+    if archives:
+        return f"offline, {part.name} needs its source archives: " + "; ".join(archives)
+    return None
+
+
+def _image_here(sh, name: str) -> bool:
+    """A catalog image built from its inputs as they are now, or any other image in the local engine."""
+    if name in images.CATALOG:
+        return images.current(sh, name)
+    return images.present_inputs(sh, name) is not None
+
+
+__all__ = ["REGISTRY", "SCHEMA", "choose", "offline_reason", "Part"]

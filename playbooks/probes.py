@@ -145,9 +145,9 @@ class _ServerError(Exception):
 
 
 def http_get(
-    url: str, timeout: float = 5.0, attempts: int = 5, backoff: float = 0.5
+    url: str, timeout: float = 5.0, attempts: int = 5, backoff: float = 0.5, data: bytes | None = None
 ) -> tuple[int, bytes]:
-    """GET `url` and return (status, body).
+    """GET `url` (POST `data`, where given) and return (status, body).
 
     Retries up to `attempts` times, waiting `backoff`, 2*`backoff`,
     4*`backoff`... between tries, when the connection is refused, reset or
@@ -165,24 +165,25 @@ def http_get(
     )
     shown = _redact(url)
     try:
-        return retrying(_get_once, url, timeout)
+        return retrying(_get_once, url, timeout, data)
     except RetryError as err:
         last = err.last_attempt
         cause = last.exception()
         tries = "1 attempt" if last.attempt_number == 1 else f"{last.attempt_number} attempts"
         raise HttpGetError(
-            f"GET {shown}: no usable answer after {tries}; last error: {_describe(cause, timeout)}",
+            f"{'POST' if data is not None else 'GET'} {shown}: no usable answer after {tries}; "
+            f"last error: {_describe(cause, timeout)}",
             status=getattr(cause, "status", None),
             body=getattr(cause, "body", None),
         ) from cause
     except (OSError, ValueError, http.client.HTTPException) as err:
         # Not worth retrying: a bad URL, an unknown host name, a TLS failure.
-        raise HttpGetError(f"GET {shown} failed: {_describe(err, timeout)}") from err
+        raise HttpGetError(f"{'POST' if data is not None else 'GET'} {shown} failed: {_describe(err, timeout)}") from err
 
 
-def _get_once(url: str, timeout: float) -> tuple[int, bytes]:
+def _get_once(url: str, timeout: float, data: bytes | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         with err:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
-from . import cluster as cluster_play, images, toolchain
-from .cluster import images_loaded_step, needs_loading
+from . import images, providers, toolchain
 from .core.part import Part
 from .core.quantities import LIVE_PODS, node_free, quantity, requests
 from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, installed, installed_values, load_values,
@@ -23,7 +23,8 @@ from .core import kyaml
 from .core.portforward import forwarded
 from .core.resources import applied
 from .core.settings import Lab
-from .core.steps import Step, StepFailed, action, change, ok, skip, unknown
+from .core.deadline import Longer
+from .core.steps import Handoff, Step, StepFailed, action, change, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY_REPO = ("kuberay", "https://ray-project.github.io/kuberay-helm/")
@@ -40,6 +41,8 @@ NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job ca
 RAY_PODS = "ray.io/node-type"  # the label KubeRay puts on the head and worker pods (the site has none)
 SITE = "python-docs"  # offline, the crawl's site: the catalog image, its Deployment and Service in NAMESPACE
 SITE_MANIFEST = ROOT / "manifests" / "python-docs.yaml"
+# A crawl of up to --max-pages pages, politely (per-host limits, robots.txt), through one Ray job.
+CRAWL_BUDGET = Longer(6, "a crawl fetches up to --max-pages pages politely, one job from start to summary")
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,13 @@ def image_values(ref: str | None) -> dict:
     return {"image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}}
 
 
-def operator_values_step(lab: Lab, operator: Release, plan: dict) -> Step:
-    """The operator image offline (or named), and the chart's feature gates that image knows."""
+def operator_values_step(lab: Lab, operator: Release, decides: Handoff[dict]) -> Step:
+    """The operator image offline (or named), and the chart's feature gates that image knows: the
+    operator release's values, decided here, received by its release step."""
     ref = images.for_part(lab, "kuberay-operator")
 
     def check(ctx):
-        plan.clear()
-        plan.update(image_values(ref))
+        values = image_values(ref)
         detail = f"operator image {ref}"
         if ref.startswith(f"{images.REPOSITORY}/kuberay-operator:"):
             chart = chart_at_hand(lab, operator)
@@ -102,13 +105,13 @@ def operator_values_step(lab: Lab, operator: Release, plan: dict) -> Step:
             gates = chart_defaults(chart).get("featureGates") or []
             kept = [g for g in gates if g.get("name") in OPERATOR_FEATURE_GATES]
             dropped = [g.get("name") for g in gates if g not in kept]
-            plan["featureGates"] = kept
+            values["featureGates"] = kept
             if dropped:
                 detail += (f"; feature gates {', '.join(dropped)} left out: the KubeRay operator "
                            f"{toolchain.RAY_OPERATOR_VERSION} kindlab builds does not know them (it would exit)")
-        return ok(detail)
+        return ok(detail, value=values)
 
-    return Step("kuberay-operator values for its image", check)
+    return Step("kuberay-operator values for its image", check, decides=decides)
 
 
 # --- sizing the RayCluster to the cluster it lands on ---------------------------
@@ -155,35 +158,31 @@ def misfit(sizing: Sizing) -> str:
             f"{RAY_FLOOR['cpu_m']}m CPU / {RAY_FLOOR['memory_mib']}Mi for each of its two pods")
 
 
-def fits(lab: Lab, kube) -> tuple[str, str, str]:
+def fits(lab: Lab, kube, parts: Sequence[Part]) -> tuple[str, str, str]:
     """`invoke doctor`: whether the RayCluster fits the cluster, before installing it."""
-    sizing = size_cluster(kube, _reserve(lab, kube), _ceiling())
+    sizing = size_cluster(kube, _reserve(lab, kube, parts), _ceiling())
     if sizing.fits:
         return "ok", f"the RayCluster fits: {sizing.describe()}", ""
     return "fail", misfit(sizing), "free resources, leave parts out (invoke all --skip ray) or use a larger node"
 
 
-def _reserve(lab: Lab, kube) -> tuple[int, int]:
+def _reserve(lab: Lab, kube, parts: Sequence[Part]) -> tuple[int, int]:
     """What the lab's other parts will still request (they install beside Ray), and the crawl's site where
     the ray part serves one.
 
-    A part counts its declared requests less what its pods request now: one
-    whose release is still making its pods (monitoring, beside Ray in `invoke
-    all`) counts whole, not as nothing because its namespace exists. The site
-    sits in Ray's namespace, whose pods count as free: it is always kept.
+    A part counts what it requests in this lab less what its pods request now:
+    one whose release is still making its pods (monitoring, beside Ray in
+    `invoke all`) counts whole, not as nothing because its namespace exists.
+    The site sits in Ray's namespace, whose pods count as free: it is always kept.
     """
-    from .parts import REGISTRY  # the registry imports this module: read it only when sizing
-
     running: dict[str, tuple[int, int]] = {}
     for pod in kube.core.list_pod_for_all_namespaces(field_selector=LIVE_PODS).items:
         cpu, mem = requests(pod)
         have = running.get(pod.metadata.namespace, (0, 0))
         running[pod.metadata.namespace] = (have[0] + cpu, have[1] + mem)
-    # offline, a part that cannot run there (faas: no OpenFaaS images) never comes: nothing is kept for it
-    others = [p for p in REGISTRY.values() if p.name != "ray" and not (lab.offline and p.offline_blocker)]
     site = site_requests() if site_image(lab) else (0, 0)
-    return tuple(site[i] + sum(max(0, p.requests[i] - sum(running.get(ns, (0, 0))[i] for ns in p.namespaces))
-                               for p in others) for i in (0, 1))
+    return tuple(site[i] + sum(max(0, p.requested(lab)[i] - sum(running.get(ns, (0, 0))[i] for ns in p.namespaces))
+                               for p in parts if p.name != "ray") for i in (0, 1))
 
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:
@@ -203,13 +202,15 @@ def _ceiling() -> tuple[int, int]:
     return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
 
 
-def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
+def sizing_step(lab: Lab, decides: Handoff[dict], parts: Sequence[Part] = (), fixed: dict | None = None) -> Step:
     """Decide the Ray pods' size once, before the RayCluster release; an oversized lab fails here, in seconds.
 
-    `fixed`: values the RayCluster release gets besides the size (kindlab's Ray image offline).
+    `parts`: the lab's parts (what the others will take is kept for them). The RayCluster
+    release's values are decided here (`decides`); `fixed`: what they hold besides the size
+    (kindlab's Ray image offline).
     """
     def check(ctx):
-        sizing = size_cluster(ctx.kube, _reserve(lab, ctx.kube), _ceiling())
+        sizing = size_cluster(ctx.kube, _reserve(lab, ctx.kube, parts), _ceiling())
         if not sizing.fits:
             raise StepFailed(f"{misfit(sizing)}; free resources (leave parts out: invoke all --skip monitoring) "
                              "or add a larger node")
@@ -222,11 +223,9 @@ def sizing_step(lab: Lab, plan: dict, fixed: dict | None = None) -> Step:
             detail = f"{sizing.describe()}; the installed size, which still fits"
         else:
             detail = sizing.describe()
-        plan.clear()
-        plan.update(deep_merge(fixed or {}, sizing.values()))
-        return ok(detail)
+        return ok(detail, value=deep_merge(fixed or {}, sizing.values()))
 
-    return Step("ray pods sized to the cluster", check)
+    return Step("ray pods sized to the cluster", check, decides=decides)
 
 
 # --- the crawl's site, offline ---------------------------------------------------------
@@ -249,16 +248,16 @@ def site_requests() -> tuple[int, int]:
 
 
 def site_steps(lab: Lab, ref: str, after: str) -> list[Step]:
-    """The site's image in the nodes, then its Deployment and Service rolled out: beside the RayCluster's
+    """The site's image on the nodes, then its Deployment and Service rolled out: beside the RayCluster's
     release and pods (`after`: the step that makes Ray's namespace)."""
-    load = [replace(images_loaded_step(lab, SITE, [ref]), needs=(after,))] if needs_loading(lab, ref) else []
+    load = [replace(s, needs=(after,)) for s in providers.of(lab).images_steps(SITE, [ref])]
     site = applied(f"{SITE} site (the crawl's)", lab, lambda: site_documents(ref),
-                   wait=lambda ctx: ctx.kube.wait_deployment(NAMESPACE, SITE, timeout=lab.timeout, say=ctx.say),
-                   needs=(load[0].name if load else after,))
+                   wait=lambda ctx: ctx.kube.wait_deployment(NAMESPACE, SITE, say=ctx.say),
+                   needs=(load[-1].name if load else after,))
     return [*load, site]
 
 
-def install_steps(lab: Lab) -> list[Step]:
+def install_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
     """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready.
 
     With kindlab's images (offline), each is loaded into the kind nodes just
@@ -266,21 +265,21 @@ def install_steps(lab: Lab) -> list[Step]:
     RayCluster is known to fit. Offline, the crawl's site comes up beside the
     RayCluster, once its namespace is there.
     """
+    provider = providers.of(lab)
     operator, cluster = releases(lab)
-    plan: dict = {}  # the sizing step decides, the RayCluster release reads it as its inline values
-    cluster = replace(cluster, values=plan)
+    size: Handoff[dict] = Handoff("the RayCluster's values (its pods' size)")  # the sizing step decides it
+    cluster = replace(cluster, values=size)
     operator_ref, ray_ref = images.for_part(lab, "kuberay-operator"), images.for_part(lab, "ray")
     before_operator: list[Step] = []
     if operator_ref:
-        operator_plan: dict = {}
-        operator = replace(operator, values=operator_plan)
-        before_operator.append(operator_values_step(lab, operator, operator_plan))
-        if needs_loading(lab, operator_ref):
-            before_operator.append(images_loaded_step(lab, "kuberay-operator", [operator_ref]))
-    load_ray = [images_loaded_step(lab, "ray", [ray_ref])] if ray_ref and needs_loading(lab, ray_ref) else []
+        gates: Handoff[dict] = Handoff("the KubeRay operator's values for its image")
+        operator = replace(operator, values=gates)
+        before_operator.append(operator_values_step(lab, operator, gates))
+        before_operator += provider.images_steps("kuberay-operator", [operator_ref])
+    load_ray = provider.images_steps("ray", [ray_ref]) if ray_ref else []
 
     def check_operator(ctx):
-        reason = cluster_play.operator_unavailable(lab, "ray-operator")
+        reason = provider.operator_unavailable("ray-operator")
         if reason:
             return skip(reason)
         from .core.kube import condition_ready
@@ -291,9 +290,9 @@ def install_steps(lab: Lab) -> list[Step]:
 
     def wait_pods(ctx):
         ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
-                                 timeout=lab.timeout, say=ctx.say)
+                                 say=ctx.say)
         # every pod of the namespace Ready: the head, the worker and, offline, the crawl's site
-        return ctx.kube.wait_namespace_ready(cluster.namespace, timeout=lab.timeout, say=ctx.say,
+        return ctx.kube.wait_namespace_ready(cluster.namespace, say=ctx.say,
                                              what="ray head and worker pods", min_pods=2 + (1 if site else 0))
 
     cluster_steps = [*release_steps(lab, cluster), pods_on_spec_step(lab, cluster.name)]
@@ -302,7 +301,7 @@ def install_steps(lab: Lab) -> list[Step]:
     ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
     if site:  # the pods' wait after both the RayCluster's steps and the site
         ready = replace(ready, needs=(cluster_steps[-1].name, site[-1].name))
-    return [*before_operator, *release_steps(lab, operator), sizing_step(lab, plan, image_values(ray_ref)),
+    return [*before_operator, *release_steps(lab, operator), sizing_step(lab, size, parts, image_values(ray_ref)),
             *load_ray, *cluster_steps, *site, ready]
 
 
@@ -365,7 +364,7 @@ def cluster_status(kube) -> list[tuple[str, str]]:
             for rc in items]
 
 
-def uninstall_steps(lab: Lab) -> list[Step]:
+def uninstall_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
     operator, cluster = releases(lab)
     return [*helm_uninstall_steps(lab, cluster, delete_namespace=True),
             *helm_uninstall_steps(lab, operator, delete_namespace=True)]
@@ -407,7 +406,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
         def run(url: str, follow: dict, forward_s: float | None = None, ship_package: bool = True) -> str:
             start = time.monotonic()
             try:
-                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=lab.timeout * 6,
+                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=ctx.deadline.left(),
                                            ship_package=ship_package, **follow)
             except jobs.CrawlJobError as exc:
                 raise StepFailed(str(exc)) from None
@@ -433,7 +432,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                              "follow_note": "with `invoke ray.dashboard` running in another terminal"},
                        forward_s=time.monotonic() - opening, ship_package=not crawler_in_pods(ctx))
 
-    return [action("crawler job on Ray", submit, check=check)]
+    return [action("crawler job on Ray", submit, check=check, budget=CRAWL_BUDGET)]
 
 
 def crawler_in_pods(ctx) -> bool:
@@ -488,8 +487,8 @@ PART = Part(
     name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
     help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
           "Uninstall the RayCluster and the KubeRay operator."),
-    use=lambda lab: crawl_steps(lab, target_args(default_crawl(lab))),
+    use=lambda lab, parts=(): crawl_steps(lab, target_args(default_crawl(lab))),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
-    memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator"),
+    memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator", SITE),
     releases=lambda lab: dict(zip(("kuberay-operator", "ray-cluster"), releases(lab))))

@@ -89,6 +89,7 @@ REGISTRY_VERSION = "v3.0.0"  # distribution, the local registry of the faas part
 PROMETHEUS_VERSION, PROMETHEUS_MODULE_VERSION = "v3.7.3", "v0.307.3"
 NODE_EXPORTER_VERSION = "v1.10.2"
 ALERTMANAGER_VERSION = "v0.28.1"
+OF_WATCHDOG_VERSION = "0.11.3"  # the python3-http template's fwatchdog (its tags carry no "v")
 KINDLAB_COMPONENT_VERSION = "v0.1.0"  # kindlab's own small programs (tools/pause, tools/capdrop-runc)
 
 GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
@@ -387,6 +388,11 @@ COMPONENTS: dict[str, ToolSpec] = {
         name="registry", version=REGISTRY_VERSION, version_args=("--version",),
         go=GoBuild(package="github.com/distribution/distribution/v3/cmd/registry", module_query=REGISTRY_VERSION,
                    stamps=(("github.com/distribution/distribution/v3/version.version", REGISTRY_VERSION),))),
+    # The function images' HTTP server, from OpenFaaS's MIT source archive (vendored: no network).
+    "fwatchdog": ToolSpec(
+        name="fwatchdog", version="v" + OF_WATCHDOG_VERSION, version_args=("-version",),
+        go=GoBuild(package=".", archive="of-watchdog", vendor=True,
+                   stamps=(("main.Version", OF_WATCHDOG_VERSION), ("main.GitCommit", "01c65eda2f88")))),
     # The monitoring part's images. prometheus-operator itself is the testbed's tool.
     "prometheus-config-reloader": ToolSpec(
         name="prometheus-config-reloader", version=PROMETHEUS_OPERATOR_VERSION, version_args=("--version",),
@@ -590,12 +596,12 @@ def _install_from_source(spec: ToolSpec, bin_dir: Path, log: Log, sources: Mappi
         log(f"{spec.name}: {refused}; building it from its source archive")
         try:
             return _install_from_archive(spec, bin_dir, log, sources, "; ".join(filter(None, [why, refused])))
-        except _ArchiveMissing as missing:
+        except ArchiveMissing as missing:
             raise ToolInstallError(f"{refusal}\nNor from its source archive: {missing}") from None
     return _install_from_archive(spec, bin_dir, log, sources, why)
 
 
-class _ArchiveMissing(ToolInstallError):
+class ArchiveMissing(ToolInstallError):
     """The tool's source archive is not where kindlab.sources says, or is not the pinned one."""
 
 
@@ -608,7 +614,7 @@ def _install_from_archive(spec: ToolSpec, bin_dir: Path, log: Log, sources: Mapp
     try:
         folder = sources_.unpacked(spec.go.archive, sources or {}, sources_.cache_dir(bin_dir))
     except sources_.SourceMissing as error:
-        raise _ArchiveMissing(f"{spec.name}: " + "; ".join(filter(None, [why, str(error)]))) from None
+        raise ArchiveMissing(f"{spec.name}: " + "; ".join(filter(None, [why, str(error)]))) from None
     _install_from_go(spec, bin_dir, log, archive_dir=folder)
     archive = sources_.ARCHIVES[spec.go.archive]
     return f"built from the source archive {archive.file} (sha256 checked)" + (f"; {why}" if why else "")

@@ -9,12 +9,12 @@ from rich.table import Table
 
 from . import toolchain
 from .core.settings import Lab, SettingsError
-from .core.steps import Step, StepFailed, change, ok
+from .core.steps import Skipped, Step, StepFailed, change, ok
 
 
 # What the test suite drives: the simulated cluster plus the lab tools it calls for
-# real. faas-cli is faked in the tests (and some module proxies refuse to serve it).
-TEST_TOOLS = ("kind", "kubectl", "helm", *toolchain.TESTBED_TOOLS)
+# real (faas-cli builds the function offline; only its gateway calls are faked).
+TEST_TOOLS = ("kind", "kubectl", "helm", "faas-cli", *toolchain.TESTBED_TOOLS)
 
 
 def selected(testbed: bool, everything: bool, only: str) -> list[str]:
@@ -35,13 +35,14 @@ def selected(testbed: bool, everything: bool, only: str) -> list[str]:
     return names
 
 
-def install_steps(lab: Lab, names: list[str], source: str) -> list[Step]:
+def install_steps(lab: Lab, names: list[str], source: str, optional: bool = False) -> list[Step]:
+    """optional (`invoke setup`): a tool whose source archive is not at hand is skipped with the reason."""
     if source not in toolchain.SOURCES:
         raise SettingsError(f"--source must be one of {', '.join(toolchain.SOURCES)}, not {source!r}")
-    return [_tool_step(lab, name, source) for name in names]
+    return [_tool_step(lab, name, source, optional) for name in names]
 
 
-def _tool_step(lab: Lab, name: str, source: str) -> Step:
+def _tool_step(lab: Lab, name: str, source: str, optional: bool = False) -> Step:
     pinned = toolchain.TOOLS[name].version
 
     def check(ctx):
@@ -53,6 +54,10 @@ def _tool_step(lab: Lab, name: str, source: str) -> Step:
     def apply(ctx):
         try:
             how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say, sources=lab.source_folders)
+        except toolchain.ArchiveMissing as exc:
+            if optional:
+                raise Skipped(f"not installed: {exc}") from None
+            raise StepFailed(str(exc)) from None
         except toolchain.ToolInstallError as exc:
             raise StepFailed(str(exc)) from None
         return f"installed {name} {pinned} in {lab.tools_dir}: {how}"

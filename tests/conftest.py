@@ -23,6 +23,23 @@ TESTBED_NAME = os.environ.get("KINDLAB_TESTBED_NAME") or \
     f"kindlab-it-{hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:6]}"
 
 
+# Source archives no package registry serves (kindlab.sources): the project's shared sources beside the
+# checkout, unless INVOKE_KINDLAB_SOURCES_<GROUP> (what .ci/run and a user's shell set) names a folder.
+SHARED_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "sources"
+
+
+def source_folders() -> dict[str, str]:
+    """kindlab.sources for the tests: group -> folder, for the groups whose folder exists."""
+    from playbooks.sources import GROUPS
+
+    found = {}
+    for group in GROUPS:
+        folder = os.environ.get(f"INVOKE_KINDLAB_SOURCES_{group.upper()}") or str(SHARED_SOURCES / group)
+        if Path(folder).is_dir():
+            found[group] = folder
+    return found
+
+
 def testbed_required() -> bool:
     """In CI the testbed must run: a missing binary fails instead of skipping."""
     flag = os.environ.get("KINDLAB_REQUIRE_TESTBED")

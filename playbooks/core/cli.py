@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from invoke.exceptions import Exit
 from rich.console import Console
@@ -14,7 +14,7 @@ from rich.console import Console
 from .commands import make_shell
 from .filelock import LockBusy, locked
 from .runner import PlayFailed, Reporter, StepContext, run_play
-from .settings import Lab, SettingsError, lab_from_config
+from .settings import SCHEMA, Lab, SettingsError, lab_from_config
 from .steps import Step, StepFailed, Unreachable
 
 # Help for the flags every play task takes (Invoke shows it under `invoke --help TASK`).
@@ -30,9 +30,10 @@ COMMON_HELP = {
 console = Console(highlight=False)
 
 
-def lab_for(c, **flags) -> Lab:
+def lab_for(c, schema: Mapping = SCHEMA, **flags) -> Lab:
+    """The Lab from Invoke's `kindlab:` configuration, checked against `schema`, and the task's flags."""
     try:
-        return lab_from_config(c.config.get("kindlab", {}), **flags)
+        return lab_from_config(c.config.get("kindlab", {}), schema, **flags)
     except SettingsError as exc:
         raise Exit(f"error: {exc}", code=2) from None
 

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from . import deadline as deadlines
+
 MASK = "****"
+MIN_COMMAND_S = 1.0  # a command started as the step's time runs out still gets this long
 VERBOSE_LINES = 200  # of each command's output, echoed live with --verbose
 _SECRET_FLAGS = ("--password", "--token", "--client-key-data", "--secret")
 
@@ -31,10 +34,12 @@ class Result:
 class CommandError(Exception):
     """A tool exited non-zero (or could not start): argv masked, its own last lines kept."""
 
-    def __init__(self, argv: Sequence[str], returncode: int | None, output: str, secrets: Iterable[str] = ()):
+    def __init__(self, argv: Sequence[str], returncode: int | None, output: str, secrets: Iterable[str] = (),
+                 timed_out: bool = False):
         self.argv = mask_argv(argv, secrets)
         self.returncode = returncode
         self.output = mask_text(output, secrets)
+        self.timed_out = timed_out  # ended by its timeout (the step's deadline, unless the caller gave one)
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -107,7 +112,13 @@ class LocalShell:
     def run(self, argv: Sequence[str], *, input: str | None = None, env: dict[str, str] | None = None,
             secrets: Iterable[str] = (), timeout: float | None = None, check: bool = True,
             cwd: str | Path | None = None, stop: threading.Event | None = None) -> Result:
-        """Run a tool to its end; `stop` set meanwhile ends it early (it then exits non-zero)."""
+        """Run a tool to its end; `stop` set meanwhile ends it early (it then exits non-zero).
+
+        Without `timeout` it ends by the deadline of the step that runs it (core/deadline.py); a
+        timeout the caller gives is its own (a clean-up that must outlive the step's time).
+        """
+        if timeout is None and (held := deadlines.current()) is not None:
+            timeout = max(MIN_COMMAND_S, held.left())
         argv = [str(a) for a in argv]
         secrets = tuple(secrets)
         resolved = self._resolve(argv)
@@ -128,7 +139,7 @@ class LocalShell:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise CommandError(argv, None, f"timed out after {timeout:.0f}s", secrets) from None
+            raise CommandError(argv, None, f"timed out after {timeout:.0f}s", secrets, timed_out=True) from None
         except BaseException:  # Ctrl-C: never leave the child behind
             proc.kill()
             proc.wait()

@@ -34,7 +34,7 @@ from . import kyaml
 from .commands import CommandError
 from .resources import applied
 from .settings import Lab
-from .steps import Step, StepFailed, change, is_transient, ok, unknown
+from .steps import Handoff, Step, StepFailed, change, is_transient, ok, unknown
 
 DEFAULT_INDEX_MAX_AGE = 24 * 3600.0  # seconds before a repository index is refreshed
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
@@ -42,6 +42,16 @@ HELM_HOOK = "helm.sh/hook"
 DIGEST_LABEL = "kindlab.dev/chart-digest"  # on helm's release Secret: the local chart's files it came from
 CRDS_HASH = "kindlab.dev/chart-crds-sha256"  # on each CRD: the chart CRD text it came from
 _SECRET_KEY_WORDS = ("password", "secret", "token", "apikey", "api_key", "privatekey")
+
+
+@dataclass(frozen=True)
+class LogRefusal:
+    """A container that exits with `marker` in its log will never run here: the wait fails at once
+    with `reason` instead of waiting out a crash loop (OpenFaaS CE's faas-netes without internet)."""
+
+    container: str
+    marker: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -55,10 +65,12 @@ class Release:
     repo_name: str | None = None
     repo_url: str | None = None
     values_files: tuple = ()
-    values: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # inline values over the files': a mapping, or a Handoff a step before the release decides
+    values: Any = field(default_factory=dict, hash=False)
     crds_from_chart: bool = False
     wait: bool = True
     min_pods: int = 1  # pods the namespace must have before the wait can be satisfied
+    refusals: tuple[LogRefusal, ...] = ()  # log lines of its containers that mean it can never run
     index_max_age: float = DEFAULT_INDEX_MAX_AGE
 
     @property
@@ -138,7 +150,8 @@ def load_values(release: Release) -> dict:
             raise StepFailed(f"release {release.name}: values file {path} must hold a mapping, "
                              f"not a {type(data).__name__}")
         merged = deep_merge(merged, data)
-    return normalise(deep_merge(merged, release.values or {}))
+    inline = release.values.get() if isinstance(release.values, Handoff) else release.values
+    return normalise(deep_merge(merged, inline or {}))
 
 
 def values_diff(current: Any, desired: Any, prefix: str = "") -> list[str]:
@@ -407,7 +420,7 @@ def namespace_step(lab: Lab, release: Release) -> Step:
     def apply(ctx):
         from kubernetes.client.exceptions import ApiException
         if phase(ctx) == "Terminating":
-            wait_namespace_gone(ctx, namespace, lab.timeout)
+            wait_namespace_gone(ctx, namespace)
         try:
             ctx.kube.core.create_namespace({"metadata": {"name": namespace,
                                                          "labels": {"app.kubernetes.io/managed-by": "kindlab"}}})
@@ -416,13 +429,13 @@ def namespace_step(lab: Lab, release: Release) -> Step:
                 raise
 
     def wait(ctx):
-        ctx.kube.wait_service_account(namespace, timeout=lab.timeout, say=ctx.say)
+        ctx.kube.wait_service_account(namespace, say=ctx.say)
         return None
 
     return Step(f"{release.name} namespace {namespace}", check, apply, wait=wait)
 
 
-def wait_namespace_gone(ctx, namespace: str, timeout: float) -> str:
+def wait_namespace_gone(ctx, namespace: str) -> str:
     from kubernetes.client.exceptions import ApiException
     from .kube import Verdict
 
@@ -437,7 +450,7 @@ def wait_namespace_gone(ctx, namespace: str, timeout: float) -> str:
 
     return ctx.kube.wait_for(f"namespace {namespace} deletion", evaluate,
                              [(ctx.kube.core.list_namespace, {"field_selector": f"metadata.name={namespace}"})],
-                             timeout=timeout, say=ctx.say)
+                             say=ctx.say)
 
 
 def crds_step(lab: Lab, release: Release) -> Step:
@@ -488,12 +501,12 @@ def crds_step(lab: Lab, release: Release) -> Step:
 
     def wait(ctx):
         names = load(ctx)["names"]
-        return wait_crds_established(ctx, names, lab.timeout, what=f"{release.name} CRDs") if names else None
+        return wait_crds_established(ctx, names, what=f"{release.name} CRDs") if names else None
 
     return Step(f"{release.name} CRDs", check, apply, wait=wait)
 
 
-def wait_crds_established(ctx, names: Sequence[str], timeout: float, what: str = "CRDs") -> str:
+def wait_crds_established(ctx, names: Sequence[str], what: str = "CRDs") -> str:
     """Until every named CRD is Established (its API served); a rejected name fails at once.
 
     CRDs are read as plain JSON (see Kube.get_json) and polled, not watched:
@@ -521,7 +534,7 @@ def wait_crds_established(ctx, names: Sequence[str], timeout: float, what: str =
         return Verdict(False, f"{done}/{len(names)} CRDs Established; waiting for {', '.join(waiting[:3])}",
                        failure)
 
-    return ctx.kube.wait_for(what, evaluate, [], timeout=timeout, say=ctx.say, recheck=0.5)
+    return ctx.kube.wait_for(what, evaluate, [], say=ctx.say, recheck=0.5)
 
 
 def release_step(lab: Lab, release: Release) -> Step:
@@ -560,9 +573,10 @@ def release_step(lab: Lab, release: Release) -> Step:
             raise StepFailed(f"release {release.name} is {state}: rerun the install")
         if not release.wait:
             return None
-        wait_rollouts_observed(ctx, release.namespace, lab.timeout)
-        return ctx.kube.wait_namespace_ready(release.namespace, timeout=lab.timeout, say=ctx.say,
-                                             what=f"release {release.name}", min_pods=release.min_pods)
+        wait_rollouts_observed(ctx, release.namespace)
+        return ctx.kube.wait_namespace_ready(release.namespace, say=ctx.say,
+                                             what=f"release {release.name}", min_pods=release.min_pods,
+                                             refusals=release.refusals)
 
     return Step(f"{release.name} release", check, apply, wait=wait)
 
@@ -662,7 +676,7 @@ def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
     """
     values = load_values(release)
     argv = helm(lab, "upgrade", "--install", release.name, *chart_source(ctx, lab, release),
-                "-n", release.namespace, "--reset-values", "-f", "-", "--timeout", f"{int(lab.timeout)}s")
+                "-n", release.namespace, "--reset-values", "-f", "-", "--timeout", ctx.deadline.flag())
     if release.crds_from_chart:
         argv.append("--skip-crds")
     if release.is_local:
@@ -689,7 +703,7 @@ def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
                              f"{message}; fix the chart or its values and run again") from None
         ctx.say(f"upgrade failed; rolling back to revision {good}")
         ctx.sh.run(helm(lab, "rollback", release.name, str(good), "-n", release.namespace,
-                        "--timeout", f"{int(lab.timeout)}s"))
+                        "--timeout", ctx.deadline.flag()))
         raise StepFailed(f"helm upgrade of release {release.name} failed and was rolled back to revision "
                          f"{good}: {message}; the release runs as before: fix the chart or its values "
                          "and run again") from None
@@ -714,14 +728,14 @@ def unstick(ctx, lab: Lab, release: Release, current: dict) -> None:
     if good is not None:
         ctx.say(f"release {release.name} was left {status}: rolling back to revision {good}")
         ctx.sh.run(helm(lab, "rollback", release.name, str(good), "-n", release.namespace,
-                        "--timeout", f"{int(lab.timeout)}s"))
+                        "--timeout", ctx.deadline.flag()))
     else:
         ctx.say(f"release {release.name} was left {status} with nothing deployed: uninstalling it first")
         ctx.sh.run(helm(lab, "uninstall", release.name, "-n", release.namespace, "--wait",
-                        "--timeout", f"{int(lab.timeout)}s"))
+                        "--timeout", ctx.deadline.flag()))
 
 
-def wait_rollouts_observed(ctx, namespace: str, timeout: float) -> str:
+def wait_rollouts_observed(ctx, namespace: str) -> str:
     """Until the controllers have seen the latest spec, so readiness is not read off stale status."""
     from .kube import Verdict
 
@@ -734,7 +748,7 @@ def wait_rollouts_observed(ctx, namespace: str, timeout: float) -> str:
 
     return ctx.kube.wait_for(f"rollouts in {namespace}", evaluate,
                              [(ctx.kube.apps.list_namespaced_deployment, {"namespace": namespace})],
-                             timeout=timeout, say=ctx.say)
+                             say=ctx.say)
 
 
 def release_steps(lab: Lab, release: Release, prepare: Sequence[Step] = ()) -> list[Step]:
@@ -765,7 +779,7 @@ def uninstall_steps(lab: Lab, release: Release, delete_namespace: bool = False) 
 
     def apply(ctx):
         ctx.sh.run(helm(lab, "uninstall", release.name, "-n", release.namespace, "--wait",
-                        "--timeout", f"{int(lab.timeout)}s"))
+                        "--timeout", ctx.deadline.flag()))
 
     steps = [Step(f"{release.name} release absent", check, apply)]
     if delete_namespace:
@@ -794,7 +808,7 @@ def namespace_absent_step(lab: Lab, namespace: str, name: str) -> Step:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        return wait_namespace_gone(ctx, namespace, lab.timeout)
+        return wait_namespace_gone(ctx, namespace)
 
     return Step(name, check, apply)
 

@@ -20,13 +20,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
+from . import deadline as deadlines
 from .steps import MissingPrerequisite, StepFailed, Unreachable, WaitTimeout, is_transient
 
 # Waiting reasons that time will not cure (kubelet's own words).
@@ -199,9 +200,13 @@ class _BoundedRest(rest.RESTClientObject):
         seconds = self.kube.request_timeout(_request_timeout)
         try:
             # a pair: the client drops a plain float timeout without a word
-            return super().request(method, url, *args, _request_timeout=(seconds, seconds), **kwargs)
+            answer = super().request(method, url, *args, _request_timeout=(seconds, seconds), **kwargs)
         except urllib3.exceptions.HTTPError as exc:
+            self.kube.silent_since = self.kube.silent_since or time.time()
             raise self.kube.unreachable(exc, seconds) from exc
+        if self.kube.silent_since:  # it answers again: the leases it could not renew meanwhile are no one's fault
+            self.kube.back_at, self.kube.silent_since = time.time(), None
+        return answer
 
 
 def _stall_reason(exc: Exception) -> str:
@@ -224,6 +229,17 @@ def _unreachable_why(exc: Exception, seconds: float) -> str:
     return str(cause).splitlines()[0][:120]
 
 
+DEFAULT_WAIT_S = 300.0  # a wait outside any step (a test, a tool): the settings' default timeout
+
+
+def wait_seconds(timeout: float | None) -> float:
+    """A wait's length: as asked, else what is left of the step's deadline."""
+    if timeout is not None:
+        return timeout
+    step = deadlines.current()
+    return step.left() if step is not None else DEFAULT_WAIT_S
+
+
 class Kube:
     """A client bound to one kubeconfig file and one context: never the current one.
 
@@ -235,6 +251,11 @@ class Kube:
         self.context = context
         self.fixed_nodes = fixed_nodes  # no autoscaler: a pod that does not fit now never will
         self._pull_errors: dict[str, float] = {}  # pod uid -> when its pull error was first seen
+        self._exit_logs: dict[tuple, str] = {}  # (pod uid, container, restarts, ended now) -> its log's tail
+        # When the API server stopped answering this client (None: it answers), and when it answered again
+        # (time.time()): a leader cannot renew its lease through a stalled API server either.
+        self.silent_since: float | None = None
+        self.back_at = 0.0
         self.fix = fix or f"check the cluster: `kubectl --context {context} get --raw /readyz`"
         configuration = client.Configuration()
         try:
@@ -262,11 +283,15 @@ class Kube:
 
     # --- request timeouts ---------------------------------------------------
     def request_timeout(self, asked=None) -> float:
-        """Seconds for one request: what the caller asked, or the default; inside a wait, no later than its deadline."""
+        """Seconds for one request: what the caller asked, or the default; inside a wait, no later than its
+        deadline, and inside a step no later than the step's."""
         deadline = getattr(self._local, "deadline", None)
         if isinstance(asked, tuple):
             asked = max(asked)
         seconds = float(asked or (WAIT_REQUEST_TIMEOUT_S if deadline else REQUEST_TIMEOUT_S))
+        step = deadlines.current()
+        if step is not None:
+            deadline = step.at if deadline is None else min(deadline, step.at)
         if deadline is not None:
             seconds = min(seconds, max(MIN_REQUEST_TIMEOUT_S, deadline - time.monotonic()))
         return seconds
@@ -288,13 +313,14 @@ class Kube:
 
     # --- generic wait -----------------------------------------------------
     def wait_for(self, what: str, evaluate: Callable[[], Verdict], watches: list[tuple[Callable, dict]],
-                 *, timeout: float, say: Callable[[str], None] = lambda m: None,
+                 *, timeout: float | None = None, say: Callable[[str], None] = lambda m: None,
                  recheck: float = 2.0, events_of: Callable[[], list[str]] | None = None) -> str:
         """Wake on any watch event (or every `recheck` s as a backstop), then ask `evaluate`.
 
         Ends by its deadline whatever the API server does: each call is bounded by it, and an
         API server that does not answer is waited for, reported, and named at the deadline.
         """
+        timeout = wait_seconds(timeout)
         events: queue.Queue = queue.Queue()
         self._waiting.add(events)
         stop = threading.Event()
@@ -421,6 +447,33 @@ class Kube:
             return "none yet"
         return (text or "").strip().splitlines()[-1][:200] if (text or "").strip() else "none yet"
 
+    def refused(self, pods: list, refusals: Sequence) -> str | None:
+        """The reason of the first refusal a container said in its log as it exited, else None.
+
+        A log is read once per container run (the kubelet keeps the last one as `previous`).
+        """
+        for pod in pods:
+            for cs in pod.status.container_statuses or []:
+                for refusal in refusals:
+                    if cs.name != refusal.container:
+                        continue
+                    ended_now = bool(cs.state and cs.state.terminated)
+                    if not ended_now and not (cs.last_state and cs.last_state.terminated):
+                        continue
+                    key = (pod.metadata.uid, cs.name, cs.restart_count or 0, ended_now)
+                    if key not in self._exit_logs:
+                        try:
+                            self._exit_logs[key] = self.core.read_namespaced_pod_log(
+                                pod.metadata.name, pod.metadata.namespace, container=cs.name,
+                                previous=not ended_now, tail_lines=20) or ""
+                        except ApiException:
+                            self._exit_logs[key] = ""
+                    line = next((l for l in self._exit_logs[key].splitlines() if refusal.marker in l), None)
+                    if line is not None:
+                        return (f"{refusal.reason} (pod {pod.metadata.name}, container {cs.name} exited: "
+                                f"{line.strip()[:200]})")
+        return None
+
     def _room_for(self, pod) -> str:
         """What an Unschedulable pod asks, beside what the roomiest node has free."""
         from .quantities import node_free, requests
@@ -432,7 +485,7 @@ class Kube:
                 f"{best[1]}Mi free, and no node is added on demand here")
 
     # --- workloads --------------------------------------------------------
-    def wait_deployment(self, namespace: str, name: str, *, timeout: float,
+    def wait_deployment(self, namespace: str, name: str, *, timeout: float | None = None,
                         say: Callable[[str], None] = lambda m: None) -> str:
         """Until the rollout is complete and every wanted replica is Ready."""
         what = f"deployment {namespace}/{name}"
@@ -472,9 +525,13 @@ class Kube:
             (self.core.list_namespaced_pod, {"namespace": namespace}),
         ], timeout=timeout, say=say, events_of=events_of)
 
-    def wait_namespace_ready(self, namespace: str, *, timeout: float, what: str = "",
-                             say: Callable[[str], None] = lambda m: None, min_pods: int = 1) -> str:
-        """Until every Deployment/StatefulSet/DaemonSet in the namespace and every pod is Ready."""
+    def wait_namespace_ready(self, namespace: str, *, timeout: float | None = None, what: str = "",
+                             say: Callable[[str], None] = lambda m: None, min_pods: int = 1,
+                             refusals: Sequence = ()) -> str:
+        """Until every Deployment/StatefulSet/DaemonSet in the namespace and every pod is Ready.
+
+        `refusals` (helm.LogRefusal): a container that exited saying one of them fails the wait at once.
+        """
         what = what or f"namespace {namespace}"
 
         def evaluate() -> Verdict:
@@ -497,6 +554,7 @@ class Kube:
             ready, progress, failure = self.explain(pods, len(pods), what, namespace)
             if not pending and ready == len(pods) and len(pods) >= min_pods:
                 return Verdict(True, f"{what}: {ready}/{len(pods)} pods Ready")
+            failure = (self.refused(pods, refusals) if refusals else None) or failure
             if len(pods) < min_pods:
                 progress = f"waiting for pods to appear ({len(pods)}/{min_pods})"
             why = next((f"deployment {d.metadata.name}: {w}" for d in behind[:3]
@@ -510,7 +568,7 @@ class Kube:
         ], timeout=timeout, say=say, events_of=lambda: self.pod_warnings(namespace, ""))
 
     def wait_reconciled(self, group: str, version: str, plural: str, namespace: str, *, operator: str,
-                        timeout: float, grace: float = OPERATOR_GRACE_S,
+                        timeout: float | None = None, grace: float = OPERATOR_GRACE_S,
                         say: Callable[[str], None] = lambda m: None) -> str:
         """Until every such custom resource in the namespace has a status, written by its operator.
 
@@ -558,12 +616,13 @@ class Kube:
         except Exception as exc:  # noqa: BLE001 - connection refused/reset while it starts
             return f"/readyz: {_stall_reason(exc)}"
 
-    def wait_api_ready(self, *, timeout: float, say: Callable[[str], None] = lambda m: None,
+    def wait_api_ready(self, *, timeout: float | None = None, say: Callable[[str], None] = lambda m: None,
                        poll: float = 0.5) -> str:
         """Until the API server's /readyz answers 200: every check passed, its authorizer included.
 
         No watch exists for readiness, so this one wait polls.
         """
+        timeout = wait_seconds(timeout)
         start = time.monotonic()
         while True:
             if self.cancel.is_set():
@@ -578,7 +637,7 @@ class Kube:
             say(f"API server not ready: {reason} ({elapsed:.0f}s)")
             self.cancel.wait(poll)
 
-    def wait_nodes_ready(self, want: int, *, timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
+    def wait_nodes_ready(self, want: int, *, timeout: float | None = None, say: Callable[[str], None] = lambda m: None) -> str:
         def evaluate() -> Verdict:
             nodes = self.core.list_node().items
             not_ready = [n.metadata.name for n in nodes if not condition_ready(n)]
@@ -591,7 +650,7 @@ class Kube:
         return self.wait_for("nodes", evaluate, [(self.core.list_node, {})], timeout=timeout, say=say)
 
     def wait_service_account(self, namespace: str = "default", name: str = "default", *,
-                             timeout: float, say: Callable[[str], None] = lambda m: None) -> str:
+                             timeout: float | None = None, say: Callable[[str], None] = lambda m: None) -> str:
         """Pods cannot be created before the namespace's default ServiceAccount exists."""
         def evaluate() -> Verdict:
             try:
@@ -615,7 +674,9 @@ class Kube:
         unplaced = [p for p in live if not p.spec.node_name]
         unseen = (dep.status.observed_generation or 0) < (dep.metadata.generation or 0)
         if len(live) >= want and not unplaced and not unseen:
-            return ""
+            # every pod is there: a status that still lags behind them is the controller-manager's to write
+            lags = (dep.status.updated_replicas or 0) < want or (dep.status.replicas or 0) < want
+            return self.leaders_down().get("kube-controller-manager", "") if lags else ""
         down = self.leaders_down()
         if (len(live) < want or unseen) and "kube-controller-manager" in down:
             return down["kube-controller-manager"]
@@ -642,14 +703,20 @@ class Kube:
         return found
 
     def leaders_down(self) -> dict[str, str]:
-        """The components of LEADERS whose lease nobody renews, each with a sentence."""
+        """The components of LEADERS whose lease nobody renews, each with a sentence.
+
+        A lease that went unrenewed while the API server itself did not answer is not its holder's
+        failure: the holder gets a lease's length from when the API server answered again.
+        """
         down = {}
         for name, (renewed, duration) in self.leases().items():
-            age = time.time() - renewed
-            if age > duration + LEASE_SLACK_S:
+            if time.time() - max(renewed, self.back_at) > duration + LEASE_SLACK_S:
                 who, consequence = LEADERS[name]
+                # measured on kwok: a 20 s stall makes the controller-manager exit ("leaderelection lost")
+                why = (": it lost its lease while the API server did not answer (a leader that cannot renew its "
+                       "lease exits)" if renewed <= self.back_at else "")
                 down[name] = (f"the {who} is not running (its lease kube-system/{name} was last renewed "
-                              f"{age:.0f}s ago), so {consequence}; {self.fix}")
+                              f"{time.time() - renewed:.0f}s ago{why}), so {consequence}; {self.fix}")
         return down
 
     def replica_failure(self, dep) -> str:

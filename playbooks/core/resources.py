@@ -87,6 +87,6 @@ def absent(name: str, lab, documents: Callable[[], list[dict]]) -> Step:
 
     def apply(ctx):
         ctx.sh.run([*_kubectl(lab), "delete", "-f", "-", "--ignore-not-found", "--wait=true",
-                    f"--timeout={int(lab.timeout)}s"], input=yaml.safe_dump_all(documents()))
+                    f"--timeout={ctx.deadline.flag()}"], input=yaml.safe_dump_all(documents()))
 
     return Step(name, check, apply)

@@ -20,18 +20,21 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from . import deadline as deadlines
 from .commands import CommandError
+from .deadline import Deadline
 from .settings import Lab
-from .steps import Check, Step, StepFailed, Unreachable, is_transient, missing_prerequisite, unknown
+from .steps import (CHANGED, FAILED, OK, SKIPPED, UNKNOWN, Check, Skipped, Step, StepFailed, Unreachable, is_transient, missing_prerequisite,
+                    unknown)
 
 _ELAPSED = re.compile(r"\s*\(\d+s\)$")
-STYLES = {"ok": "green", "changed": "yellow", "unknown": "magenta", "failed": "bold red", "skipped": "cyan"}
+STYLES = {OK: "green", CHANGED: "yellow", UNKNOWN: "magenta", FAILED: "bold red", SKIPPED: "cyan"}
 
 
 @dataclass(frozen=True)
 class Outcome:
     step: str
-    status: str  # ok | changed | unknown (check mode) | failed | skipped
+    status: str  # OK | CHANGED | UNKNOWN (check mode) | FAILED | SKIPPED (core/steps.py)
     seconds: float
     detail: str = ""
     action: bool = False  # an action step: `changed` says it ran, not that the lab changed
@@ -97,7 +100,7 @@ class Reporter:
         line = Text.assemble((f"{outcome.status:<8}", style), (outcome.step, "bold"),
                              (f"  ({outcome.seconds:.1f}s)", "dim"))
         if outcome.detail:
-            line.append(f"\n          {outcome.detail}", style="red" if outcome.status == "failed" else "dim")
+            line.append(f"\n          {outcome.detail}", style="red" if outcome.status == FAILED else "dim")
         self.console.print(line)
 
     def note(self, message: str) -> None:
@@ -108,7 +111,7 @@ class Reporter:
         counts = {status: sum(1 for o in outcomes if o.status == status) for status in STYLES}
         parts = [Text(f"{status}={counts[status]}", style=STYLES[status] if counts[status] else "dim")
                  for status in STYLES]
-        actions = sum(1 for o in outcomes if o.status == "changed" and o.action)
+        actions = sum(1 for o in outcomes if o.status == CHANGED and o.action)
         if actions:  # a converged lab still verifies itself: say which changes were only actions run
             parts[1].append(f" ({actions} action{'s' if actions > 1 else ''})")
         self.console.print(Text(f"\nPLAY RECAP {title} ".ljust(60, "*"), style="bold"))
@@ -122,12 +125,15 @@ class StepContext:
     """What a step's callables get: the lab, the shell, the Kubernetes client, `say`."""
 
     def __init__(self, lab: Lab, shell, kube_factory: Callable[[], object] | None = None,
-                 reporter: Reporter | None = None, step: str = "", shared: dict | None = None):
+                 reporter: Reporter | None = None, step: str = "", shared: dict | None = None,
+                 deadline: Deadline | None = None):
         self.lab = lab
         self.sh = shell
         self._kube_factory = kube_factory
         self.reporter = reporter
         self.step = step
+        # the step's time: set by the runner when the step starts (core/deadline.py)
+        self.deadline = deadline or Deadline.after(lab.timeout)
         self.shared = shared if shared is not None else {"lock": threading.Lock(),
                                                          "cancel": threading.Event()}
 
@@ -153,14 +159,17 @@ class StepContext:
         if self.reporter:
             self.reporter.progress(self.step, message)
 
-    def for_step(self, name: str) -> "StepContext":
-        return StepContext(self.lab, self.sh, self._kube_factory, self.reporter, name, self.shared)
+    def for_step(self, step: Step) -> "StepContext":
+        """The context of one step, its deadline starting now: the task's timeout, or the step's own budget."""
+        seconds = self.lab.timeout * (step.budget.factor if step.budget else 1)
+        return StepContext(self.lab, self.sh, self._kube_factory, self.reporter, step.name, self.shared,
+                           Deadline.after(seconds))
 
 
 class PlayFailed(Exception):
     def __init__(self, outcomes: Sequence[Outcome]):
         self.outcomes = list(outcomes)
-        failed = [o for o in outcomes if o.status == "failed"]
+        failed = [o for o in outcomes if o.status == FAILED]
         super().__init__("; ".join(f"{o.step}: {o.detail}" for o in failed) or "play failed")
 
 
@@ -175,10 +184,11 @@ def _retrying(lab: Lab, ctx: StepContext, sleep: Callable[[float], None]) -> ten
         ctx.say(f"transient error, retry {state.attempt_number}/{lab.retry_attempts - 1} "
                 f"in {state.next_action.sleep:.1f}s: {first_line[:120]}")
 
+    backoff = tenacity.wait_exponential(multiplier=lab.retry_initial, max=lab.retry_max)
     return tenacity.Retrying(
         # the attempts, and never past the step's deadline (a stalled API server makes each one slow)
-        stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)) | tenacity.stop_after_delay(lab.timeout),
-        wait=tenacity.wait_exponential(multiplier=lab.retry_initial, max=lab.retry_max),
+        stop=tenacity.stop_after_attempt(max(1, lab.retry_attempts)) | (lambda state: ctx.deadline.expired()),
+        wait=lambda state: min(backoff(state), ctx.deadline.left()),
         retry=tenacity.retry_if_exception(is_transient),
         sleep=lambda seconds: _sleep_unless_cancelled(ctx, sleep, seconds), reraise=True,
         before_sleep=before_sleep)
@@ -213,37 +223,65 @@ def run_step(step: Step, ctx: StepContext, *, check_mode: bool = False,
 
     retry = _retrying(ctx.lab, ctx, sleep)
     try:
-        result = _checked(step, ctx, retry)
-        if result.state == "skip":
-            return outcome("skipped", result.detail)
-        if result.state == "unknown":
-            if check_mode:
-                return outcome("unknown", result.detail)
-            if step.apply is not None or step.wait is None:
-                raise StepFailed(f"cannot be checked: {result.detail}")
-            # a step that only waits: its wait finds out
-        if check_mode:
-            if step.action:
-                return outcome("changed", "would run" + (f": {result.detail}" if result.detail else ""))
-            if result.needs_change:
-                return outcome("changed", f"would change: {result.detail}")
-            return outcome("ok", result.detail)
-        changes = result.needs_change or step.action
-        detail = result.detail
-        if changes and step.apply is not None:
-            ctx.say(("running" if step.action else "applying") + (f": {result.detail}" if result.detail else ""))
-            detail = retry(step.apply, ctx) or result.detail
-        if step.wait is not None:
-            ctx.say("waiting")
-            waited = retry(step.wait, ctx)
-            if waited and not changes:
-                detail = waited
-        return outcome("changed" if changes else "ok", detail)
+        with deadlines.holding(ctx.deadline):
+            return _run(step, ctx, retry, check_mode, outcome)
+    except Skipped as exc:
+        return outcome(SKIPPED, str(exc))
+    except CommandError as exc:
+        return outcome(FAILED, _command_failure(exc, ctx))
     except Exception as exc:
-        if isinstance(exc, (StepFailed, CommandError, Unreachable)):  # their messages are sentences
-            return outcome("failed", str(exc))
+        if isinstance(exc, (StepFailed, Unreachable)):  # their messages are sentences
+            return outcome(FAILED, str(exc))
         # API errors and the like: name the step and the error
-        return outcome("failed", f"{type(exc).__name__}: {exc}")
+        return outcome(FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def _command_failure(exc: CommandError, ctx: StepContext) -> str:
+    """A tool's failure; one the step's deadline ended is said so, and a stalled API server named."""
+    if not exc.timed_out:
+        return str(exc)
+    message = f"`{' '.join(exc.argv[:4])} ...` did not finish within the step's {ctx.deadline.seconds:.0f}s"
+    if exc.argv and exc.argv[0] in ("kubectl", "helm"):  # they wait on the API server: does it answer?
+        try:
+            with deadlines.holding(Deadline.after(2.0)):
+                stalled = ctx.kube.api_not_ready()
+        except Exception as probe:  # noqa: BLE001 - only enriches the message
+            stalled = str(probe).splitlines()[0][:160]
+        if stalled:
+            return f"{message}: the API server of {ctx.lab.context} does not answer ({stalled}): it is down or stalled"
+    return f"{message}; give it longer with --timeout"
+
+
+def _run(step: Step, ctx: StepContext, retry, check_mode: bool, outcome) -> Outcome:
+    """check -> apply (only when needed) -> wait, each retried on transient failures within the deadline."""
+    result = _checked(step, ctx, retry)
+    if step.decides is not None:  # what its check decided, for the steps after it
+        step.decides.set(result.value)
+    if result.state == SKIPPED:
+        return outcome(SKIPPED, result.detail)
+    if result.state == UNKNOWN:
+        if check_mode:
+            return outcome(UNKNOWN, result.detail)
+        if step.apply is not None or step.wait is None:
+            raise StepFailed(f"cannot be checked: {result.detail}")
+        # a step that only waits: its wait finds out
+    if check_mode:
+        if step.action:
+            return outcome(CHANGED, "would run" + (f": {result.detail}" if result.detail else ""))
+        if result.needs_change:
+            return outcome(CHANGED, f"would change: {result.detail}")
+        return outcome(OK, result.detail)
+    changes = result.needs_change or step.action
+    detail = result.detail
+    if changes and step.apply is not None:
+        ctx.say(("running" if step.action else "applying") + (f": {result.detail}" if result.detail else ""))
+        detail = retry(step.apply, ctx) or result.detail
+    if step.wait is not None:
+        ctx.say("waiting")
+        waited = retry(step.wait, ctx)
+        if waited and not changes:
+            detail = waited
+    return outcome(CHANGED if changes else OK, detail)
 
 
 def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode: bool = False,
@@ -284,16 +322,16 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                     # Explicit needs also wait on a skipped part (no function to invoke
                     # without its build); the implicit "step before" only on a failure.
                     stop = [n for n in needed if n in blocked
-                            or (explicit and outcomes[n].status == "skipped")]
+                            or (explicit and outcomes[n].status == SKIPPED)]
                     if stop:
-                        what = "failed" if outcomes[stop[0]].status == "failed" else "was skipped"
-                        outcomes[s.name] = Outcome(s.name, "skipped", 0.0, f"needs {stop[0]}, which {what}")
+                        what = "failed" if outcomes[stop[0]].status == FAILED else "was skipped"
+                        outcomes[s.name] = Outcome(s.name, SKIPPED, 0.0, f"needs {stop[0]}, which {what}")
                         if stop[0] in blocked:
                             blocked.add(s.name)
                         reporter.finished(outcomes[s.name])
                         continue
                     reporter.started(s.name)
-                    running[pool.submit(run_step, s, ctx.for_step(s.name), check_mode=check_mode,
+                    running[pool.submit(run_step, s, ctx.for_step(s), check_mode=check_mode,
                                         sleep=sleep)] = (s, time.monotonic())
                 if not running:
                     if pending and all(any(n not in outcomes for n in deps[p.name][0]) for p in pending):
@@ -305,7 +343,7 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
                 for fut in done:
                     s, _ = running.pop(fut)
                     outcomes[s.name] = fut.result()
-                    if outcomes[s.name].status == "failed":
+                    if outcomes[s.name].status == FAILED:
                         blocked.add(s.name)
                     reporter.finished(outcomes[s.name])
         except KeyboardInterrupt:
@@ -316,10 +354,10 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
             ctx.sh.close()       # child processes (helm, kubectl, port-forwards) end
             for fut, (s, began) in running.items():
                 fut.cancel()
-                outcomes[s.name] = Outcome(s.name, "failed", time.monotonic() - began, "interrupted (Ctrl-C)")
+                outcomes[s.name] = Outcome(s.name, FAILED, time.monotonic() - began, "interrupted (Ctrl-C)")
                 reporter.finished(outcomes[s.name])
             for s in pending:
-                outcomes[s.name] = Outcome(s.name, "skipped", 0.0, "never started: interrupted (Ctrl-C)")
+                outcomes[s.name] = Outcome(s.name, SKIPPED, 0.0, "never started: interrupted (Ctrl-C)")
         finally:
             # Running steps notice the cancel within a moment; never wait long for them.
             pool.shutdown(wait=not interrupted, cancel_futures=True)
@@ -328,6 +366,6 @@ def run_play(title: str, steps: Sequence[Step], ctx: StepContext, *, check_mode:
     if interrupted:
         reporter.note("interrupted: rerun the same command to continue where it stopped")
         raise KeyboardInterrupt
-    if any(o.status == "failed" for o in ordered):
+    if any(o.status == FAILED for o in ordered):
         raise PlayFailed(ordered)
     return ordered

@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # kind accepts cluster names that are lowercase DNS labels (its own validation
 # rejects anything else only after it has started work).
@@ -76,11 +76,10 @@ SCHEMA: dict[str, Any] = {
     "home": Setting("", str),             # empty: $KINDLAB_HOME or the per-user cache
     "bin_dir": Setting("", str),          # empty: $KINDLAB_BIN_DIR or the per-user cache
     "listen_address": Setting("127.0.0.1", str),
-    "ports": {"nginx": Setting(30080, int, *PORT), "http": Setting(8080, int, *PORT),
-              "gateway": Setting(31112, int, *PORT)},
+    # host ports kind maps to node ports: the cluster's own here; each part's come from its NodePorts
+    "ports": {"http": Setting(8080, int, *PORT)},
     "workers": Setting(0, int, 0, 8),
     "timeout": Setting(300.0, float, 1, MAX_TIMEOUT_S),
-    "nginx": {"image": Setting("nginx:1.27.5", str), "replicas": Setting(3, int, 0, MAX_REPLICAS)},
     "kwok": {"nodes": Setting(1, int, 1, 100), "cpu": Setting("4", str), "memory": Setting("8Gi", str),
              "pods": Setting(110, int, 1, 1000), "ready_delay_ms": Setting(1000, int, 0, 600_000)},
     "offline": Setting(False, bool),
@@ -93,6 +92,20 @@ SCHEMA: dict[str, Any] = {
     "retries": {"attempts": Setting(5, int, 1, 20), "initial": Setting(1.0, float, 0.01, 60),
                 "max": Setting(20.0, float, 0.01, 600)},
 }
+
+
+def schema_with(parts: Iterable) -> dict:
+    """SCHEMA with what the parts declare: their settings (kindlab.<part>.<key>) and the host ports of their
+    node ports (kindlab.ports.<name>)."""
+    schema = {key: dict(spec) if isinstance(spec, Mapping) else spec for key, spec in SCHEMA.items()}
+    for part in parts:
+        for port in part.node_ports:
+            schema["ports"][port.name] = Setting(port.host_port, int, *PORT)
+        if part.settings:
+            if part.name in schema:
+                raise ValueError(f"part {part.name!r} declares settings under a name kindlab's own settings use")
+            schema[part.name] = dict(part.settings)
+    return schema
 
 
 def defaults(schema: Mapping = SCHEMA) -> dict:
@@ -250,13 +263,12 @@ class Lab:
     home: Path = field(default_factory=kindlab_home)
     bin_dir: Path | None = None
     listen_address: str = DEFAULTS["listen_address"]
-    nginx_port: int = DEFAULTS["ports"]["nginx"]
-    http_port: int = DEFAULTS["ports"]["http"]
-    gateway_port: int = DEFAULTS["ports"]["gateway"]
+    # kindlab.ports: name -> host port (a part's default is on its NodePort)
+    ports: tuple[tuple[str, int], ...] = ()
     workers: int = DEFAULTS["workers"]
     timeout: float = DEFAULTS["timeout"]
-    nginx_image: str = DEFAULTS["nginx"]["image"]
-    replicas: int = DEFAULTS["nginx"]["replicas"]
+    # the parts' own settings: part -> ((key, value), ...) (a part's defaults are on the part)
+    part_settings: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     kwok: KwokSettings = KwokSettings()
     retry_attempts: int = DEFAULTS["retries"]["attempts"]
     retry_initial: float = DEFAULTS["retries"]["initial"]
@@ -287,6 +299,19 @@ class Lab:
     def can(self) -> Provider:
         """What this lab's provider can do: `lab.can.runs_containers`, ..."""
         return PROVIDERS[self.provider]
+
+    def host_port(self, name: str, default: int) -> int:
+        """kindlab.ports.<name>, else `default`."""
+        return dict(self.ports).get(name, default)
+
+    @property
+    def http_port(self) -> int:
+        """The cluster's own host port for the node's port 80 (an ingress)."""
+        return self.host_port("http", DEFAULTS["ports"]["http"])
+
+    def part_setting(self, part: str, key: str, default: Any = None) -> Any:
+        """kindlab.<part>.<key>, else `default`."""
+        return dict(dict(self.part_settings).get(part, ())).get(key, default)
 
     def local_chart(self, release: str) -> str | None:
         return dict(self.charts).get(release)
@@ -353,14 +378,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
+def lab_from_config(config: Mapping | None, schema: Mapping = SCHEMA, **flags: Any) -> Lab:
     """Build the Lab from Invoke's `kindlab:` configuration and task flags.
 
     Flags left as None fall back to the configuration, then to the lab
     remembered by the last cluster.create (provider and name), then to the
-    defaults. Anything out of SCHEMA's bounds is a SettingsError.
+    defaults. Anything out of the schema's bounds (SCHEMA and what the parts
+    declare: schema_with) is a SettingsError.
     """
-    cfg = validated(_plain(config or {}))
+    cfg = validated(_plain(config or {}), schema)
     home = Path(cfg["home"]).expanduser() if cfg["home"] else kindlab_home()
     remembered = _remembered(home) or {}
     provider = flags.get("provider") or os.environ.get("KINDLAB_PROVIDER") or cfg["provider"]
@@ -375,7 +401,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
             # a cluster made offline runs kindlab's images: so do the parts installed on it
             offline = offline or bool(remembered.get("offline"))
     timeout = parse_seconds(flags["timeout"]) if flags.get("timeout") is not None else cfg["timeout"]
-    kw, ports, retries = cfg["kwok"], cfg["ports"], cfg["retries"]
+    kw, retries = cfg["kwok"], cfg["retries"]
     lab = Lab(
         provider=provider,
         cluster=cluster or "cloud-hw",
@@ -384,11 +410,11 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
         home=home,
         bin_dir=Path(cfg["bin_dir"]).expanduser() if cfg["bin_dir"] else None,
         listen_address=cfg["listen_address"],
-        nginx_port=ports["nginx"], http_port=ports["http"], gateway_port=ports["gateway"],
+        ports=tuple(sorted(cfg["ports"].items())),
         workers=cfg["workers"],
         timeout=timeout,
-        nginx_image=cfg["nginx"]["image"],
-        replicas=cfg["nginx"]["replicas"],
+        part_settings=tuple(sorted((key, tuple(sorted(value.items()))) for key, value in cfg.items()
+                                   if key not in SCHEMA and isinstance(value, Mapping))),
         kwok=KwokSettings(nodes=kw["nodes"], cpu=kw["cpu"], memory=kw["memory"], pods=kw["pods"],
                           ready_delay_ms=kw["ready_delay_ms"]),
         retry_attempts=retries["attempts"], retry_initial=retries["initial"], retry_max=retries["max"],
@@ -404,7 +430,7 @@ def lab_from_config(config: Mapping | None, **flags: Any) -> Lab:
     return lab.validate()
 
 
-def check_config_files(paths: list[Path]) -> None:
+def check_config_files(paths: list[Path], schema: Mapping = SCHEMA) -> None:
     """Refuse a configuration file that is not YAML with a `kindlab:` mapping, before Invoke reads it
     (Invoke's own loader would stop with a long traceback)."""
     import yaml
@@ -425,9 +451,10 @@ def check_config_files(paths: list[Path]) -> None:
             raise SettingsError(f"{path} must hold a mapping of settings (e.g. `kindlab: {{...}}`), "
                                 f"not a {type(data).__name__}")
         if isinstance(data, Mapping) and data.get("kindlab") is not None:
-            validated(data["kindlab"], where=f"{path.name}: kindlab")
+            validated(data["kindlab"], schema, where=f"{path.name}: kindlab")
 
 
-__all__ = ["Lab", "KwokSettings", "Provider", "PROVIDERS", "SCHEMA", "DEFAULTS", "SettingsError",
+__all__ = ["Lab", "KwokSettings", "Provider", "PROVIDERS", "SCHEMA", "DEFAULTS", "SettingsError", "Setting",
+           "schema_with",
            "lab_from_config", "parse_count", "parse_seconds", "remember_lab", "forget_lab", "kindlab_home",
            "default_bin_dir", "check_config_files", "MAX_REPLICAS"]

@@ -16,38 +16,74 @@ from __future__ import annotations
 import re
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from .commands import CommandError
+from .deadline import Longer
+
+
+# The words of a step's result, one spelling each: a check answers OK, CHANGED (its apply must run),
+# SKIPPED or UNKNOWN; the runner reports OK, CHANGED, SKIPPED, UNKNOWN (a dry run) or FAILED.
+OK, CHANGED, SKIPPED, UNKNOWN, FAILED = "ok", "changed", "skipped", "unknown", "failed"
 
 
 @dataclass(frozen=True)
 class Check:
-    """The answer of a read-only check: 'ok' (holds), 'change' (apply needed), 'skip', or
-    'unknown' (cannot tell until something before it exists)."""
+    """The answer of a read-only check: OK (holds), CHANGED (apply needed), SKIPPED, or UNKNOWN
+    (cannot tell until something before it exists). `value`: what it decided, for the step's
+    `decides` hand-off (a later step receives it)."""
 
     state: str
     detail: str = ""
+    value: Any = None
 
     @property
     def needs_change(self) -> bool:
-        return self.state == "change"
+        return self.state == CHANGED
 
 
-def ok(detail: str = "") -> Check:
-    return Check("ok", detail)
+def ok(detail: str = "", value: Any = None) -> Check:
+    return Check(OK, detail, value)
 
 
 def change(detail: str) -> Check:
-    return Check("change", detail)
+    return Check(CHANGED, detail)
 
 
-def skip(reason: str) -> Check:
-    return Check("skip", reason)
+def skip(reason: str, value: Any = None) -> Check:
+    return Check(SKIPPED, reason, value)
 
 
 def unknown(needs: str) -> Check:
-    return Check("unknown", f"needs {needs}")
+    return Check(UNKNOWN, f"needs {needs}")
+
+
+T = TypeVar("T")
+_UNSET = object()
+
+
+class Handoff(Generic[T]):
+    """A value one step decides and later steps receive, typed (an Ansible `register`, read-only after).
+
+    The deciding step has `decides=handoff`: the runner sets it from its check's `value`. A step that
+    needs it runs after that step, and reads `handoff.get()`.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self._value: Any = _UNSET
+
+    def set(self, value: T) -> None:
+        self._value = value
+
+    def get(self) -> T:
+        if self._value is _UNSET:
+            raise StepFailed(f"{self.what} was not decided: the step that decides it did not run")
+        return self._value
+
+    @property
+    def decided(self) -> bool:
+        return self._value is not _UNSET
 
 
 @dataclass
@@ -62,16 +98,24 @@ class Step:
     # A tuple: only after these steps, so steps with no path between them run side by side.
     needs: tuple[str, ...] | None = None
     action: bool = False  # `apply` runs every time (check: ok to run, skip or unknown)
+    # None: the task's --timeout. A step that needs longer says so once, with why (core/deadline.py).
+    budget: Longer | None = None
+    decides: "Handoff | None" = None  # set from its check's value, for the steps after it
 
 
 def action(name: str, run: Callable[[Any], str | None], check: Callable[[Any], Check] | None = None,
-           needs: tuple[str, ...] | None = None) -> Step:
+           needs: tuple[str, ...] | None = None, budget: Longer | None = None) -> Step:
     """A step that does something every time it runs (verify, invoke, crawl)."""
-    return Step(name, check or (lambda ctx: ok()), run, needs=needs, action=True)
+    return Step(name, check or (lambda ctx: ok()), run, needs=needs, action=True, budget=budget)
 
 
 class StepFailed(Exception):
     """A permanent failure a user can act on: the message says what and what next."""
+
+
+class Skipped(Exception):
+    """An apply that found it cannot be done here and need not be (an optional tool whose source is
+    missing): the step is reported skipped, with this reason."""
 
 
 class Unreachable(ConnectionError):

@@ -16,7 +16,7 @@ from ..conftest import PlayRun
 def kind_lab(tmp_path_factory, docker_available):
     home = tmp_path_factory.mktemp("kindlab-e2e")
     lab = Lab(provider="kind", cluster="kindlab-e2e", home=home, kubeconfig=home / "kubeconfig",
-              bin_dir=toolchain.default_bin_dir(), nginx_port=30080, http_port=8080, timeout=600)
+              bin_dir=toolchain.default_bin_dir(), ports=(("nginx", 30080), ("http", 8080)), timeout=600)
     run = PlayRun(lab)
     run(cluster.create_steps(lab))
     yield lab

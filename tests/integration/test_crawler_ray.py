@@ -207,21 +207,25 @@ def test_invoke_ray_crawl_with_an_address_submits_and_prints_the_summary(ray_hea
 
 def test_compare_measures_function_and_ray_task_latency(ray_head, tmp_path):
     """`invoke compare` against a local Ray head and the reverse handler served on loopback."""
+    from socketserver import ThreadingMixIn
     from tests.unit.test_reverse_http import load_handler, make_app
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args):
             pass
-    server = make_server("127.0.0.1", 0, make_app(load_handler()), handler_class=Quiet)
+
+    class Concurrent(ThreadingMixIn, WSGIServer):  # the batch keeps 16 calls in flight, as of-watchdog serves them
+        daemon_threads, request_queue_size = True, 64
+    server = make_server("127.0.0.1", 0, make_app(load_handler()), server_class=Concurrent, handler_class=Quiet)
     import threading
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {**os.environ, "KINDLAB_HOME": str(tmp_path / "home"), "KUBECONFIG": str(tmp_path / "kubeconfig"),
-           "COLUMNS": "200"}
+           "COLUMNS": "250"}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "invoke", "compare", "--calls", os.environ.get("KINDLAB_COMPARE_CALLS", "5"),
-             "--provider", "kwok",
+             "--batch", "40", "--provider", "kwok",
              "--gateway", f"http://127.0.0.1:{server.server_port}", "--address", ray_head],
             cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=180)
     finally:
@@ -230,7 +234,9 @@ def test_compare_measures_function_and_ray_task_latency(ray_head, tmp_path):
     print(out)  # the table, for `pytest -s`
     assert proc.returncode == 0, out
     assert "OpenFaaS function (HTTP via gateway)" in out and "Ray task (inside the cluster)" in out
-    rows = [line for line in out.splitlines() if "OpenFaaS function" in line or "Ray task" in line]
-    for row in rows:  # first call, warm median, warm p95 are numbers; 5 warm calls each
+    rows = [line for line in out.splitlines() if line.startswith("│") and ("OpenFaaS function" in line or "Ray task" in line)]
+    for row in rows:  # first call, warm median, warm p95 are numbers; 5 warm calls each; a batch's rate
         cells = [c.strip() for c in row.split("│") if c.strip()]
         assert all(float(v) >= 0 for v in cells[1:4]) and cells[4] == os.environ.get("KINDLAB_COMPARE_CALLS", "5")
+        assert float(cells[5]) > 0  # calls per second of the 40-call batch
+    assert "batch calls/s (40, 16 in flight)" in out

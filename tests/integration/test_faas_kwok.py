@@ -40,14 +40,14 @@ def test_install_then_function_state_follows_the_code_hash(play, faas_lab):
 
     deploy = [s for s in faas.deploy_steps(faas_lab) if s.name == "function reverse deployed"][0]
     ctx = make_context(faas_lab)
-    assert deploy.check(ctx).state == "skip"  # nothing deployed, and kwok cannot build
+    assert deploy.check(ctx).state == "skipped"  # nothing deployed, and kwok cannot build
     image = faas.function_image(faas_lab, faas.function_hash())
     kube.apps.create_namespaced_deployment("openfaas-fn", function_deployment(image))
     assert deploy.check(ctx).state == "ok"  # unchanged code: no rebuild, no redeploy
     kube.apps.patch_namespaced_deployment("reverse", "openfaas-fn", function_deployment(
         "localhost:5001/reverse:000000000000"))
     result = deploy.check(ctx)
-    assert result.state == "skip" and "needs Docker" in result.detail  # would rebuild on kind
+    assert result.state == "skipped" and "needs Docker" in result.detail  # would rebuild on kind
 
     removed = play(faas.remove_steps(faas_lab), lab=faas_lab)
     assert removed[0].status == "skipped" and "no containers" in removed[0].detail  # no gateway to ask

@@ -7,6 +7,7 @@ must bring the cluster back, which is itself under test.
 """
 import contextlib
 import os
+import re
 import signal
 import socket
 import struct
@@ -25,6 +26,7 @@ from playbooks.core.daemons import alive
 from playbooks.core.resources import applied
 from playbooks.core.runner import PlayFailed
 from playbooks.core.steps import Step, ok
+from playbooks.providers.kwok import kwok_dir
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pauses and kills processes with POSIX signals")
 STALL_S = 40  # how long a pause would last if nothing ended it sooner; the waits under test end long before
@@ -54,7 +56,7 @@ def lab(faulty):
 
 
 def component_pid(lab, name: str) -> int:
-    return int((cluster.kwok_dir(lab) / "pids" / f"{name}.pid").read_text().strip())
+    return int((kwok_dir(lab) / "pids" / f"{name}.pid").read_text().strip())
 
 
 @contextlib.contextmanager
@@ -226,3 +228,69 @@ def test_pods_a_quota_forbids_are_explained_by_their_replicaset(play, testbed, k
         assert "FailedCreate" in message and "exceeded quota" in message, message
     finally:
         kube.core.delete_namespace(namespace)
+
+
+# --- one deadline: an API server that stalls at any moment of a step fails it on time, naming the stall ---
+STEP_STALL_S = 20  # the stall the issue measured: nginx.scale --timeout 3 then took 22.8 s
+
+
+def paused_from(lab, when: str, scale, seconds: float = STEP_STALL_S):
+    """nginx.scale's step, the API server paused for `seconds` just before its check, apply or wait."""
+    pause = {}
+
+    def stall():
+        pause["cm"] = paused(lab, "kube-apiserver", most_s=seconds)
+        pause["resumed"] = pause["cm"].__enter__()
+
+    def before(fn):
+        def run(ctx):
+            stall()
+            return fn(ctx)
+        return run
+
+    step = replace(scale, **{when: before(getattr(scale, when))})
+    return step, pause
+
+
+@pytest.mark.parametrize("when", ["check", "apply", "wait"])
+def test_a_stall_at_any_point_of_a_step_fails_it_within_its_timeout_naming_the_stall(play, lab, when):
+    play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 1), lab=lab)
+    short = replace(lab, timeout=3)
+    step, pause = paused_from(lab, when, nginx.scale_steps(short, 2)[0])
+    try:
+        start = time.monotonic()
+        with pytest.raises(PlayFailed) as failed:
+            play([step], lab=short)
+        took = time.monotonic() - start
+        ended_during_the_stall = not pause["resumed"].is_set()
+    finally:
+        if "cm" in pause:
+            pause["cm"].__exit__(None, None, None)
+    message = failure_of(failed)
+    print(f"\nFIGURE stall before the {when}: the step failed after {took:.1f} s (--timeout 3, stall {STEP_STALL_S} s)")
+    assert ended_during_the_stall, f"the step ended only once the API server answered again: {message}"
+    # the stall, named: "the API server of X is down or stalled", or the wait's "the API server did not answer"
+    assert re.search(r"the API server (of \S+ (\(\S+\) )?(is down or stalled|does not answer)|did not answer)",
+                     message), message
+    assert "not running" not in message  # no controller blamed for what the API server did
+
+
+def test_a_controller_the_stall_stopped_is_named_with_the_stall_as_its_cause_after_a_leases_grace(play, lab):
+    """The stall ends while the wait goes on. Measured here: the controller-manager cannot renew its lease
+    through the paused API server and exits ("leaderelection lost"). Its lease is not judged until a lease's
+    length after the API server answered again (where a kubelet restarts controllers, as on kind, they
+    lead again by then); then it is named, with the stall as the cause, and `cluster.create` restarts it."""
+    play(nginx.deploy_steps(lab) + nginx.scale_steps(lab, 1), lab=lab)
+    roomy = replace(lab, timeout=60)  # the stall (30 s), then a lease's grace (21 s) before judging it
+    # longer than the controller-manager's renew deadline (10 s): it loses its lease and exits
+    step, pause = paused_from(lab, "wait", nginx.scale_steps(roomy, 2)[0], seconds=30)
+    try:
+        with pytest.raises(PlayFailed) as failed:
+            play([step], lab=roomy)
+    finally:
+        if "cm" in pause:
+            pause["cm"].__exit__(None, None, None)
+    message = failure_of(failed)
+    assert "the controller-manager is not running" in message, message
+    assert "it lost its lease while the API server did not answer" in message, message
+    assert "`invoke cluster.create` restarts it" in message

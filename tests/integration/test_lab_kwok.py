@@ -37,7 +37,7 @@ def test_all_installs_every_part_or_skips_it_with_its_reason_then_reruns_unchang
     assert "no containers" in skipped["function reverse deployed"]
     assert "no containers" in skipped["invoke reverse"]
     assert "no containers" in skipped["crawler job on Ray"]
-    assert "kind clusters" in skipped["registry kind-registry running"]
+    assert "kind clusters" in skipped["local registry"]
 
     again = play(lab_play.all_steps(offline_lab, parts.choose()), lab=offline_lab)
     assert [o.step for o in again if o.status == "changed" and not o.action] == [], play.output

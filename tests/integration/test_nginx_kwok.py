@@ -22,7 +22,7 @@ def statuses(outcomes):
 def test_deploy_scale_rerun_scale_to_zero_and_back(play, lab, kube):
     assert statuses(play(nginx.deploy_steps(lab))) == ["changed"]
     dep = kube.apps.read_namespaced_deployment("nginx", "default")
-    assert dep.status.ready_replicas == 1 and dep.spec.template.spec.containers[0].image == lab.nginx_image
+    assert dep.status.ready_replicas == 1 and dep.spec.template.spec.containers[0].image == nginx.image(lab)
 
     assert statuses(play(nginx.scale_steps(lab, 3))) == ["changed"]
     assert kube.apps.read_namespaced_deployment("nginx", "default").status.ready_replicas == 3
@@ -53,7 +53,7 @@ def test_verify_counts_endpoints_and_fails_when_they_are_short(play, lab, kube):
 
 
 def test_a_missing_image_fails_fast_naming_pod_and_reason(play, lab):
-    bad = replace(lab, nginx_image="missing.kindlab.invalid/nginx:0.0", timeout=120)
+    bad = replace(lab, part_settings=(("nginx", (("image", "missing.kindlab.invalid/nginx:0.0"),)),), timeout=120)
     with pytest.raises(PlayFailed):
         play(nginx.deploy_steps(bad), lab=bad)
     assert "not ready after" not in play.output  # failed on the reason, not by running out the timeout

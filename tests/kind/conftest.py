@@ -18,15 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from playbooks import engine, images, toolchain
+from playbooks import engine, images, sources, toolchain
 from playbooks.core.commands import LocalShell
 from playbooks.core.settings import Lab
+
+from ..conftest import source_folders
 
 # One set of clusters per checkout (as the kwok testbed's name): test runs in two checkouts side by side
 # never delete each other's clusters.
 CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[2]).encode()).hexdigest()[:4]
 REAL_CLUSTER = f"kindlab-real-{CHECKOUT}"
-NEEDED_IMAGES = tuple(images.user_images())  # what `invoke setup` builds: the node, nginx, ray, monitoring's
+NEEDED_IMAGES = tuple(images.user_images())  # what `invoke setup` builds: the node, nginx, ray, monitoring's, faas's
+NEEDED_ARCHIVES = ("faas-cli", "of-watchdog", "python-flask-template")  # the function, built for real
 
 
 def real_required() -> bool:
@@ -38,7 +41,11 @@ def real_required() -> bool:
 
 def missing_prerequisites(sh) -> str | None:
     bin_dir = toolchain.default_bin_dir()
-    tools = [name for name in ("kind", "kubectl") if not toolchain.is_current(name, bin_dir)]
+    folders = source_folders()
+    missing = [reason for name in NEEDED_ARCHIVES if (reason := sources.reason_missing(name, folders))]
+    if missing:
+        return f"source archives not at hand: {missing[0]} (or set INVOKE_KINDLAB_SOURCES_OPENFAAS)"
+    tools = [name for name in ("kind", "kubectl", "faas-cli") if not toolchain.is_current(name, bin_dir)]
     if tools:
         return f"{', '.join(tools)} missing in {bin_dir}: run `invoke tools.install --testbed` (or `invoke setup`)"
     if engine.engine_info(sh) is None:
@@ -77,9 +84,9 @@ def real_lab(tmp_path_factory) -> Lab:
     home = tmp_path_factory.mktemp("kindlab-real")
     nginx_port, http_port, gateway_port = free_ports(3)
     return Lab(provider="kind", cluster=REAL_CLUSTER, home=home, kubeconfig=home / "kubeconfig",
-               nginx_port=nginx_port, http_port=http_port, gateway_port=gateway_port,
+               ports=(("nginx", nginx_port), ("http", http_port), ("gateway", gateway_port)),
                bin_dir=toolchain.default_bin_dir(), offline=True, timeout=300,
-               retry_attempts=3, retry_initial=0.5)
+               retry_attempts=3, retry_initial=0.5, sources=tuple(sorted(source_folders().items())))
 
 
 def kind_containers(sh, cluster: str) -> list[str]:

@@ -2,24 +2,41 @@
 
 The tests run in file order on one cluster: create and rerun, a stopped node
 restarted, nginx scaled to three and served over real HTTP, an unpullable image
-diagnosed by a real kubelet, and at the end cluster.delete leaving nothing of
-kindlab's behind.
+diagnosed by a real kubelet, `all --offline` with the reverse function built by
+the real faas-cli from the archived template, pushed to the lab's registry,
+pulled by the kubelet and answering real HTTP (an edit redeployed, an unchanged
+rerun, the removal), faas-netes's offline refusal named in seconds (a stand-in
+chart with the real one's trait), and at the end cluster.delete leaving nothing
+of kindlab's behind.
 """
+import re
+import shutil
 import subprocess
+import time
 import urllib.request
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from playbooks import parts
-from playbooks import cluster, faas, images, lab as lab_play, nginx
+from playbooks import cluster, faas, images, lab as lab_play, nginx, providers
 from playbooks.core.cli import make_context
 from playbooks.core.kube import condition_ready
 from playbooks.core.commands import LocalShell
+from playbooks.core.helm import release_steps, uninstall_steps as helm_uninstall_steps
 from playbooks.core.resources import applied
 from playbooks.core.runner import PlayFailed
 
 from ..conftest import PlayRun
 from .conftest import kind_containers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def figure(text: str) -> None:
+    """A measured figure for the log (pytest -s, or CI's captured output of a failure)."""
+    print(f"\nFIGURE {text}")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +97,7 @@ def test_nginx_scaled_to_three_is_served_over_real_http_and_a_rerun_changes_noth
     assert statuses(first)["nginx image(s) in the kind nodes"] == "changed", play.output
     verify = {o.step: o for o in first}["nginx answers"]
     assert verify.status == "changed" and verify.action and "serves the nginx welcome page" in verify.detail
-    with urllib.request.urlopen(f"http://127.0.0.1:{lab.nginx_port}/", timeout=10) as response:
+    with urllib.request.urlopen(nginx.url(lab), timeout=10) as response:
         assert response.status == 200 and response.headers["Server"].startswith("nginx")
         assert "Welcome to nginx!" in response.read().decode()
     kube = make_context(lab).kube
@@ -116,18 +133,36 @@ def test_an_unpullable_image_is_diagnosed_with_the_kubelets_reason_and_a_next_st
         PlayRun(lab)([absent(f"deployment {name} absent", lab, lambda: [doc])])
 
 
-def test_all_offline_runs_nginx_and_skips_each_part_it_cannot_run_with_the_reason(play, lab):
-    """No charts named: monitoring and ray (images built) are skipped for their charts, faas for its images."""
+def test_all_offline_runs_nginx_and_the_function_and_skips_each_part_it_cannot_run_with_the_reason(play, lab):
+    """No charts named: monitoring and ray (images built) are skipped for their charts; faas runs its
+    function for real, without the OpenFaaS platform, which CE's offline refusal keeps out."""
+    start = time.monotonic()
     outcomes = play(lab_play.all_steps(lab, parts.choose()))
+    took = time.monotonic() - start
     result = {o.step: o for o in outcomes}
     assert result["nginx images (offline)"].status == "ok" and result["nginx answers"].status == "changed"
     for part, keys in (("monitoring", ["monitoring"]), ("ray", ["kuberay-operator", "ray-cluster"])):
         gate = result[f"{part} images (offline)"]
         assert gate.status == "skipped" and "no chart repository is reached" in gate.detail, gate.detail
         assert all(f"set kindlab.charts.{key} to a copy of it" in gate.detail for key in keys), gate.detail
-    assert "OpenFaaS" in result["faas images (offline)"].detail
-    assert result["openfaas release"].status == "skipped" and result["monitoring release"].status == "skipped"
-    assert lab_changes(outcomes) == [] and "failed" not in statuses(outcomes).values(), play.output
+    assert result["monitoring release"].status == "skipped"
+    # the truth, in one line: the platform is not there because OpenFaaS CE refuses to run offline
+    assert result["faas images (offline)"].status == "ok"
+    platform = result["openfaas release"]
+    assert platform.status == "skipped" and platform.detail.startswith("OpenFaaS CE refuses to start without "
+                                                                        "internet"), play.output
+    assert result["function reverse image"].status in ("changed", "ok"), play.output  # ok: a registry kept
+    assert result["function reverse deployed"].status == "changed", play.output
+    invoked = result["invoke reverse"]
+    assert invoked.status == "changed" and "'Hello World') -> 'dlroW olleH'" in invoked.detail, play.output
+    figure(f"all --offline (nginx, faas; cluster there): {took:.1f} s; function image "
+           f"{result['function reverse image'].seconds:.1f} s, deployed {result['function reverse deployed'].seconds:.1f} s")
+
+    start = time.monotonic()
+    again = play(lab_play.all_steps(lab, parts.choose()))
+    figure(f"all --offline rerun: {time.monotonic() - start:.1f} s")
+    assert lab_changes(again) == [] and "failed" not in statuses(again).values(), play.output
+    assert {o.step: o for o in again}["function reverse image"].detail.endswith("(code unchanged)")
 
 
 def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play, lab, sh):
@@ -135,7 +170,7 @@ def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play,
     # A lab left running on this machine (the registry outlives none of its clusters but the last)
     # keeps its registry and the images pushed there: then the step finds it and changes nothing.
     kept = sh.run(["docker", "inspect", "--format", "{{.State.Running}}", "kind-registry"], check=False)
-    first = play(faas.registry_steps(lab))
+    first = play(providers.of(lab).registry_steps())
     if kept.stdout.strip() == "true":
         assert statuses(first)["registry kind-registry running"] == "ok", play.output
     else:
@@ -154,9 +189,96 @@ def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play,
     step = applied(f"deployment {name}", lab, lambda: [doc],
                    wait=lambda ctx: ctx.kube.wait_deployment("default", name, timeout=120, say=ctx.say))
     play([step])  # pulled by the node's containerd from the registry container
-    again = play(faas.registry_steps(lab))
+    again = play(providers.of(lab).registry_steps())
     assert set(statuses(again).values()) == {"ok"}, play.output
     sh.run(["docker", "image", "rm", pushed], check=False)
+
+
+# --- the function, for real ------------------------------------------------------------
+def post(lab, data: bytes) -> tuple[int, str]:
+    status, body = faas.call(faas.function_url(lab), data, timeout=10)
+    return status, body.decode("utf-8", "replace")
+
+
+def test_the_function_answers_real_http_from_a_pod_the_kubelet_pulled_from_the_local_registry(lab, play):
+    kube = make_context(lab).kube
+    image = faas.function_image(lab, faas.function_hash(offline=True))
+    (pod,) = kube.core.list_namespaced_pod("openfaas-fn", label_selector="faas_function=reverse").items
+    assert condition_ready(pod) and pod.spec.containers[0].image == image
+    assert pod.status.container_statuses[0].image_id.startswith("localhost:5001/reverse@sha256:")
+    pulls = [e.message for e in kube.core.list_namespaced_event(
+        "openfaas-fn", field_selector=f"involvedObject.name={pod.metadata.name},reason=Pulling").items]
+    assert any(image in message for message in pulls), pulls  # pulled, not preloaded
+    assert post(lab, b"Hello World") == (200, "dlroW olleH")
+    # by grapheme: an accent, a skin-toned emoji and a ZWJ family stay whole; UTF-8 both ways
+    assert post(lab, "héllo 👋🏽 wörld 👨‍👩‍👧".encode()) == (200, "👨‍👩‍👧 dlröw 👋🏽 olléh")
+    status, body = post(lab, b"\xff\xfe")
+    assert status == 400 and "not valid UTF-8" in body
+    invoked = {o.step: o for o in play(faas.invoke_steps(lab, "kindlab"))}["invoke reverse"]
+    assert "'kindlab') -> 'balnidk'" in invoked.detail
+
+
+def test_an_edited_handler_is_rebuilt_redeployed_and_serves_the_new_answer(lab, play, tmp_path, monkeypatch):
+    edited = tmp_path / "functions"
+    shutil.copytree(faas.FUNCTIONS, edited, ignore=shutil.ignore_patterns("__pycache__"))
+    handler = edited / "reverse" / "handler.py"
+    source = handler.read_text()
+    assert 'return "".join(reversed(_GRAPHEME.findall(text)))' in source
+    handler.write_text(source.replace('return "".join(reversed(_GRAPHEME.findall(text)))',
+                                      'return "".join(reversed(_GRAPHEME.findall(text))) + "!"'))
+    monkeypatch.setattr(faas, "FUNCTIONS", edited)
+    new_image = faas.function_image(lab, faas.function_hash(edited / "reverse", offline=True))
+    start = time.monotonic()
+    result = {o.step: o for o in play(faas.deploy_steps(lab))}
+    figure(f"edited handler: rebuilt, pushed and redeployed in {time.monotonic() - start:.1f} s "
+           f"(image {result['function reverse image'].seconds:.1f} s: the template's layers cached)")
+    assert result["function reverse image"].status == "changed" and new_image in result["function reverse image"].detail
+    assert result["function reverse deployed"].status == "changed", play.output
+    assert post(lab, b"Hello World") == (200, "dlroW olleH!")
+
+    monkeypatch.undo()  # the handler as committed: its image is still in the registry, so nothing is built
+    back = {o.step: o for o in play(faas.deploy_steps(lab))}
+    assert back["function reverse image"].status == "ok" and back["function reverse deployed"].status == "changed"
+    assert post(lab, b"Hello World") == (200, "dlroW olleH")
+
+
+def test_an_unchanged_function_is_neither_rebuilt_nor_redeployed(lab, play):
+    start = time.monotonic()
+    outcomes = play(faas.install_steps(lab) + faas.deploy_steps(lab))
+    figure(f"faas.install + faas.deploy, unchanged: {time.monotonic() - start:.1f} s")
+    assert lab_changes(outcomes) == [] and "failed" not in statuses(outcomes).values(), play.output
+
+
+def test_faas_uninstall_leaves_nothing_of_the_function_behind(lab, play):
+    kube = make_context(lab).kube
+    outcomes = play(faas.uninstall_steps(lab))
+    assert statuses(outcomes)["function reverse absent"] == "changed", play.output
+    assert "openfaas-fn" not in {ns.metadata.name for ns in kube.core.list_namespace().items}
+    assert kube.core.list_service_for_all_namespaces(label_selector="faas_function=reverse").items == []
+    assert {o.status for o in play(faas.uninstall_steps(lab))} == {"ok"}, play.output
+
+
+def test_online_a_faas_netes_that_refuses_to_run_offline_fails_the_install_in_seconds_naming_why(lab, play):
+    """The trait of the real faas-netes (>= 0.18.10) on nodes without internet, in the stand-in chart: its
+    container prints CE's refusal and exits. The release's wait reads it instead of waiting out the timeout."""
+    online = replace(lab, offline=False, charts=(("faas", str(ROOT / "tests" / "fixtures" / "charts" / "openfaas-stub")),))
+    refusal = "Error checking connectivity, OpenFaaS CE cannot be run in an offline environment"
+    release = replace(faas.openfaas_release(online), values={
+        "image": images.reference("nginx"),  # already on the node; its shell plays faas-netes
+        "faasNetesCommand": ["sh", "-c", f"echo '{refusal}'; exit 1"]})
+    try:
+        start = time.monotonic()
+        with pytest.raises(PlayFailed):
+            play(release_steps(online, release))
+        took = time.monotonic() - start
+        figure(f"faas-netes's offline refusal named after {took:.1f} s (timeout {online.timeout:.0f} s)")
+        failed = re.search(r"failed\s+openfaas release.*?\n(.*?)\n(?:skipped|PLAY)", play.output, re.S)
+        message = " ".join(failed.group(1).split())
+        assert message.startswith("OpenFaaS CE refuses to start without internet"), message
+        assert f"container faas-netes exited: {refusal}" in message
+        assert "not ready after" not in play.output  # named, not waited out
+    finally:
+        PlayRun(online)(helm_uninstall_steps(online, release, delete_namespace=True))
 
 
 def test_delete_leaves_no_container_or_network_of_kindlabs_behind(play, lab, sh):

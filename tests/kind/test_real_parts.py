@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbooks import cluster, images, monitoring, ray
+from playbooks import cluster, images, monitoring, providers, ray
 from playbooks.core.cli import make_context
 from playbooks.core.kube import condition_ready as ready
 from playbooks.core.quantities import quantity
@@ -166,7 +166,7 @@ def site_documents(lab) -> list[dict]:
 
 
 def test_a_crawl_of_a_site_served_in_the_cluster_reports_exactly_its_pages_and_broken_link(play, lab):
-    site = [cluster.images_loaded_step(lab, "site", [images.reference("nginx")]),
+    site = [*providers.of(lab).images_steps("site", [images.reference("nginx")]),
             applied("crawl site namespace", lab, lambda: site_documents(lab)[:1]),
             applied("crawl site", lab, lambda: site_documents(lab)[1:],
                     wait=lambda ctx: ctx.kube.wait_deployment(SITE_NAMESPACE, "site", timeout=120, say=ctx.say))]

@@ -12,6 +12,7 @@ import pytest
 from crawler import jobs
 from crawler.cli import build_parser, config_from_args, main
 from crawler.jobs import CrawlJobError, crawl_entrypoint, crawl_runtime_env, summarize
+from playbooks.core.deadline import Deadline
 from crawler.joblog import ResultMissing, parse_result, result_lines
 
 RESULT = {
@@ -283,7 +284,7 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
     said = []
     steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=console.print)
-    detail = steps[0].apply(SimpleNamespace(say=said.append))
+    detail = steps[0].apply(SimpleNamespace(say=said.append, deadline=Deadline.after(60)))
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("submitted Ray job raysubmit_fake:")
     follow = next(n for n, line in enumerate(lines) if line.startswith("follow it:"))
@@ -309,7 +310,7 @@ def test_with_verbose_the_crawl_step_says_where_the_jobs_seconds_went(fake_jobs)
     steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=True),
                         crawl_args(["http://a.test/"], "", 2, 10, 4), address="http://127.0.0.1:8265",
                         show=lambda text: shown.append(str(text)))
-    steps[0].apply(SimpleNamespace(say=lambda message: None))
+    steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
     breakdown = shown[-1].splitlines()
     assert breakdown[0] == "where the crawl job's seconds went (the crawler shipped as working_dir):"
     assert [line.split("  ")[1].strip() for line in breakdown[1:]] == [
@@ -343,7 +344,7 @@ def test_a_crawl_that_fetched_nothing_fails_and_says_why(fake_jobs):
                         address="http://127.0.0.1:8265", show=lambda text: None)
     with pytest.raises(StepFailed, match=r"fetched no page: its start URL was blocked by robots.txt.*"
                                          r"the host not reached from the cluster.*invoke ray.crawl --url URL"):
-        steps[0].apply(SimpleNamespace(say=lambda message: None))
+        steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
 
 
 def test_offline_the_default_crawl_is_pythons_docs_inside_the_cluster_whole_and_online_rays_docs():
@@ -370,7 +371,7 @@ def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fa
     shown = []
     steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=lambda text: shown.append(str(text)))
-    steps[0].apply(SimpleNamespace(say=lambda message: None))
+    steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
     lines = [line for text in shown for line in text.splitlines()]
     assert sum(line.startswith("Total: ") for line in lines) == 1, shown
 

@@ -68,7 +68,7 @@ def test_the_wrapper_is_built_only_where_capabilities_are_missing(monkeypatch, t
     assert wrapper_step.check(Ctx(Shell())).state == "ok"
     monkeypatch.setattr(engine, "missing_caps", lambda status=None: [24])
     result = engine.start_steps(lab)[1].check(Ctx(Shell()))
-    assert result.state == "change" and "24" in result.detail
+    assert result.state == "changed" and "24" in result.detail
 
 
 class ProbeShell:
@@ -102,4 +102,4 @@ def test_setup_skips_the_engine_with_the_reason_where_none_can_be_had(monkeypatc
     monkeypatch.setattr(engine, "_is_root", lambda: False)
     sh = Shell(up=False, tools=("docker",))
     result = engine.start_steps(Lab(), optional=True)[0].check(Ctx(sh))
-    assert result.state == "skip" and "needs root" in result.detail
+    assert result.state == "skipped" and "needs root" in result.detail

@@ -83,8 +83,8 @@ def test_unchanged_code_means_no_rebuild(env):
     step = [s for s in faas.deploy_steps(lab) if s.name.startswith("function")][0]
     image = faas.function_image(lab, faas.function_hash())
     assert step.check(ctx_for(lab, FakeKube(image=image))).state == "ok"
-    assert step.check(ctx_for(lab, FakeKube(image="localhost:5001/reverse:old"))).state == "change"
-    assert step.check(ctx_for(lab, FakeKube(image=None))).state == "change"
+    assert step.check(ctx_for(lab, FakeKube(image="localhost:5001/reverse:old"))).state == "changed"
+    assert step.check(ctx_for(lab, FakeKube(image=None))).state == "changed"
     assert calls() == []  # checks run no tool
 
 
@@ -93,7 +93,7 @@ def test_on_kwok_the_build_is_skipped_with_its_reason(env):
     kwok = Lab(provider="kwok", home=lab.home, bin_dir=lab.bin_dir)
     step = [s for s in faas.deploy_steps(kwok) if s.name.startswith("function")][0]
     result = step.check(ctx_for(kwok, FakeKube(image=None)))
-    assert result.state == "skip" and "no containers" in result.detail
+    assert result.state == "skipped" and "no containers" in result.detail
 
 
 def test_deploy_pulls_template_builds_pushes_deploys_with_the_hash_tag(env):
@@ -113,7 +113,7 @@ def test_login_sends_the_password_on_stdin_never_argv(env):
     lab, calls = env
     step = faas.login_steps(lab)[0]
     ctx = ctx_for(lab, FakeKube(password="s3cret-pw"))
-    assert step.check(ctx).state == "change"
+    assert step.check(ctx).state == "changed"
     step.apply(ctx)
     (call,) = calls()
     assert call["argv"] == ["login", "--username", "admin", "--password-stdin", "--gateway", "http://127.0.0.1:31112"]
@@ -142,3 +142,109 @@ def test_the_licence_note_is_a_step_that_check_mode_leaves_unwritten(tmp_path):
     assert run_play("t", licence, ctx)[0].status == "changed"
     assert (tmp_path / "openfaas-license-noted").exists()
     assert run_play("t", licence, ctx)[0].status == "ok"  # noted once
+
+
+# --- offline: the function without the platform -------------------------------------------
+def test_offline_install_leaves_the_platform_out_saying_why_in_one_line(tmp_path):
+    lab = Lab(provider="kind", home=tmp_path, offline=True)
+    steps = {s.name: s for s in faas.install_steps(lab)}
+    assert "OpenFaaS CE licence" not in steps  # nothing of CE runs offline
+    result = steps["openfaas release"].check(None)
+    assert result.state == "skipped"
+    assert result.detail.startswith("OpenFaaS CE refuses to start without internet") and "\n" not in result.detail
+    assert "its own Deployment and NodePort Service" in result.detail
+
+
+def test_offline_hash_covers_what_the_image_is_built_from_there():
+    online, offline = faas.function_hash(), faas.function_hash(offline=True)
+    assert online != offline and len(offline) == 12 and offline == faas.function_hash(offline=True)
+
+
+def test_offline_the_function_is_what_faas_netes_would_make_minus_the_gateway():
+    deployment, service = faas.function_documents("localhost:5001/reverse:0123456789ab")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["metadata"]["namespace"] == service["metadata"]["namespace"] == "openfaas-fn"
+    assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"] == {"faas_function": "reverse"}
+    assert container["imagePullPolicy"] == "Always"  # as OpenFaaS CE pulls: the image comes from the registry
+    assert container["readinessProbe"]["httpGet"] == {"path": "/_/health", "port": 8080}
+    assert service["spec"]["type"] == "NodePort" and service["spec"]["ports"][0]["nodePort"] == 31112
+    assert "OpenFaaS CE refuses" in deployment["metadata"]["annotations"]["kindlab.dev/no-gateway"]
+
+
+def test_offline_invoke_posts_to_the_functions_own_port_and_prints_its_answer(tmp_path):
+    import http.server
+    import threading
+
+    class Reverse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            answer = body[::-1].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Reverse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lab = Lab(provider="kind", home=tmp_path, offline=True, ports=(("gateway", server.server_address[1]),))
+        detail = faas.invoke_steps(lab, "Hello World")[0].apply(None)
+        assert "'dlroW olleH'" in detail and "no gateway offline" in detail
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(faas.StepFailed, match="did not answer at http://127.0.0.1:"):
+        faas.invoke_steps(lab, "Hello World")[0].apply(None)  # nothing listens there now
+
+
+def test_offline_without_faas_cli_or_the_template_archive_the_build_says_what_to_do(tmp_path):
+    lab = Lab(provider="kind", home=tmp_path, offline=True, bin_dir=tmp_path / "empty")
+    sh = LocalShell(tmp_path / "empty")
+    if sh.which("faas-cli") is None:
+        assert "invoke tools.install --only faas-cli" in faas.offline_missing(lab, sh)
+    with_cli = Lab(provider="kind", home=tmp_path, offline=True)
+    missing = faas.offline_missing(with_cli, FakeShell())
+    assert "kindlab.sources.openfaas names no folder" in missing
+
+
+class FakeShell:
+    def which(self, tool):
+        return f"/usr/bin/{tool}"
+
+
+def real_faas_cli():
+    """The faas-cli `invoke setup` built (from its source archive here); CI must have it."""
+    from playbooks import toolchain
+
+    from ..conftest import source_folders
+
+    bin_dir = toolchain.default_bin_dir()
+    folders = source_folders()
+    if not toolchain.is_current("faas-cli", bin_dir) or "openfaas" not in folders:
+        message = "the real faas-cli or the OpenFaaS source archives are missing: run `invoke setup`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return bin_dir, folders
+
+
+def test_offline_the_real_faas_cli_builds_the_archived_template_with_kindlabs_base_images(tmp_path):
+    from playbooks import images
+
+    bin_dir, folders = real_faas_cli()
+    lab = Lab(provider="kind", home=tmp_path, offline=True, bin_dir=bin_dir,
+              sources=tuple(sorted(folders.items())))
+    build = faas._build_dir(lab, faas.function_hash(offline=True))
+    stack = yaml.safe_load((build / "stack.yaml").read_text())
+    assert stack["functions"]["reverse"]["lang"] == "python3-http-debian" and "configuration" not in stack
+    # what faas-cli makes of it, for real (--shrinkwrap: the build context without the Docker build)
+    LocalShell(bin_dir).run(["faas-cli", "build", "--shrinkwrap", "-f", "stack.yaml"], cwd=build)
+    context = build / "build" / "reverse"
+    froms = [line.split()[2] for line in (context / "Dockerfile").read_text().splitlines()
+             if line.startswith("FROM") and " AS " in line and "--platform" in line]
+    assert froms == [images.reference("of-watchdog"), images.reference("python")]
+    assert (context / "function" / "handler.py").read_text() == (faas.FUNCTIONS / "reverse" / "handler.py").read_text()
+    assert (context / "index.py").is_file()  # the template's own server, unchanged

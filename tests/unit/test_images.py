@@ -102,15 +102,15 @@ def test_only_the_outdated_image_and_its_own_binaries_are_built(tmp_path):
     engine = all_current()
     engine.present[images.reference("registry")] = "older inputs"
     results = checks(images.build_steps(Lab(bin_dir=tmp_path), images.user_images()), engine)
-    changing = sorted(name for name, r in results.items() if r.state == "change")
+    changing = sorted(name for name, r in results.items() if r.state == "changed")
     assert changing == [f"binary registry {toolchain.REGISTRY_VERSION}", "image registry"]
 
 
 def test_a_missing_node_image_needs_its_parts_but_not_images_nobody_asked_for(tmp_path):
     engine = Engine({})
     results = checks(images.build_steps(Lab(bin_dir=tmp_path), ["node"]), engine)
-    assert results["image node"].state == "change" and results["image debian"].state == "change"
-    assert results["image kube-apiserver"].state == "change"
+    assert results["image node"].state == "changed" and results["image debian"].state == "changed"
+    assert results["image kube-apiserver"].state == "changed"
     assert "image nginx" not in results and "image registry" not in results
 
 

@@ -144,7 +144,7 @@ def test_on_kwok_the_http_checks_are_skipped_with_the_reason():
     lab = Lab(provider="kwok", cluster="t")
     steps = monitoring.verify_steps(lab)
     checks = [s.check(StepContext(lab, None)) for s in steps[1:]]
-    assert [c.state for c in checks] == ["skip", "skip"]
+    assert [c.state for c in checks] == ["skipped", "skipped"]
     assert "runs no containers" in checks[0].detail and "need a real cluster" in checks[0].detail
     assert monitoring.verify_steps(Lab())[1].check(StepContext(Lab(), None)).state == "ok"  # kind: they run
 
@@ -340,7 +340,7 @@ def test_offline_install_names_each_part_turned_off_and_why_and_loads_the_images
         assert what in said
     assert "github.com/grafana/grafana" in said and "kube-webhook-certgen" in said
     secret = next(s for s in steps if s.name == "monitoring grafana admin secret").check(None)
-    assert secret.state == "skip" and "Grafana is off offline" in secret.detail
+    assert secret.state == "skipped" and "Grafana is off offline" in secret.detail
     online = [s.name for s in monitoring.install_steps(Lab())]
     assert "monitoring offline values" not in online and online[-1] == "monitoring Prometheus and Grafana serving"
 
@@ -348,7 +348,7 @@ def test_offline_install_names_each_part_turned_off_and_why_and_loads_the_images
 def test_offline_verify_skips_grafana_with_the_reason_and_dashboards_forward_prometheus_alone():
     lab = Lab(provider="kind", offline=True)
     grafana = monitoring.verify_steps(lab)[2].check(StepContext(lab, None))
-    assert grafana.state == "skip" and "Grafana is off offline" in grafana.detail
+    assert grafana.state == "skipped" and "Grafana is off offline" in grafana.detail
     p = free_port()
     shell = FakeShell({p: [FakeProc()]})
     printed, out, stop = until_forwarding()

@@ -8,6 +8,8 @@ from playbooks import parts
 from playbooks import cluster, faas, images, lab as lab_play, nginx
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab, lab_from_config, remember_lab
+from playbooks.providers import KindProvider
+from playbooks.parts import REGISTRY
 
 
 def test_offline_node_image_and_image_overrides_come_from_config_and_flags(tmp_path):
@@ -30,10 +32,10 @@ def test_a_cluster_created_offline_keeps_later_tasks_offline(tmp_path):
 
 def test_online_parts_run_their_pinned_images_and_offline_ones_kindlabs():
     online, offline = Lab(), Lab(offline=True)
-    assert nginx.image(online) == online.nginx_image
+    assert nginx.image(online) == nginx.SETTINGS["image"].default
     assert nginx.image(offline) == images.reference("nginx")
-    assert faas.registry_image(online) == faas.REGISTRY["image"]
-    assert faas.registry_image(offline) == images.reference("registry")
+    assert KindProvider(online).registry_image() == "registry:2.8.3"
+    assert KindProvider(offline).registry_image() == images.reference("registry")
     override = Lab(offline=True, images=(("nginx", "example/nginx:2"),))
     assert nginx.image(override) == "example/nginx:2"
     deploy = nginx.documents(offline)[0]
@@ -49,10 +51,10 @@ def test_offline_nginx_loads_its_image_into_the_kind_nodes_first():
 
 
 def test_kindlabs_node_image_gets_the_kubeadm_settings_it_needs():
-    assert cluster.node_image(Lab()) == ""
-    assert cluster.node_image(Lab(offline=True)) == images.reference("node")
-    assert cluster.node_image(Lab(node_image="example/node:1", offline=True)) == "example/node:1"
-    config = cluster.render_kind_config(Lab(offline=True))
+    assert KindProvider(Lab()).node_image() == ""
+    assert KindProvider(Lab(offline=True)).node_image() == images.reference("node")
+    assert KindProvider(Lab(node_image="example/node:1", offline=True)).node_image() == "example/node:1"
+    config = KindProvider(Lab(offline=True)).render_config(REGISTRY.values())
     assert config["networking"]["kubeProxyMode"] == "nftables"
     patch = yaml.safe_load(config["kubeadmConfigPatches"][0])
     assert patch["kind"] == "ClusterConfiguration" and patch["imageRepository"] == images.REPOSITORY
@@ -60,8 +62,8 @@ def test_kindlabs_node_image_gets_the_kubeadm_settings_it_needs():
     assert f"{images.REPOSITORY}/etcd:{patch['etcd']['local']['imageTag']}" == etcd
     assert f"{images.REPOSITORY}/coredns:{patch['dns']['imageTag']}" == dns
     # kind's own node image gets kind's own settings
-    assert "kubeadmConfigPatches" not in cluster.render_kind_config(Lab())
-    assert "kubeadmConfigPatches" not in cluster.render_kind_config(Lab(node_image="kindest/node:v1.33.1"))
+    assert "kubeadmConfigPatches" not in KindProvider(Lab()).render_config(REGISTRY.values())
+    assert "kubeadmConfigPatches" not in KindProvider(Lab(node_image="kindest/node:v1.33.1")).render_config(REGISTRY.values())
 
 
 class Engine:
@@ -84,7 +86,13 @@ class Ctx:
 
 
 def run_checks(steps, sh, lab=None):
-    return {s.name: s.check(Ctx(sh, lab)) for s in steps}
+    """Each step's check, and what it decides handed on, as the runner does."""
+    results = {}
+    for s in steps:
+        results[s.name] = s.check(Ctx(sh, lab))
+        if s.decides is not None:
+            s.decides.set(results[s.name].value)
+    return results
 
 
 STUBS = Path(__file__).resolve().parents[1] / "fixtures" / "charts"
@@ -96,7 +104,29 @@ def built(*names):
     return Engine({images.reference(n): images.inputs_hash(n) for n in names})
 
 
-def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_others_with_the_reason():
+def fake_archive(tmp_path, monkeypatch, name: str) -> Path:
+    """A folder holding a stand-in for source archive `name`, pinned as kindlab would pin it."""
+    import dataclasses
+    import hashlib
+    import io
+    import tarfile
+
+    from playbooks import sources
+
+    archive = sources.ARCHIVES[name]
+    folder = tmp_path / archive.group
+    folder.mkdir(exist_ok=True)
+    with tarfile.open(folder / archive.file, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{archive.folder}/README")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    digest = hashlib.sha256((folder / archive.file).read_bytes()).hexdigest()
+    monkeypatch.setitem(sources.ARCHIVES, name, dataclasses.replace(archive, sha256=digest))
+    return folder
+
+
+def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_others_with_the_reason(
+        tmp_path, monkeypatch):
     everything = built(*images.CATALOG)
     lab = Lab(offline=True, charts=LOCAL_CHARTS)
     steps = lab_play.all_steps(lab, parts.choose())
@@ -104,11 +134,29 @@ def test_all_offline_runs_parts_whose_images_and_charts_are_here_and_skips_the_o
     results = run_checks(gates.values(), everything, lab)
     assert {name: r.state for name, r in results.items()} == {
         "nginx images (offline)": "ok", "monitoring images (offline)": "ok", "ray images (offline)": "ok",
-        "faas images (offline)": "skip"}
-    assert "OpenFaaS" in results["faas images (offline)"].detail
+        "faas images (offline)": "skipped"}
+    # faas builds its function from the template's source archive, which no setting names here
+    assert "kindlab.sources.openfaas names no folder" in results["faas images (offline)"].detail
     # every later step of a skipped part is skipped too, not just its first
     faas_steps = [s for s in steps if s.name in ("namespace openfaas-fn", "function reverse deployed")]
-    assert all(s.check(Ctx(everything, lab)).state == "skip" for s in faas_steps)
+    assert all(s.check(Ctx(everything, lab)).state == "skipped" for s in faas_steps)
+
+    # with the archive where kindlab.sources says, faas runs offline, saying why without its platform
+    folder = fake_archive(tmp_path, monkeypatch, "python-flask-template")
+    lab = Lab(offline=True, charts=LOCAL_CHARTS, sources=(("openfaas", str(folder)),))
+    gate = next(s for s in lab_play.all_steps(lab, parts.choose()) if s.name == "faas images (offline)")
+    result = gate.check(Ctx(everything, lab))
+    assert result.state == "ok" and "OpenFaaS CE refuses to start without internet" in result.detail
+
+
+def test_offline_a_source_archive_that_differs_from_the_pinned_one_is_refused(tmp_path):
+    from playbooks import sources
+
+    folder = tmp_path / "openfaas"
+    folder.mkdir()
+    (folder / sources.ARCHIVES["python-flask-template"].file).write_bytes(b"not the archive")
+    reason = sources.reason_missing("python-flask-template", {"openfaas": str(folder)})
+    assert "not the " + sources.ARCHIVES["python-flask-template"].sha256 in reason and "get the archive again" in reason
 
 
 def test_offline_a_part_whose_chart_only_a_repository_has_is_skipped_naming_the_setting():
@@ -116,7 +164,7 @@ def test_offline_a_part_whose_chart_only_a_repository_has_is_skipped_naming_the_
                           if s.name in ("monitoring images (offline)", "ray images (offline)")],
                          built(*images.CATALOG))
     monitoring_, ray_ = results["monitoring images (offline)"], results["ray images (offline)"]
-    assert monitoring_.state == ray_.state == "skip"
+    assert monitoring_.state == ray_.state == "skipped"
     assert "prometheus-community/kube-prometheus-stack 79.9.0: set kindlab.charts.monitoring" in monitoring_.detail
     assert "kindlab.charts.kuberay-operator" in ray_.detail and "kindlab.charts.ray-cluster" in ray_.detail
 
@@ -125,15 +173,15 @@ def test_offline_a_part_whose_images_are_not_built_is_skipped_with_the_build_com
     lab = Lab(offline=True, charts=LOCAL_CHARTS)
     result = run_checks([s for s in lab_play.all_steps(lab, parts.choose(only="ray"))
                          if s.name == "ray images (offline)"], built("nginx", "kuberay-operator"), lab)
-    assert result["ray images (offline)"].state == "skip"
+    assert result["ray images (offline)"].state == "skipped"
     assert "invoke images.build --only ray" in result["ray images (offline)"].detail
 
 
 def test_offline_nginx_not_built_is_skipped_with_the_build_command():
-    reason = lab_play.offline_blocker(Engine({}), parts.REGISTRY["nginx"])
+    reason = parts.offline_reason(Engine({}), parts.REGISTRY["nginx"], Lab(offline=True))
     assert "invoke images.build --only nginx" in reason
     stale = Engine({images.reference("nginx"): "an older hash"})
-    assert lab_play.offline_blocker(stale, parts.REGISTRY["nginx"]) is not None
+    assert parts.offline_reason(stale, parts.REGISTRY["nginx"], Lab(offline=True)) is not None
 
 
 def test_online_all_has_no_offline_gates():

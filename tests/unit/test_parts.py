@@ -15,15 +15,15 @@ from playbooks.core.part import Part
 from playbooks.core.steps import Step, ok
 
 
-def install_steps(lab):
+def install_steps(lab, parts):
     return [Step("dummy installed", lambda ctx: ok()), Step("dummy ready", lambda ctx: ok())]
 
 
-def use_steps(lab):
+def use_steps(lab, parts):
     return [Step("dummy used", lambda ctx: ok())]
 
 
-def uninstall_steps(lab):
+def uninstall_steps(lab, parts):
     return [Step("dummy absent", lambda ctx: ok())]
 
 
@@ -55,7 +55,7 @@ def test_a_new_part_is_installed_by_all_after_what_it_needs(dummy):
     assert "dummy ready" in steps and "dummy used" in steps
     # the other parts wait for the cluster only: they install side by side
     for name in ("monitoring", "faas", "ray"):
-        first = parts.REGISTRY[name].install(lab)[0].name
+        first = parts.REGISTRY[name].install(lab, list(parts.REGISTRY.values()))[0].name
         assert steps[first].needs == (cluster_ready,)
 
 

@@ -167,3 +167,42 @@ def test_a_pod_that_cannot_fit_fails_with_what_it_asks_and_what_the_nodes_have_f
     assert failure and "Insufficient cpu" in failure
     assert "it requests 1000m CPU / 2048Mi; the roomiest of 1 node(s) has 550m CPU / 8192Mi free" in failure
     assert "lower its requests, free resources or add nodes" in failure
+
+
+def test_a_container_that_exits_saying_it_refuses_fails_the_wait_with_its_reason_reading_its_log_once():
+    """OpenFaaS CE's faas-netes without internet: it exits at once; its log says why (the chart's trait)."""
+    from types import SimpleNamespace
+
+    from kubernetes.client import V1ContainerStateTerminated
+
+    from playbooks import faas
+    from playbooks.core.kube import Kube
+
+    line = "2026/12/07 Error checking connectivity, OpenFaaS CE cannot be run in an offline environment"
+    reads = []
+
+    def read_log(name, namespace, container, previous, tail_lines):
+        reads.append((name, container, previous))
+        return f"starting\n{line}\n" if container == "faas-netes" else "listening\n"
+
+    gateway = pod("gateway-7d9f", waiting="CrashLoopBackOff", restarts=1)
+    gateway.metadata.uid, gateway.metadata.namespace = "uid-1", "openfaas"
+    exited = V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=1, reason="Error"))
+    gateway.status.container_statuses = [
+        V1ContainerStatus(name="gateway", image="i", image_id="", ready=False, restart_count=0,
+                          state=V1ContainerState(running=V1ContainerStateRunning())),
+        V1ContainerStatus(name="faas-netes", image="i", image_id="", ready=False, restart_count=1,
+                          state=V1ContainerState(waiting=V1ContainerStateWaiting(reason="CrashLoopBackOff")),
+                          last_state=exited)]
+    kube = Kube.__new__(Kube)  # only the log reader: no cluster behind it
+    kube._exit_logs, kube.core = {}, SimpleNamespace(read_namespaced_pod_log=read_log)
+    failure = kube.refused([gateway], faas.RELEASE.refusals)
+    assert failure.startswith("OpenFaaS CE refuses to start without internet")
+    assert "gateway-7d9f, container faas-netes exited: " + line in failure
+    assert "invoke faas.install --offline" in failure
+    assert reads == [("gateway-7d9f", "faas-netes", True)]  # the previous run's log, of that container alone
+    kube.refused([gateway], faas.RELEASE.refusals)
+    assert len(reads) == 1  # the same run is not read twice
+    running = pod("gateway-7d9f", waiting="ContainerCreating")
+    running.metadata.uid, running.metadata.namespace = "uid-2", "openfaas"
+    assert kube.refused([running], faas.RELEASE.refusals) is None and len(reads) == 1

@@ -10,6 +10,8 @@ from playbooks.core.commands import Result
 from playbooks.core.runner import StepContext
 from playbooks.core.settings import Lab, SettingsError
 from playbooks.core.steps import StepFailed
+from playbooks.providers import KindProvider
+from playbooks.parts import REGISTRY
 
 
 class RecordingShell:
@@ -31,9 +33,10 @@ def test_kind_create_refuses_a_busy_host_port_before_calling_kind(tmp_path):
         port = busy.getsockname()[1]
         from playbooks.core.portforward import free_port
         # the other two mapped ports free ones: a lab cluster on this machine may hold 8080 and 31112
-        lab = Lab(provider="kind", home=tmp_path, nginx_port=port, http_port=free_port(), gateway_port=free_port())
+        lab = Lab(provider="kind", home=tmp_path,
+                  ports=(("nginx", port), ("http", free_port()), ("gateway", free_port())))
         shell = RecordingShell()
-        create = cluster.kind_create_steps(lab)[0]
+        create = KindProvider(lab).create_steps(list(REGISTRY.values()))[0]
         with pytest.raises(StepFailed, match=f"host port 127.0.0.1:{port} already in use"):
             create.apply(StepContext(lab, shell))
     assert not any(call[:3] == ["kind", "create", "cluster"] for call in shell.calls)
@@ -113,24 +116,24 @@ BINDINGS = {"6443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41234"}],
 
 def test_stopped_kind_nodes_are_started_not_recreated(tmp_path):
     lab = Lab(provider="kind", home=tmp_path)
-    step = cluster.kind_create_steps(lab)[1]
+    step = KindProvider(lab).create_steps(list(REGISTRY.values()))[1]
     shell = CannedShell({"cloud-hw-control-plane": "exited"}, BINDINGS)
     ctx = StepContext(lab, shell)
     result = step.check(ctx)
-    assert result.state == "change" and "start stopped node containers cloud-hw-control-plane" in result.detail
+    assert result.state == "changed" and "start stopped node containers cloud-hw-control-plane" in result.detail
     step.apply(ctx)
     assert ["docker", "start", "cloud-hw-control-plane"] in shell.calls
     assert not any(call[:2] == ["kind", "create"] or call[:2] == ["kind", "delete"] for call in shell.calls)
 
 
 def test_port_mappings_that_differ_are_a_warning_with_the_way_out(tmp_path):
-    lab = Lab(provider="kind", home=tmp_path, nginx_port=30081)
-    step = cluster.kind_create_steps(lab)[1]
+    lab = Lab(provider="kind", home=tmp_path, ports=(("nginx", 30081),))
+    step = KindProvider(lab).create_steps(list(REGISTRY.values()))[1]
     result = step.check(StepContext(lab, CannedShell({"cloud-hw-control-plane": "running"}, BINDINGS)))
     assert result.state == "ok" and result.detail.startswith("warning:")
     assert "fixed when a kind cluster is created" in result.detail and "cluster.delete" in result.detail
     same = Lab(provider="kind", home=tmp_path)
-    assert cluster.kind_create_steps(same)[1].check(
+    assert KindProvider(same).create_steps(list(REGISTRY.values()))[1].check(
         StepContext(same, CannedShell({"cloud-hw-control-plane": "running"}, BINDINGS))).detail == "node containers running"
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from playbooks import images, ray, toolchain
 from playbooks.core.settings import Lab
-from playbooks.core.steps import StepFailed
+from playbooks.core.steps import Handoff, StepFailed
 
 STUBS = Path(__file__).resolve().parents[1] / "fixtures" / "charts"
 CHARTS = (("kuberay-operator", str(STUBS / "kuberay-operator-stub")), ("ray-cluster", str(STUBS / "ray-cluster-stub")))
@@ -36,8 +36,8 @@ def test_offline_the_images_load_just_before_what_runs_them_the_big_one_only_onc
 
 def test_the_operator_gets_kindlabs_image_and_only_the_feature_gates_it_knows():
     lab = Lab(offline=True, charts=CHARTS)
-    plan: dict = {}
-    result = ray.operator_values_step(lab, ray.releases(lab)[0], plan).check(NS())
+    result = ray.operator_values_step(lab, ray.releases(lab)[0], Handoff("the operator's values")).check(NS())
+    plan = result.value  # what the step decides, handed to the operator's release
     assert f"{plan['image']['repository']}:{plan['image']['tag']}" == images.reference("kuberay-operator")
     assert [g["name"] for g in plan["featureGates"]] == [
         "RayClusterStatusConditions", "RayJobDeletionPolicy", "RayMultiHostIndexing", "RayServiceIncrementalUpgrade",
@@ -49,14 +49,13 @@ def test_the_operator_gets_kindlabs_image_and_only_the_feature_gates_it_knows():
 
 def test_the_ray_cluster_gets_kindlabs_ray_image_with_its_size():
     lab = Lab(offline=True, charts=CHARTS)
-    plan = {}
-    sized = ray.sizing_step(lab, plan, ray.image_values(images.reference("ray")))
+    sized = ray.sizing_step(lab, Handoff("the RayCluster's values"), fixed=ray.image_values(images.reference("ray")))
     kube = NS(core=NS(list_node=lambda: NS(items=[NS(metadata=NS(name="n"), spec=NS(taints=[]),
                                                       status=NS(allocatable={"cpu": "2", "memory": "8Gi"}))]),
                       list_pod_for_all_namespaces=lambda field_selector: NS(items=[]),
                       list_namespace=lambda: NS(items=[])))
     no_release = NS(run=lambda argv, **kwargs: NS(stdout="[]"))  # helm list: no RayCluster release yet
-    sized.check(NS(kube=kube, sh=no_release))
+    plan = sized.check(NS(kube=kube, sh=no_release)).value
     assert f"{plan['image']['repository']}:{plan['image']['tag']}" == images.reference("ray")
     assert plan["head"]["resources"]["requests"]["cpu"].endswith("m")
 
@@ -79,11 +78,12 @@ def test_offline_nothing_is_kept_for_a_part_that_cannot_run_offline():
     from playbooks.parts import REGISTRY
     nothing_yet = pods_in(**{"kube-system": 850})
     others = REGISTRY["nginx"].requests, REGISTRY["monitoring"].requests, REGISTRY["faas"].requests
-    assert ray._reserve(Lab(), nothing_yet) == (sum(r[0] for r in others), sum(r[1] for r in others))
-    # faas has no images offline: it never comes; the crawl's site does, beside Ray
+    assert ray._reserve(Lab(), nothing_yet, REGISTRY.values()) == (sum(r[0] for r in others),
+                                                                   sum(r[1] for r in others))
+    # offline faas runs only its function: it requests nothing; the crawl's site comes, beside Ray
     site = ray.site_requests()
     assert site == (50, 32)  # manifests/python-docs.yaml
-    offline = ray._reserve(Lab(offline=True), nothing_yet)
+    offline = ray._reserve(Lab(offline=True), nothing_yet, REGISTRY.values())
     assert offline == (others[0][0] + others[1][0] + site[0], others[0][1] + others[1][1] + site[1])
 
 
@@ -94,9 +94,9 @@ def test_a_part_installing_beside_ray_is_kept_whole_until_its_pods_are_there():
     nginx, monitoring = REGISTRY["nginx"].requests, REGISTRY["monitoring"].requests
     site = ray.site_requests()
     started = pods_in(default=150, monitoring=50)  # nginx up; monitoring's operator only, so far
-    assert ray._reserve(Lab(offline=True), started)[0] == monitoring[0] - 50 + site[0]
+    assert ray._reserve(Lab(offline=True), started, REGISTRY.values())[0] == monitoring[0] - 50 + site[0]
     settled = pods_in(default=150, monitoring=monitoring[0] + 30)  # all there, asking more than declared
-    assert ray._reserve(Lab(offline=True), settled)[0] == site[0]
+    assert ray._reserve(Lab(offline=True), settled, REGISTRY.values())[0] == site[0]
     assert nginx[0] == 150
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from playbooks import ray
 from playbooks.core.quantities import quantity
-from playbooks.core.steps import StepFailed
+from playbooks.core.steps import Handoff, StepFailed
 
 
 @pytest.mark.parametrize("value,unit,expected", [
@@ -78,10 +78,10 @@ def test_a_node_too_small_for_ray_does_not_fit_and_the_step_says_by_how_much(mon
     sizing = ray.size_cluster(small, reserve=(0, 0), ceiling=(1000, 2048))
     assert not sizing.fits and sizing.cpu_m < ray.RAY_FLOOR["cpu_m"]
     monkeypatch.setattr(ray, "_ceiling", lambda: (1000, 2048))
-    monkeypatch.setattr(ray, "_reserve", lambda lab, kube: (0, 0))
+    monkeypatch.setattr(ray, "_reserve", lambda lab, kube, parts: (0, 0))
     with pytest.raises(StepFailed, match=r"does not fit: head and worker would get only 50m CPU / 768Mi each \(free for "
                                          r"Ray: 150m CPU / 1748Mi .*at least 250m CPU / 768Mi"):
-        ray.sizing_step(NS(), {}).check(NS(kube=small))
+        ray.sizing_step(NS(), Handoff("the RayCluster's values")).check(NS(kube=small))
 
 
 class HelmAnswers:
@@ -110,10 +110,10 @@ def test_a_rerun_keeps_the_installed_size_while_it_fits_so_nothing_changes(monke
     from playbooks.core.settings import Lab
 
     monkeypatch.setattr(ray, "_ceiling", lambda: (1000, 2048))
-    monkeypatch.setattr(ray, "_reserve", lambda lab, kube: (0, 0))
-    plan = {}
-    outcome = ray.sizing_step(Lab(), plan).check(NS(kube=fake_kube([KIND_NODE], CONTROL_PLANE),
-                                                    sh=HelmAnswers(installed)))
+    monkeypatch.setattr(ray, "_reserve", lambda lab, kube, parts: (0, 0))
+    outcome = ray.sizing_step(Lab(), Handoff("the RayCluster's values")).check(
+        NS(kube=fake_kube([KIND_NODE], CONTROL_PLANE), sh=HelmAnswers(installed)))
+    plan = outcome.value
     assert plan["head"]["resources"]["requests"]["cpu"] == f"{expected}m"
     assert ("the installed size, which still fits" in outcome.detail) == (expected == 300)
 
@@ -128,7 +128,7 @@ def test_scaling_nginx_beyond_what_the_nodes_can_schedule_is_warned_about_first(
     assert nginx.room_for(kube, 50) == 20  # (2000m - 850m - 150m) / 50m
     step = nginx.scale_steps(Lab(), 40)[0]
     result = step.check(NS(kube=kube))
-    assert result.state == "change"
+    assert result.state == "changed"
     assert "warning: the nodes have room for 20 more nginx pod(s) (50m CPU each), so 17 will stay Pending" \
         in result.detail
     assert "warning" not in nginx.scale_steps(Lab(), 10)[0].check(NS(kube=kube)).detail

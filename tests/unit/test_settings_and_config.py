@@ -7,6 +7,10 @@ import yaml
 from playbooks import cluster
 from playbooks.core import kubeconfig
 from playbooks.core.settings import Lab, SettingsError, lab_from_config, parse_count, remember_lab
+from playbooks import parts
+from playbooks.providers import KindProvider
+from playbooks.parts import REGISTRY
+from playbooks.providers.kwok import render_kwok_config
 
 
 def test_defaults_target_an_explicit_kind_context(tmp_path):
@@ -43,7 +47,7 @@ def test_the_last_created_lab_is_the_default_target(tmp_path):
 
 
 def test_kind_config_puts_port_mappings_under_the_control_plane_node():
-    config = cluster.render_kind_config(Lab(nginx_port=30080, http_port=8080, workers=2))
+    config = KindProvider(Lab(ports=(("nginx", 30080), ("http", 8080)), workers=2)).render_config(REGISTRY.values())
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert "extraPortMappings" not in config  # the writeup's mistake: mappings at the top level
     cp, *workers = config["nodes"]
@@ -56,14 +60,14 @@ def test_kind_config_puts_port_mappings_under_the_control_plane_node():
 
 
 def test_kind_config_follows_settings():
-    config = cluster.render_kind_config(Lab(nginx_port=31000, http_port=9090, listen_address="0.0.0.0"))
+    config = KindProvider(Lab(ports=(("nginx", 31000), ("http", 9090)), listen_address="0.0.0.0")).render_config(REGISTRY.values())
     hosts = {m["containerPort"]: (m["hostPort"], m["listenAddress"]) for m in config["nodes"][0]["extraPortMappings"]}
     assert hosts == {30080: (31000, "0.0.0.0"), 80: (9090, "0.0.0.0"), 31112: (31112, "0.0.0.0")}
 
 
 def test_kwok_config_has_loopback_binding_all_stages_and_the_configured_delay():
     from playbooks.core.settings import KwokSettings
-    docs = list(yaml.safe_load_all(cluster.render_kwok_config(Lab(kwok=KwokSettings(ready_delay_ms=2500)))))
+    docs = list(yaml.safe_load_all(render_kwok_config(Lab(kwok=KwokSettings(ready_delay_ms=2500)))))
     assert docs[0]["kind"] == "KwokctlConfiguration" and docs[0]["options"]["bindAddress"] == "127.0.0.1"
     stages = {d["metadata"]["name"]: d for d in docs[1:]}
     assert {"kindlab-node-ready", "kindlab-pod-create", "kindlab-pod-ready", "kindlab-pod-delete",
@@ -129,23 +133,25 @@ def test_bad_timeouts_are_refused(tmp_path, value):
     ({"kwok": 3}, "kindlab.kwok must be a mapping of settings"),
 ])
 def test_a_bad_setting_is_refused_with_one_sentence(tmp_path, config, message):
-    with pytest.raises(SettingsError) as err:
-        lab_from_config({"home": str(tmp_path), **config})
+    with pytest.raises(SettingsError) as err:  # kindlab's settings and what its parts declare
+        lab_from_config({"home": str(tmp_path), **config}, parts.SCHEMA)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_every_problem_is_named_at_once(tmp_path):
     with pytest.raises(SettingsError) as err:
-        lab_from_config({"home": str(tmp_path), "workers": -1, "nginx": {"imag": "x"}})
+        lab_from_config({"home": str(tmp_path), "workers": -1, "nginx": {"imag": "x"}}, parts.SCHEMA)
     assert "kindlab.workers must be at least 0" in str(err.value)
     assert "did you mean kindlab.nginx.image?" in str(err.value)
 
 
 def test_defaults_are_written_once_and_reach_invoke_and_the_lab():
-    from playbooks.core.settings import DEFAULTS, SCHEMA, Lab, KwokSettings
+    from playbooks import nginx
+    from playbooks.core.settings import DEFAULTS, SCHEMA, Lab, KwokSettings, defaults
     assert DEFAULTS["timeout"] == SCHEMA["timeout"].default == Lab().timeout == 300
-    assert DEFAULTS["nginx"]["replicas"] == Lab().replicas == 3
+    # a part's own: declared on the part, in the schema Invoke gets (tasks.py), the default the part reads
+    assert defaults(parts.SCHEMA)["nginx"]["replicas"] == nginx.replicas(Lab()) == 3
     assert DEFAULTS["kwok"]["ready_delay_ms"] == KwokSettings().ready_delay_ms
     # invoke.yaml sets nothing: Invoke gets every default from SCHEMA (tasks.py configures the collection)
     project = yaml.safe_load((Path(__file__).resolve().parents[2] / "invoke.yaml").read_text())

@@ -10,6 +10,7 @@ documentation, kindlab's python-docs image) beside the RayCluster.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -426,11 +427,13 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
         if address:  # a Ray of the user's: its image may have no crawler, or another
             return run(address, {})
         opening = time.monotonic()
-        with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
-            # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
-            return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
-                             "follow_note": "with `invoke ray.dashboard` running in another terminal"},
-                       forward_s=time.monotonic() - opening, ship_package=not crawler_in_pods(ctx))
+        with ThreadPoolExecutor(1) as pool:
+            in_pods = pool.submit(crawler_in_pods, ctx)  # asked while the forward opens
+            with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
+                # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
+                return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
+                                 "follow_note": "with `invoke ray.dashboard` running in another terminal"},
+                           forward_s=time.monotonic() - opening, ship_package=not in_pods.result())
 
     return [action("crawler job on Ray", submit, check=check, budget=CRAWL_BUDGET)]
 

@@ -67,15 +67,24 @@ def h(names=PLAY_FLAGS, **extra):
     return {**{n: COMMON_HELP[n] for n in names.split()}, **extra}
 
 
-def play_task(title, steps, doc, after=None, checkable=True):
+def creating(lab):
+    """The lab a task that makes the cluster works on: offline where no container registry answers."""
+    from playbooks.core.commands import LocalShell
+    return cluster_play.offline_without_registry(lab, LocalShell(lab.tools_dir), console.print)
+
+
+def play_task(title, steps, doc, after=None, checkable=True, creates=False):
     """A task that runs one play with the common flags; `doc` is its help line.
 
     checkable=False for plays that only verify: they have nothing to dry-run.
+    creates: it makes the cluster (it first finds out whether a container registry answers).
     """
     @user_errors
     def run(c, provider=None, name=None, context=None, check=False, verbose=False, timeout=None, offline=False):
         lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                       timeout=timeout, offline=offline)
+        if creates:
+            lab = creating(lab)
         play(lab, title, steps(lab), after=after)
 
     @user_errors
@@ -92,7 +101,7 @@ def play_task(title, steps, doc, after=None, checkable=True):
 cluster_create = play_task(
     "cluster.create", lambda lab: cluster_play.create_steps(lab, PARTS),
     "Create the lab's cluster (kind; kwok simulates one) and wait for Ready nodes.",
-    after=remember_lab)
+    after=remember_lab, creates=True)
 cluster_delete = play_task(
     "cluster.delete", cluster_play.delete_steps,
     "Delete the lab's cluster, its kubeconfig context and kindlab's files for it (absent is fine).",
@@ -213,8 +222,8 @@ PARTS_HELP = {"only": f"comma-separated parts: {', '.join(parts_play.REGISTRY)} 
 def all_(c, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False, timeout=None,
          offline=False):
     """The whole lab: the cluster, then every part side by side, each used once installed (nginx x3, ...)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  timeout=timeout, offline=offline)
+    lab = creating(lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                           timeout=timeout, offline=offline))
     parts = parts_play.choose(only, skip)
     outcomes = play(lab, "all", lab_play.all_steps(lab, parts, PARTS), after=remember_lab)
     console.print(lab_play.addresses_table(lab, lab_play.parts_that_ran(parts, outcomes)))

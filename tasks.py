@@ -37,7 +37,8 @@ except SettingsError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-from playbooks import cluster as cluster_play  # noqa: E402 (after the configuration check)
+from playbooks import browser as browser_play  # noqa: E402 (after the configuration check)
+from playbooks import cluster as cluster_play  # noqa: E402
 from playbooks import compare as compare_play  # noqa: E402
 from playbooks import doctor as doctor_play  # noqa: E402
 from playbooks import engine as engine_play  # noqa: E402
@@ -301,7 +302,7 @@ def images_list(c, all=False):
             **h("verbose")})
 @user_errors
 def setup(c, source="auto", verbose=False):
-    """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images."""
+    """The tests' tools, a Docker engine and Chromium (root: installed) and the offline lab's images."""
     lab = lab_for(c, verbose=verbose)
     tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source, optional=True)
     # Where no engine can be had (no root, no apt-get), the engine and the images are
@@ -310,7 +311,9 @@ def setup(c, source="auto", verbose=False):
     # The engine starts beside the tools' Go builds; the images' Go builds wait for those.
     builds = images_play.build_steps(lab, images_play.user_images(), after=engine[-1].name,
                                      go_after=tools[-1].name, optional=True)
-    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), *builds], lock=False)
+    # after the engine's apt-get (one at a time); skipped with the reason where it cannot be installed
+    browser = browser_play.install_step()
+    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), browser, *builds], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------

@@ -1,7 +1,6 @@
 """The image catalog: inputs hashes and tags, and what a build decides to do (no engine needed)."""
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -9,6 +8,7 @@ from playbooks import images, toolchain
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab
 
+from ..conftest import source_folders
 from .test_offline import Engine, Ctx
 
 
@@ -108,7 +108,7 @@ def test_the_ray_image_carries_the_ray_the_project_pins_and_the_values_name_it()
     assert values["image"]["tag"] == f"{pinned}-py311"  # bookworm's Python, what the image is built on
 
 
-MONITORING_SOURCES = Path(__file__).resolve().parents[2] / ".." / "shared" / "sources" / "monitoring"
+MONITORING_SOURCES = source_folders().get("monitoring")
 
 
 def with_go(monkeypatch, name, **changes):
@@ -160,10 +160,10 @@ def test_images_whose_source_archives_are_missing_are_skipped_with_the_reason_an
     assert f"kube-state-metrics-2.17.0.tar.gz is not in {tmp_path}" in results["image kube-state-metrics"].detail
 
 
-@pytest.mark.skipif(not (MONITORING_SOURCES / "SHA256SUMS").is_file(), reason="the shared monitoring sources "
-                    "are not beside this checkout")
+@pytest.mark.skipif(not MONITORING_SOURCES, reason="the monitoring source archives are not beside this "
+                    "checkout (or set INVOKE_KINDLAB_SOURCES_MONITORING)")
 def test_with_the_monitoring_sources_their_images_get_binaries_built_from_the_archives(tmp_path):
-    lab = Lab(bin_dir=tmp_path, sources=(("monitoring", str(MONITORING_SOURCES)),))
+    lab = Lab(bin_dir=tmp_path, sources=(("monitoring", MONITORING_SOURCES),))
     results = checks(images.build_steps(lab, ["kube-state-metrics", "kube-webhook-certgen"]), Engine({}))
     assert results[f"binary kube-state-metrics {toolchain.KUBE_STATE_METRICS_VERSION}"].state == "change"
     assert results[f"binary kube-webhook-certgen {toolchain.KUBE_WEBHOOK_CERTGEN_VERSION}"].state == "change"

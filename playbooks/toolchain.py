@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -824,6 +825,7 @@ def _build_assets(spec: ToolSpec, ui: Path, target: Path, log: Log) -> None:
     env = dict(os.environ)
     env.pop("NODE_ENV", None)  # "production" would leave out the devDependencies the build runs
     log(f"{spec.name}: building its web UI with npm in {ui} (a minute or two; npm's cache keeps the downloads)")
+    started = time.monotonic()
     _run_build(spec, [npm, "ci", "--no-audit", "--no-fund"], ui, env, advice=_npm_advice)
     for workspace in assets.builds:
         _run_build(spec, [npm, "run", "build", "-w", workspace], ui, env, advice=_npm_advice)
@@ -849,7 +851,7 @@ def _build_assets(spec: ToolSpec, ui: Path, target: Path, log: Log) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"{spec.name}: web UI built, {len(embedded)} files kept in {target}")
+    log(f"{spec.name}: web UI built in {time.monotonic() - started:.0f}s, {len(embedded)} files kept in {target}")
 
 
 def _npm_advice(output: str) -> str:
@@ -1114,7 +1116,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m playbooks.toolchain [--source go|release|auto] [TOOL ...]`: install
     missing tools (all by default) and print each one's version."""
     import argparse
-    import time
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("tools", nargs="*", default=list(TOOLS), metavar="TOOL")

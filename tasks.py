@@ -141,9 +141,10 @@ nginx_verify = play_task(
 @task(help=h("provider name context verbose"))
 @user_errors
 def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False):
-    """Forward Grafana to http://127.0.0.1:3000 and Prometheus to http://127.0.0.1:9090 until Ctrl-C."""
+    """Forward Grafana to http://127.0.0.1:3000 and Prometheus (its web UI) to :9090 until Ctrl-C; print graph links."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
-    monitoring_play.dashboards(lab, out=console.print)
+    # soft_wrap: the graph links stay whole lines (rich would break them at the console's width)
+    monitoring_play.dashboards(lab, out=lambda line: console.print(line, soft_wrap=True))
 
 
 @task(help=h("provider name context"))

@@ -562,7 +562,7 @@ def addresses(lab: Lab) -> list[tuple[str, str, str]]:
 PART = Part(
     name="monitoring", namespaces=(NAMESPACE,), install=lambda lab, parts: install_steps(lab),
     uninstall=lambda lab, parts: uninstall_steps(lab),
-    help=("Install kube-prometheus-stack (Prometheus, Grafana; offline Prometheus alone) with Helm and wait "
+    help=("Install kube-prometheus-stack (Prometheus and its UI, Grafana; offline no Grafana) with Helm and wait "
           "until it serves.",
           "Uninstall the monitoring release and delete its namespace (the CRDs stay)."),
     addresses=addresses,

@@ -7,6 +7,7 @@ import pytest
 from playbooks import images, toolchain
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab
+from playbooks.core.steps import CHANGED, SKIPPED
 
 from ..conftest import source_folders
 from .test_offline import Engine, Ctx
@@ -150,10 +151,10 @@ def test_images_whose_source_archives_are_missing_are_skipped_with_the_reason_an
     for image, archive in (("kube-state-metrics", "kube-state-metrics-2.17.0.tar.gz"),
                            ("kube-webhook-certgen", "kube-webhook-certgen-1.6.5.tar.gz")):
         result = results[f"image {image}"]
-        assert result.state == "skip", result
+        assert result.state == SKIPPED, result
         assert result.detail.startswith(f"{image} not built: ") and archive in result.detail
         assert "kindlab.sources.monitoring names no folder" in result.detail  # and the fix
-    assert results["image prometheus"].state == "change" and results["image node"].state == "change"
+    assert results["image prometheus"].state == CHANGED and results["image node"].state == CHANGED
     # a folder without the archive says so too
     results = checks(images.build_steps(Lab(bin_dir=tmp_path, sources=(("monitoring", str(tmp_path)),)),
                                         ["kube-state-metrics"]), Engine({}))
@@ -165,9 +166,9 @@ def test_images_whose_source_archives_are_missing_are_skipped_with_the_reason_an
 def test_with_the_monitoring_sources_their_images_get_binaries_built_from_the_archives(tmp_path):
     lab = Lab(bin_dir=tmp_path, sources=(("monitoring", MONITORING_SOURCES),))
     results = checks(images.build_steps(lab, ["kube-state-metrics", "kube-webhook-certgen"]), Engine({}))
-    assert results[f"binary kube-state-metrics {toolchain.KUBE_STATE_METRICS_VERSION}"].state == "change"
-    assert results[f"binary kube-webhook-certgen {toolchain.KUBE_WEBHOOK_CERTGEN_VERSION}"].state == "change"
-    assert results["image kube-state-metrics"].state == "change"
+    assert results[f"binary kube-state-metrics {toolchain.KUBE_STATE_METRICS_VERSION}"].state == CHANGED
+    assert results[f"binary kube-webhook-certgen {toolchain.KUBE_WEBHOOK_CERTGEN_VERSION}"].state == CHANGED
+    assert results["image kube-state-metrics"].state == CHANGED
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the binary")
@@ -182,6 +183,6 @@ def test_a_binary_of_the_pinned_version_built_before_its_ui_is_built_again_for_i
     engine.present[images.reference("prometheus")] = "older inputs"
     step = f"binary prometheus {toolchain.PROMETHEUS_VERSION}"
     result = checks(images.build_steps(Lab(bin_dir=tmp_path), ["prometheus"]), engine)[step]
-    assert result.state == "change" and "(found v3.7.3, built differently)" in result.detail
+    assert result.state == CHANGED and "(found v3.7.3, built differently)" in result.detail
     (where / "prometheus.build").write_text(toolchain.build_fingerprint("prometheus") + "\n")
     assert checks(images.build_steps(Lab(bin_dir=tmp_path), ["prometheus"]), engine)[step].state == "ok"

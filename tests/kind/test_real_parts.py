@@ -406,7 +406,7 @@ def test_the_prometheus_ui_is_served_through_the_dashboards_forward_and_draws_a_
         links = re.findall(r"^  (\S.*?)\s{2,}(http://127\.0\.0\.1:9090/query\?\S+)$", text, re.M)
         assert [title for title, _ in links] == [title for title, _ in monitoring.graphs()], text
         # the UI's page and every script and style sheet it names, as a browser loads them
-        kind, page = fetched("http://127.0.0.1:9090/query")
+        kind, page = until(lambda: fetched("http://127.0.0.1:9090/query"), 30, "no UI page at 127.0.0.1:9090/query")
         assert kind.startswith("text/html") and b'<div id="root">' in page
         assets = re.findall(rb'(?:src|href)="\./(assets/[^"]+\.(?:js|css))"', page)
         assert {a.rsplit(b".", 1)[1] for a in assets} == {b"js", b"css"}, page[:2000]

@@ -63,33 +63,25 @@ def install_step() -> Step:
     return Step("chromium (the UI test's browser)", check, install)
 
 
-def screenshot(url: str, png: Path, width: int = 1400, height: int = 900, budget_ms: int = 20_000) -> None:
-    """Render `url` headless into `png`; the page's scripts get `budget_ms` of virtual time to fetch and draw."""
-    _render(url, [f"--window-size={width},{height}", f"--screenshot={png}"], budget_ms)
-    if not Path(png).is_file():
-        raise StepFailed(f"chromium rendered {url} but wrote no {png}")
-
-
-def dom(url: str, budget_ms: int = 20_000) -> str:
-    """The page's DOM once its scripts had `budget_ms` of virtual time: what they drew, as HTML."""
-    return _render(url, ["--dump-dom"], budget_ms)
-
-
-def _render(url: str, what: list[str], budget_ms: int) -> str:
+def render(url: str, png: Path | None = None, width: int = 1400, height: int = 900,
+           budget_ms: int = 20_000) -> str:
+    """The page's DOM once its scripts had `budget_ms` of virtual time to fetch and draw (what they drew,
+    as HTML), and, with `png`, a picture of that same rendering."""
     chromium = find()
     if chromium is None:
         raise StepFailed(f"no chromium on PATH: install it with {INSTALL}")
     with tempfile.TemporaryDirectory(prefix="kindlab-chromium-") as profile:
-        argv = [chromium, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *what, url]
+        argv = [chromium, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+                f"--window-size={width},{height}", *([f"--screenshot={png}"] if png else []), "--dump-dom", url]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
                                   timeout=RENDER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise StepFailed(f"chromium did not render {url} within {RENDER_TIMEOUT_S}s") from None
-    if done.returncode != 0:
+    if done.returncode != 0 or (png and not Path(png).is_file()):
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise StepFailed(f"chromium could not render {url} (exit code {done.returncode}):\n{tail}")
     return done.stdout
 
 
-__all__ = ["find", "install_step", "screenshot", "dom", "PACKAGES", "FLAGS"]
+__all__ = ["find", "install_step", "render", "PACKAGES", "FLAGS"]

@@ -544,12 +544,21 @@ def graphs() -> tuple[tuple[str, str], ...]:
     )
 
 
+ALL_GRAPHS = "all of them, one page"
+
+
 def graph_links(base: str, range_: str = "1h") -> list[tuple[str, str]]:
-    """Each graph as a link to Prometheus 3's query page (/query?g0.expr=...&g0.tab=graph), `range_` wide."""
+    """Each graph as a link to Prometheus 3's query page (/query?g0.expr=...&g0.tab=graph), `range_` wide,
+    then one page with every graph (panels g0, g1, ...)."""
     from urllib.parse import urlencode
 
-    return [(title, f"{base}/query?" + urlencode({"g0.expr": expr, "g0.tab": "graph", "g0.range_input": range_}))
-            for title, expr in graphs()]
+    def panels(exprs) -> str:
+        return f"{base}/query?" + urlencode([(f"g{i}.{key}", value) for i, expr in enumerate(exprs)
+                                             for key, value in (("expr", expr), ("tab", "graph"),
+                                                                ("range_input", range_))])
+
+    shown = graphs()
+    return [*((title, panels([expr])) for title, expr in shown), (ALL_GRAPHS, panels(e for _, e in shown))]
 
 
 def addresses(lab: Lab) -> list[tuple[str, str, str]]:

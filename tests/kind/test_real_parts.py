@@ -30,7 +30,7 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import pytest
 import yaml
@@ -403,8 +403,10 @@ def test_the_prometheus_ui_is_served_through_the_dashboards_forward_and_draws_a_
         lab, tmp_path, chromium):
     with dashboards_running(lab, tmp_path) as (proc, output):
         text = output.read_text()
-        links = re.findall(r"^  (\S.*?)\s{2,}(http://127\.0\.0\.1:9090/query\?\S+)$", text, re.M)
+        printed_links = re.findall(r"^  (\S.*?)\s{2,}(http://127\.0\.0\.1:9090/query\?\S+)$", text, re.M)
+        links, (everything, one_page) = printed_links[:-1], printed_links[-1]
         assert [title for title, _ in links] == [title for title, _ in monitoring.graphs()], text
+        assert everything == monitoring.ALL_GRAPHS
         # the UI's page and every script and style sheet it names, as a browser loads them
         kind, page = until(lambda: fetched("http://127.0.0.1:9090/query"), 30, "no UI page at 127.0.0.1:9090/query")
         assert kind.startswith("text/html") and b'<div id="root">' in page
@@ -423,18 +425,20 @@ def test_the_prometheus_ui_is_served_through_the_dashboards_forward_and_draws_a_
             expr = parse_qs(urlsplit(url).query)["g0.expr"][0]
             until(lambda: series(expr, empty_ok=title not in ("node CPU busy (cores)", "node memory used",
                                                                 "pod restarts")), 120, f"{title}: {expr}")
-        # as a person sees it: headless Chromium runs the page's scripts, which ask the API and draw
+        # as a person sees it: headless Chromium runs the page's scripts, which ask the API and draw; the
+        # first graph, as wide as this young lab's history (the links say 1h), and a picture of it
         title, url = links[0]
+        query = [(k, "15m" if k.endswith(".range_input") else v) for k, v in parse_qsl(urlsplit(url).query)]
+        png, blank = tmp_path / "prometheus-ui.png", tmp_path / "blank.png"
         started = time.monotonic()
-        drawn = browser.dom(url)
-        figure(f"chromium rendered {title} in {time.monotonic() - started:.1f} s")
-        assert "uplot" in drawn and "u-over" in drawn, drawn[-3000:]  # the graph's plot area
-        assert "node_cpu_seconds_total" in drawn and "Error executing query" not in drawn
-        png = tmp_path / "prometheus-ui.png"
-        browser.screenshot(url, png)
-        data = png.read_bytes()
-        figure(f"screenshot of {url}: {png} ({len(data) / 1e3:.0f} kB)")
-        assert png_size(data) == (1400, 900) and len(data) > 50_000  # a drawn page, not a blank one
+        drawn = browser.render(f"http://127.0.0.1:9090/query?{urlencode(query)}", png)
+        figure(f"chromium rendered {title} in {time.monotonic() - started:.1f} s: {png} "
+               f"({png.stat().st_size / 1e3:.0f} kB)")
+        assert "u-over" in drawn and "Error executing query" not in drawn, drawn[-3000:]  # a plot area, drawn
+        assert re.search(r'class="u-label">\{instance="[^"]+:9100"\}<', drawn), drawn[-3000:]  # a node's series
+        browser.render("about:blank", blank)
+        assert png_size(png.read_bytes()) == (1400, 900)
+        assert png.stat().st_size > 3 * blank.stat().st_size  # drawn: text, axes and lines, not white
         if os.environ.get("KINDLAB_UI_SCREENSHOT"):  # the README's picture: docs/prometheus-ui.png
             shutil.copyfile(png, os.environ["KINDLAB_UI_SCREENSHOT"])
 

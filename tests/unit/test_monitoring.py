@@ -495,14 +495,18 @@ def test_dashboards_print_the_labs_graphs_as_prometheus_query_links():
     links = [line.split()[-1] for line in printed if line.startswith("  ") and "/query?" in line]
     titles = [line.rsplit(None, 1)[0].strip() for line in printed if line.startswith("  ") and "/query?" in line]
     assert titles == ["node CPU busy (cores)", "node memory used", "pod restarts", "nginx's pods Ready",
-                      "Ray's pods by phase"]
+                      "Ray's pods by phase", "all of them, one page"]
     exprs = []
-    for link in links:
+    for link in links[:-1]:
         url = urlsplit(link)
         assert f"{url.scheme}://{url.netloc}{url.path}" == f"http://127.0.0.1:{p}/query"
         query = parse_qs(url.query)
-        assert query["g0.tab"] == ["graph"] and query["g0.range_input"] == ["1h"]
+        assert query["g0.tab"] == ["graph"] and query["g0.range_input"] == ["1h"] and "g1.expr" not in query
         exprs.append(query["g0.expr"][0])
+    # the last one shows every graph, a panel each, in the same order
+    together = parse_qs(urlsplit(links[-1]).query)
+    assert [together[f"g{i}.expr"][0] for i in range(len(exprs))] == exprs and f"g{len(exprs)}.expr" not in together
+    assert all(together[f"g{i}.tab"] == ["graph"] for i in range(len(exprs)))
     assert "node_cpu_seconds_total" in exprs[0] and "node_memory_MemAvailable_bytes" in exprs[1]
     assert "kube_pod_container_status_restarts_total" in exprs[2]
     assert 'namespace="default", pod=~"nginx-.*"' in exprs[3] and 'namespace=~"kuberay|ray"' in exprs[4]

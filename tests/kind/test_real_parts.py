@@ -254,6 +254,10 @@ def test_the_webhooks_certificate_jobs_ran_and_the_operator_checks_prometheus_ru
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    # both certificate Jobs ran to completion (helm then deleted them: their events stay a while)
+    completed = {e.involved_object.name for e in kube.core.list_namespaced_event("monitoring").items
+                 if e.involved_object.kind == "Job" and e.reason == "Completed"}
+    assert {"kps-admission-create", "kps-admission-patch"} <= completed, completed
     # the create Job made the certificate; the patch Job gave its CA to both webhook configurations
     secret = kube.core.read_namespaced_secret("kps-admission", "monitoring")
     assert {"ca", "cert", "key"} <= set(secret.data)

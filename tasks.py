@@ -37,7 +37,8 @@ except SettingsError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-from playbooks import cluster as cluster_play  # noqa: E402 (after the configuration check)
+from playbooks import browser as browser_play  # noqa: E402 (after the configuration check)
+from playbooks import cluster as cluster_play  # noqa: E402
 from playbooks import compare as compare_play  # noqa: E402
 from playbooks import doctor as doctor_play  # noqa: E402
 from playbooks import engine as engine_play  # noqa: E402
@@ -67,15 +68,24 @@ def h(names=PLAY_FLAGS, **extra):
     return {**{n: COMMON_HELP[n] for n in names.split()}, **extra}
 
 
-def play_task(title, steps, doc, after=None, checkable=True):
+def creating(lab):
+    """The lab a task that makes the cluster works on: offline where no container registry answers."""
+    from playbooks.core.commands import LocalShell
+    return cluster_play.offline_without_registry(lab, LocalShell(lab.tools_dir), console.print)
+
+
+def play_task(title, steps, doc, after=None, checkable=True, creates=False):
     """A task that runs one play with the common flags; `doc` is its help line.
 
     checkable=False for plays that only verify: they have nothing to dry-run.
+    creates: it makes the cluster (it first finds out whether a container registry answers).
     """
     @user_errors
     def run(c, provider=None, name=None, context=None, check=False, verbose=False, timeout=None, offline=False):
         lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
                       timeout=timeout, offline=offline)
+        if creates:
+            lab = creating(lab)
         play(lab, title, steps(lab), after=after)
 
     @user_errors
@@ -92,7 +102,7 @@ def play_task(title, steps, doc, after=None, checkable=True):
 cluster_create = play_task(
     "cluster.create", lambda lab: cluster_play.create_steps(lab, PARTS),
     "Create the lab's cluster (kind; kwok simulates one) and wait for Ready nodes.",
-    after=remember_lab)
+    after=remember_lab, creates=True)
 cluster_delete = play_task(
     "cluster.delete", cluster_play.delete_steps,
     "Delete the lab's cluster, its kubeconfig context and kindlab's files for it (absent is fine).",
@@ -131,9 +141,10 @@ nginx_verify = play_task(
 @task(help=h("provider name context verbose"))
 @user_errors
 def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False):
-    """Forward Grafana to http://127.0.0.1:3000 and Prometheus to http://127.0.0.1:9090 until Ctrl-C."""
+    """Forward Grafana to http://127.0.0.1:3000 and Prometheus (its web UI) to :9090 until Ctrl-C; print graph links."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
-    monitoring_play.dashboards(lab, out=console.print)
+    # soft_wrap: the graph links stay whole lines (rich would break them at the console's width)
+    monitoring_play.dashboards(lab, out=lambda line: console.print(line, soft_wrap=True))
 
 
 @task(help=h("provider name context"))
@@ -225,8 +236,8 @@ PARTS_HELP = {"only": f"comma-separated parts: {', '.join(parts_play.REGISTRY)} 
 def all_(c, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False, timeout=None,
          offline=False):
     """The whole lab: the cluster, then every part side by side, each used once installed (nginx x3, ...)."""
-    lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  timeout=timeout, offline=offline)
+    lab = creating(lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
+                           timeout=timeout, offline=offline))
     parts = parts_play.choose(only, skip)
     outcomes = play(lab, "all", lab_play.all_steps(lab, parts, PARTS), after=remember_lab)
     console.print(lab_play.addresses_table(lab, lab_play.parts_that_ran(parts, outcomes)))
@@ -304,7 +315,7 @@ def images_list(c, all=False):
             **h("verbose")})
 @user_errors
 def setup(c, source="auto", verbose=False):
-    """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images."""
+    """The tests' tools, a Docker engine and Chromium (root: installed) and the offline lab's images."""
     lab = lab_for(c, verbose=verbose)
     tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source, optional=True)
     # Where no engine can be had (no root, no apt-get), the engine and the images are
@@ -313,7 +324,9 @@ def setup(c, source="auto", verbose=False):
     # The engine starts beside the tools' Go builds; the images' Go builds wait for those.
     builds = images_play.build_steps(lab, images_play.user_images(), after=engine[-1].name,
                                      go_after=tools[-1].name, optional=True)
-    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), *builds], lock=False)
+    # after the engine's apt-get (one at a time); skipped with the reason where it cannot be installed
+    browser = browser_play.install_step()
+    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), browser, *builds], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------

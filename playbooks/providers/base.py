@@ -83,6 +83,14 @@ class Provider:
         """Why no operator of this kind can turn a part's custom resources into pods, or None."""
         return None
 
+    def no_registry(self, sh) -> str | None:
+        """Why the images it would pull cannot be pulled here (found out in seconds), or None."""
+        return None
+
+    def offline_images_missing(self, sh) -> list[str]:
+        """The images kindlab builds that a cluster of its own needs offline, not built yet."""
+        return []
+
     # --- what the machine needs, and what is there -----------------------------------
     def tools(self) -> tuple[str, ...]:
         """The tools its steps run (doctor checks them)."""

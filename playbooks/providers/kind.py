@@ -14,6 +14,8 @@ import contextlib
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -39,6 +41,7 @@ REGISTRY = {"name": "kind-registry", "image": "registry:2.8.3",
             "host_port": int(LOCAL_REGISTRY.rpartition(":")[2])}  # on 127.0.0.1, the nodes' localhost:5001
 # kind's known issue "too many open files": its documented minimums.
 INOTIFY = {"max_user_watches": 524288, "max_user_instances": 512}
+REGISTRY_PROBE_S = 5.0  # a registry that has not answered by then is not reached (a pull would hang far longer)
 # kind pulls or starts node containers and runs kubeadm in each: longer than a wait on the cluster.
 CREATE_BUDGET = Longer(2, "kind starts the node containers and runs kubeadm in each")
 
@@ -112,6 +115,29 @@ class KindProvider(Provider):
                                                for m in self.port_mappings(parts)]}
         config["nodes"] = [control_plane] + [{"role": "worker"} for _ in range(self.lab.workers)]
         return config
+
+    def no_registry(self, sh) -> str | None:
+        """Where the Docker engine pulls from (its index), asked once with a short timeout: why it does not
+        answer, or None when it answers anything (even 401). No engine: None (create says so itself)."""
+        info = engine.engine_info(sh)
+        index = (info or {}).get("IndexServerAddress") or ""
+        if not index:
+            return None
+        proxy = info.get("HTTPSProxy") or info.get("HTTPProxy") or ""  # the engine's own, if it has one
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": proxy, "http": proxy}
+                                                                          if proxy else {}))
+        try:
+            with opener.open(index, timeout=REGISTRY_PROBE_S):
+                return None
+        except urllib.error.HTTPError:
+            return None  # it answered
+        except (urllib.error.URLError, OSError) as exc:
+            return f"{index} does not answer ({getattr(exc, 'reason', exc)})"
+
+    def offline_images_missing(self, sh) -> list[str]:
+        if self.lab.node_image:
+            return []
+        return [name for name in CLUSTER_IMAGES if not images.current(sh, name)]
 
     # --- create, step by step -----------------------------------------------------------
     def _require_cluster(self, ctx) -> None:

@@ -8,6 +8,7 @@ from playbooks import parts
 from playbooks import cluster, faas, images, lab as lab_play, nginx
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab, lab_from_config, remember_lab
+from playbooks.core.steps import StepFailed
 from playbooks.providers import KindProvider
 from playbooks.parts import REGISTRY
 
@@ -194,3 +195,65 @@ def test_the_addresses_list_only_the_parts_that_ran():
     outcomes = [Outcome("nginx images (offline)", "ok", 0.0), Outcome("faas images (offline)", "skipped", 0.0)]
     chosen = [parts.REGISTRY[name] for name in ("nginx", "faas", "ray")]
     assert [p.name for p in lab_play.parts_that_ran(chosen, outcomes)] == ["nginx", "ray"]
+
+
+# --- no flag: offline where no container registry answers -------------------------------------
+class DockerInfo:
+    """`docker info` answering with the index the engine pulls from."""
+
+    def __init__(self, index: str):
+        self.index = index
+
+    def which(self, tool):
+        return f"/usr/bin/{tool}"
+
+    def run(self, argv, check=True, **kw):
+        import json
+        if argv[:2] == ["docker", "info"]:
+            return Result(tuple(argv), 0, json.dumps({"ServerVersion": "20.10", "IndexServerAddress": self.index}), "")
+        return Engine({images.reference("node"): images.inputs_hash("node")}).run(argv, check, **kw)
+
+
+def test_the_engines_registry_is_asked_once_quickly_and_any_answer_means_online():
+    import http.server
+    import threading
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)  # what a registry's index says to a stranger: it answers
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answering = KindProvider(Lab()).no_registry(DockerInfo(f"http://127.0.0.1:{server.server_port}/v1/"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answering is None
+    gone = KindProvider(Lab()).no_registry(DockerInfo(f"http://127.0.0.1:{server.server_port}/v1/"))
+    assert gone.startswith(f"http://127.0.0.1:{server.server_port}/v1/ does not answer (")
+
+
+def test_without_a_registry_a_new_cluster_is_made_offline_saying_why_in_one_line(monkeypatch):
+    said = []
+    monkeypatch.setattr(KindProvider, "no_registry", lambda self, sh: "the index does not answer (no such host)")
+    lab = cluster.offline_without_registry(Lab(), DockerInfo("x"), said.append)
+    assert lab.offline and len(said) == 1 and "\n" not in said[0]
+    assert said[0].startswith("offline: no container registry answers (the index does not answer (no such host))")
+    # the node image not built either: it stops, naming the one command that builds it
+    with pytest.raises(StepFailed, match=r"image\(s\) node are not built: run `invoke setup`"):
+        cluster.offline_without_registry(Lab(), Engine({}), said.append)
+
+
+def test_with_a_registry_or_when_told_nothing_changes_and_nothing_is_asked(monkeypatch):
+    asked = []
+    monkeypatch.setattr(KindProvider, "no_registry", lambda self, sh: asked.append(1))
+    assert cluster.offline_without_registry(Lab(), Engine({}), print) == Lab()  # it answered
+    for told in (Lab(offline=True), Lab(node_image="example/node:1")):
+        assert cluster.offline_without_registry(told, Engine({}), print) is told
+    assert len(asked) == 1
+    assert cluster.offline_without_registry(Lab(provider="kwok"), Engine({}), print) == Lab(provider="kwok")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -212,8 +214,9 @@ class RayExecutor:
         self.startup_s: Optional[float] = None  # from ray.init to the first request
         self.marks: dict[str, float] = {"ray_imported": time.time()}  # moments for crawler.timing
         self._started_ray = False
+        self._workers_path: Optional[str] = None
         if not ray.is_initialized():
-            _join_or_start(ray, address)
+            self._workers_path = _join_or_start(ray, address)
             self._started_ray = True
         self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
@@ -268,6 +271,8 @@ class RayExecutor:
             self._ray.kill(actor)
         if self._started_ray:
             self._ray.shutdown()
+        if self._workers_path:
+            shutil.rmtree(self._workers_path, ignore_errors=True)
 
     def _send(self, collect: bool = False) -> None:
         """Hand the waiting URLs to the actors that have no call out, the least loaded first;
@@ -315,21 +320,28 @@ class RayExecutor:
 _ALL_LOST = "every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why"
 
 
-def _join_or_start(ray, address: Optional[str]) -> None:
+def _join_or_start(ray, address: Optional[str]) -> Optional[str]:
     """Join a Ray (a job's: RAY_ADDRESS is set; or the one at `address`), or start one for this process with
-    only what a crawl uses."""
+    only what a crawl uses; then returns a folder to remove once that Ray is shut down."""
     # Ray 2.52 warns on every ray.init about a future change to GPU environment variables: nothing a
     # crawl uses, and a line in every crawl's output (and job log).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING")
-        return
+        return None
     # A Ray of our own: its workers are our descendants and inherit our environment, so PYTHONPATH hands
     # them this very package, with no runtime environment to pack, upload and unpack for each worker
-    # (seconds, measured). No dashboard either.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # (seconds, measured). No dashboard either. The path holds this package alone (a link to it), so
+    # nothing else beside it shadows a module Ray's own processes import.
+    folder = tempfile.mkdtemp(prefix="kindlab-crawler-")
+    package = os.path.dirname(os.path.abspath(__file__))
+    try:
+        os.symlink(package, os.path.join(folder, os.path.basename(package)), target_is_directory=True)
+        path = folder
+    except OSError:  # no symbolic links here (Windows without the privilege): the package's parent
+        path = os.path.dirname(package)
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([root, before] if before else [root])
+    os.environ["PYTHONPATH"] = os.pathsep.join([path, before] if before else [path])
     try:
         ray.init(include_dashboard=False, logging_level="WARNING")
     finally:
@@ -337,6 +349,7 @@ def _join_or_start(ray, address: Optional[str]) -> None:
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = before
+    return folder
 
 
 def _workers_runtime_env() -> Optional[dict]:

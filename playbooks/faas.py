@@ -76,9 +76,11 @@ def gateway_url(lab: Lab) -> str:
     return f"http://{lab.listen_address}:{lab.host_port(NODE_PORT.name, NODE_PORT.host_port)}"
 
 
-def function_hash(directory: Path = FUNCTIONS / FUNCTION, offline: bool = False) -> str:
-    """12 hex digits over the function's files (names and bytes) and its template; offline also over
-    what its image is built from there (the template's archive and kindlab's base images)."""
+def function_hash(directory: Path | None = None, offline: bool = False) -> str:
+    """12 hex digits over the function's files (names and bytes; by default the folder the build copies)
+    and its template; offline also over what its image is built from there (the template's archive and
+    kindlab's base images)."""
+    directory = directory or FUNCTIONS / FUNCTION
     digest = hashlib.sha256(TEMPLATE.encode())
     if offline:
         digest.update(json.dumps([OFFLINE_TEMPLATE, sources.ARCHIVES[TEMPLATE_ARCHIVE].sha256,
@@ -260,11 +262,17 @@ def deploy_steps(lab: Lab) -> list[Step]:
 
 # --- offline: the function without the platform ----------------------------------------
 def function_documents(image: str) -> list[dict]:
-    """What faas-netes makes for a function (Deployment and Service, probes on of-watchdog's /_/health,
-    images always pulled), the Service a NodePort here: there is no gateway in front of it."""
+    """What faas-netes makes for a function (Deployment and Service, images always pulled), the Service
+    a NodePort here: there is no gateway in front of it to hold calls until the function serves.
+
+    So the pod is Ready only once the function's own process answers: of-watchdog's /_/health says 200
+    as soon as the watchdog listens, while the template's Flask server may still be starting (a call then
+    gets HTTP 500 from the watchdog); with `ready_path`, its /_/ready asks the function itself (a GET of
+    /, the handler's answer to an empty body). Liveness stays on /_/health."""
     labels = {"faas_function": FUNCTION}
-    probe = {"httpGet": {"path": "/_/health", "port": FUNCTION_PORT}, "initialDelaySeconds": 0,
-             "timeoutSeconds": 1, "periodSeconds": 2}
+    timing = {"initialDelaySeconds": 0, "timeoutSeconds": 1, "periodSeconds": 2}
+    ready = {"httpGet": {"path": "/_/ready", "port": FUNCTION_PORT}, **timing}
+    alive = {"httpGet": {"path": "/_/health", "port": FUNCTION_PORT}, **timing}
     meta = {"name": FUNCTION, "namespace": FN_NAMESPACE, "labels": {**labels, "app.kubernetes.io/managed-by": "kindlab"},
             "annotations": {"kindlab.dev/no-gateway": CE_OFFLINE}}
     return [
@@ -273,7 +281,8 @@ def function_documents(image: str) -> list[dict]:
                   "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
                       "name": FUNCTION, "image": image, "imagePullPolicy": "Always",
                       "ports": [{"name": "http", "containerPort": FUNCTION_PORT, "protocol": "TCP"}],
-                      "readinessProbe": probe, "livenessProbe": probe}]}}}},
+                      "env": [{"name": "ready_path", "value": "/"}],
+                      "readinessProbe": ready, "livenessProbe": alive}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"type": "NodePort", "selector": labels,
                   "ports": [{"name": "http", "port": FUNCTION_PORT, "targetPort": FUNCTION_PORT,

@@ -398,8 +398,10 @@ def lab_from_config(config: Mapping | None, schema: Mapping = SCHEMA, **flags: A
         if not cluster and remembered.get("provider") == provider:
             cluster = remembered.get("cluster") or ""
             context = context or remembered.get("context") or ""
-            # a cluster made offline runs kindlab's images: so do the parts installed on it
-            offline = offline or bool(remembered.get("offline"))
+    if remembered.get("provider") == provider and remembered.get("cluster") == (cluster or "cloud-hw"):
+        # a cluster made offline runs kindlab's images: so do the parts installed on it, whether the
+        # lab is named by the remembered record or by the configuration
+        offline = offline or bool(remembered.get("offline"))
     timeout = parse_seconds(flags["timeout"]) if flags.get("timeout") is not None else cfg["timeout"]
     kw, retries = cfg["kwok"], cfg["retries"]
     lab = Lab(

@@ -78,7 +78,8 @@ def test_nginx_and_ray_run_on_a_cluster_kindlab_did_not_make(play, lab):
         play.output
     assert answered.detail.startswith("http://127.0.0.1:") and f":{nginx.NODE_PORT.host_port}/" not in \
         answered.detail  # through a port-forward, not a host port mapping this cluster lacks
-    assert outcomes["ray head and worker pods Ready"].status == "changed", play.output
+    ready = outcomes["ray head and worker pods Ready"]  # waited for: the head, the worker and the crawl's site
+    assert ready.status != "failed" and ready.detail == "ray head and worker pods: 3/3 pods Ready", play.output
     crawl = outcomes["crawler job on Ray"]
     assert crawl.status == "changed" and "job finished" in crawl.detail, play.output
     again = play(lab_play.all_steps(lab, parts.choose("nginx,ray")))

@@ -127,3 +127,22 @@ def test_all_with_no_flags_runs_the_whole_lab_offline_on_three_nodes_with_the_re
     assert proc.returncode == 0, out[-6000:]
     recap = re.search(r"ok=\d+\s+changed=(\d+)(?: \((\d+) actions?\))?", out)
     assert recap and recap.group(1) == (recap.group(2) or "0"), out[-4000:]  # only the actions ran again
+
+
+def test_compare_measures_the_function_pod_beside_a_ray_task_on_the_lab(lab):
+    """`invoke compare` on the real lab: the function's own pod (no gateway offline) and a Ray task on the
+    RayCluster, each with a first call, warm calls and a batch of 1,000 with 16 in flight."""
+    lab, config = lab
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "invoke", "-f", str(config), "compare", "--calls", "50"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, env={**_env(), "COLUMNS": "250"})
+    out = proc.stdout + proc.stderr
+    figure(f"invoke compare on the three-node lab ({time.monotonic() - start:.0f} s):\n{proc.stdout}")
+    assert proc.returncode == 0, out[-4000:]
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in proc.stdout.splitlines() if line.count("│") >= 6}
+    function = next(cells for name, cells in rows.items() if name.startswith("reverse function pod"))
+    ray = next(cells for name, cells in rows.items() if name.startswith("Ray task"))
+    for cells in (function, ray):  # first, median, p95 in ms, warm calls, batch calls per second
+        first, median, p95, warm, rate = cells
+        assert float(first) > 0 and 0 < float(median) <= float(p95) and warm == "50" and float(rate) > 0, cells

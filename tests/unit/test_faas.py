@@ -166,7 +166,11 @@ def test_offline_the_function_is_what_faas_netes_would_make_minus_the_gateway():
     assert deployment["metadata"]["namespace"] == service["metadata"]["namespace"] == "openfaas-fn"
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"] == {"faas_function": "reverse"}
     assert container["imagePullPolicy"] == "Always"  # as OpenFaaS CE pulls: the image comes from the registry
-    assert container["readinessProbe"]["httpGet"] == {"path": "/_/health", "port": 8080}
+    # Ready once the function's own process answers (of-watchdog's /_/ready with ready_path; its /_/health
+    # is 200 before that: tests/integration/test_watchdog_ready.py), alive while the watchdog is
+    assert container["readinessProbe"]["httpGet"] == {"path": "/_/ready", "port": 8080}
+    assert {"name": "ready_path", "value": "/"} in container["env"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/_/health", "port": 8080}
     assert service["spec"]["type"] == "NodePort" and service["spec"]["ports"][0]["nodePort"] == 31112
     assert "OpenFaaS CE refuses" in deployment["metadata"]["annotations"]["kindlab.dev/no-gateway"]
 

@@ -29,6 +29,10 @@ def test_a_cluster_created_offline_keeps_later_tasks_offline(tmp_path):
     assert later.cluster == "lab1" and later.offline
     # another cluster named explicitly is not the remembered one
     assert not lab_from_config({"home": str(tmp_path)}, provider="kind", name="other").offline
+    # the same cluster named by the configuration (as `invoke -f lab.yaml faas.deploy` after `invoke -f
+    # lab.yaml all` found no registry): offline too, or its parts would look for the OpenFaaS gateway
+    assert lab_from_config({"home": str(tmp_path), "provider": "kind", "cluster": "lab1"}).offline
+    assert lab_from_config({"home": str(tmp_path)}, provider="kind", name="lab1").offline
 
 
 def test_online_parts_run_their_pinned_images_and_offline_ones_kindlabs():

@@ -133,10 +133,10 @@ def status_table(lab: Lab, kube, shell, registry: Sequence[Part] | None = None) 
     """One table for the lab: cluster and nodes, releases, then each part: Ready pods and its own rows."""
     registry = list(REGISTRY.values()) if registry is None else list(registry)
     table = Table("what", "state", title=f"kindlab status: {lab.context} ({lab.provider})", title_justify="left")
-    for what, state in cluster.status_rows(lab, kube, registry):
+    for what, state in cluster.status_rows(lab, kube, registry, shell):
         table.add_row(what, state)
-    out = shell.run(["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context,
-                     "list", "-A", "-a", "-o", "json"], check=False).stdout
+    out = shell.run(["helm", *lab.cluster_flags("--kube-context"), "list", "-A", "-a", "-o", "json"],
+                    check=False).stdout
     for rel in sorted(json.loads(out or "[]"), key=lambda r: r["name"]):
         table.add_row(f"release {rel['name']}", f"{rel['status']}, chart {rel['chart']}, ns {rel['namespace']}")
     from .core.kube import pod_state  # the kubernetes client is slow to import: only when used

@@ -30,8 +30,8 @@ from ..core.portforward import port_free
 from ..core.resources import applied
 from ..core.settings import Lab
 from ..core.steps import MissingPrerequisite, Step, StepFailed, change, ok, skip
-from .base import (LOCAL_REGISTRY, Finding, Provider, clusters, config_file, context_absent_step, context_step, files_absent_step,
-                   nodes_ready_step, own_kubeconfig)
+from .base import (LOCAL_REGISTRY, Finding, Provider, clusters, context_absent_step, context_step, files_absent_step,
+                   nodes_ready_step, own_kubeconfig, rendered)
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
@@ -75,7 +75,7 @@ class KindProvider(Provider):
             ctx.reset_kube()
 
         return [Step(f"kind cluster {lab.cluster} absent", check, delete), context_absent_step(lab),
-                files_absent_step(lab, [own_kubeconfig(lab), config_file(lab)]), self._leftovers_step()]
+                files_absent_step(lab, [own_kubeconfig(lab)]), self._leftovers_step()]
 
     def nodes(self, ctx) -> list[str]:
         return sorted(self._node_states(ctx))
@@ -97,8 +97,9 @@ class KindProvider(Provider):
     @contextlib.contextmanager
     def reached(self, ctx, part: Part, port: NodePort, namespace: str, service: str,
                 service_port: int) -> Iterator[str]:
-        """The host port kind maps to the node port (what a user opens in a browser)."""
-        yield f"http://{self.lab.listen_address}:{part.host_port(self.lab, port.name)}"
+        """The host port kind maps to the node port (what a user opens in a browser); on a host, that port
+        forwarded here over SSH."""
+        yield ctx.sh.reach(f"http://{self.lab.listen_address}:{part.host_port(self.lab, port.name)}")
 
     def render_config(self, parts: Sequence[Part]) -> dict:
         """The kind Cluster config: the port mappings under the control-plane node, the workers.
@@ -168,14 +169,13 @@ class KindProvider(Provider):
                              "(or leave offline mode for kind's own image)")
         config = self.render_config(parts)
         busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
-                if not port_free(m["hostPort"], m["listenAddress"])]
+                if not ctx.sh.port_free(m["hostPort"], m["listenAddress"])]
         if busy:
-            raise StepFailed(f"host port {', '.join(busy)} already in use: stop what listens there "
+            on = f" on {lab.host}" if lab.host else ""
+            raise StepFailed(f"host port {', '.join(busy)}{on} already in use: stop what listens there "
                              "or choose other ports in invoke.yaml (kindlab.ports)")
-        path = config_file(lab)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", str(path),
+        path = rendered(ctx, lab, yaml.safe_dump(config, sort_keys=False))
+        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", path,
                 "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"]
         try:
             ctx.sh.run(argv + (["--image", image] if image else []))
@@ -459,8 +459,8 @@ class KindProvider(Provider):
                                  "" if status == "ok" else f"sudo sysctl fs.inotify.{key}={minimum}"))
         return found
 
-    def status_rows(self, kube, parts: Sequence[Part]) -> list[tuple[str, str]]:
-        rows = super().status_rows(kube, parts)
+    def status_rows(self, kube, parts: Sequence[Part], sh=None) -> list[tuple[str, str]]:
+        rows = super().status_rows(kube, parts, sh)
         for m in self.port_mappings(parts):
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']} "
                                          f"({m['what']})"))

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from playbooks import cluster, doctor, parts
-from playbooks.core.commands import Result
+from playbooks.core.commands import LocalShell, Result
 from playbooks.core.runner import StepContext
 from playbooks.core.settings import Lab, SettingsError
 from playbooks.core.steps import StepFailed
@@ -14,8 +14,11 @@ from playbooks.providers import KindProvider
 from playbooks.parts import REGISTRY
 
 
-class RecordingShell:
+class RecordingShell(LocalShell):
+    """Records commands instead of running them; this machine's ports and files as they are."""
+
     def __init__(self):
+        super().__init__()
         self.calls = []
 
     def run(self, argv, **kwargs):

@@ -26,6 +26,8 @@ COMMON_HELP = {
     "verbose": "stream the tools' own output",
     "timeout": "seconds a wait may take before it fails with its reason (default 300, at most a day)",
     "offline": "no container registry: use the images `invoke images.build` made (kind: its node image)",
+    "host": "run the lab on this host over SSH: user@box[:port] or a Host alias of ~/.ssh/config "
+            "(default kindlab.host; the last cluster.create's)",
 }
 console = Console(highlight=False)
 

@@ -227,7 +227,11 @@ class LocalShell:
         """A path of the machine the commands run on, as a string (here: as it is)."""
         return str(path)
 
-    def put(self, path) -> str:
+    def put(self, path, to=None) -> str:
+        if to is not None and Path(to) != Path(path):
+            Path(to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, to)
+            return str(to)
         return str(Path(path).expanduser())
 
     def get(self, path, local: Path) -> None:

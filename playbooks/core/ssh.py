@@ -95,6 +95,7 @@ class SshShell:
         self.echo = echo or (lambda line: print(line, file=sys.stderr))
         self._conn = None
         self._lock = threading.RLock()
+        self._local = threading.local()
         self._far_home = ""
         self._which: dict[str, str] = {}
         self._pids: set[int] = set()
@@ -213,7 +214,7 @@ class SshShell:
         except Exception as exc:  # noqa: BLE001 - the transport died under us
             raise self._lost(argv, f": {exc}") from None
         reading = _Reader(chan, self.echo if self.verbose else None, secrets)
-        if input is not None:
+        if input is not None:  # text, bytes, or a binary stream (docker save's output) sent as it is read
             data = input.encode() if isinstance(input, str) else input
             threading.Thread(target=_send, args=(chan, data), daemon=True).start()
         else:
@@ -301,8 +302,14 @@ class SshShell:
         return text
 
     def _sftp(self):
-        self._transport()
-        return self._conn.sftp()
+        """An SFTP session of this thread's own (one session is not safe to share between steps side by side)."""
+        transport = self._transport()
+        held = getattr(self._local, "sftp", None)
+        if held is None or held[0] is not transport:
+            import paramiko
+            held = (transport, paramiko.SFTPClient.from_transport(transport))
+            self._local.sftp = held
+        return held[1]
 
     def read_text(self, path) -> str | None:
         try:
@@ -350,10 +357,21 @@ class SshShell:
         local.parent.mkdir(parents=True, exist_ok=True)
         self._sftp().get(self.far(path), str(local))
 
-    def put(self, path: str | Path) -> str:
+    def put(self, path: str | Path, to=None) -> str:
         """The file or folder `path` of this machine on the host, uploaded only when its content changed
-        (its sha256 is kept beside it there); the path there."""
+        (its sha256 is kept beside it there); the path there. `to`: a file's exact place there instead
+        (replaced whole, its mode kept; the caller decides whether it changed)."""
         local = Path(path).expanduser().resolve()
+        if to is not None:
+            dest = self.far(to)
+            self.mkdir(posixpath.dirname(dest))
+            sftp = self._sftp()
+            sftp.put(str(local), dest + ".kindlab-tmp")
+            sftp.chmod(dest + ".kindlab-tmp", local.stat().st_mode & 0o777)
+            sftp.posix_rename(dest + ".kindlab-tmp", dest)
+            self.uploaded["bytes"] += local.stat().st_size
+            self.uploaded["files"] += 1
+            return dest
         digest = tree_digest(local)
         name = f"{hashlib.sha256(str(local).encode()).hexdigest()[:12]}-{local.name}"
         dest = self.far(self.machine.home / UPLOADS / name)
@@ -462,9 +480,13 @@ print(proc.pid)
 """
 
 
-def _send(chan, data: bytes) -> None:
+def _send(chan, data) -> None:
     with contextlib.suppress(Exception):
-        chan.sendall(data)
+        if isinstance(data, (bytes, bytearray)):
+            chan.sendall(data)
+        else:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                chan.sendall(block)
         chan.shutdown_write()
 
 

@@ -121,7 +121,10 @@ def down_steps(lab: Lab, parts: Sequence[Part], delete_cluster: bool) -> list[St
 
 def addresses_table(lab: Lab, parts: Sequence[Part]) -> Table:
     caption = ("simulated cluster: the objects exist, but no container serves these addresses"
-               if not lab.can.runs_containers else None)
+               if not lab.can.runs_containers else
+               f"these addresses are on {lab.host}: the tasks that use them (nginx.verify, faas.invoke, "
+               f"monitoring.dashboards, ray.dashboard) forward them here over SSH; from a browser, "
+               f"`ssh -L PORT:127.0.0.1:PORT {lab.host}`" if lab.host else None)
     table = Table("part", "address", "how", title="the lab", title_justify="left", caption=caption)
     for part in parts:
         for row in part.addresses(lab):

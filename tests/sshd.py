@@ -103,9 +103,16 @@ class TestHost:
         return self.log_text().count(f"Accepted publickey for {USER}")
 
     def connections(self) -> list[int]:
-        """Pids of the server's processes serving a connection now (the children of the listening sshd)."""
+        """Pids of the server's processes serving connections now: every descendant of the listening sshd
+        (its privileged child per connection, and that one's unprivileged child, which holds the socket)."""
         out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-        return [int(pid) for pid, ppid in (line.split() for line in out.splitlines()) if int(ppid) == self.proc.pid]
+        parent = {int(pid): int(ppid) for pid, ppid in (line.split() for line in out.splitlines())}
+        found, grew = {self.proc.pid}, True
+        while grew:
+            more = {pid for pid, ppid in parent.items() if ppid in found} - found
+            found |= more
+            grew = bool(more)
+        return sorted(found - {self.proc.pid})
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

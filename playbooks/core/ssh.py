@@ -681,11 +681,14 @@ class _Forward:
         except Exception:  # noqa: BLE001 - either side went away
             pass
         finally:
-            chan.close()
+            with contextlib.suppress(Exception):  # the connection itself may be gone
+                chan.close()
             client.close()
 
     def close(self) -> None:
         self.alive = False
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it: the port is free again
         with contextlib.suppress(OSError):
             self.sock.close()
 

@@ -329,7 +329,7 @@ def setup(c, source="auto", verbose=False, host=None):
     # The engine starts beside the tools' Go builds; the images' Go builds wait for those.
     builds = images_play.build_steps(lab, images_play.user_images(), after=engine[-1].name,
                                      go_after=tools[-1].name, optional=True)
-    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), *builds], lock=False)
+    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), *builds, *setup_play.sshd_steps()], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------

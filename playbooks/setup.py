@@ -35,4 +35,36 @@ def host_steps(lab: Lab, source: str = "auto") -> list[Step]:
             *images.host_steps(lab, images.user_images(), needs=(engine.name,))]
 
 
-__all__ = ["host_steps"]
+def sshd_steps(optional: bool = True) -> list[Step]:
+    """Debian's OpenSSH server, which the tests start on a loopback port as the `--host` test host: installed
+    as root with apt-get (its list updated first); elsewhere skipped with the reason (those tests skip too)."""
+    from pathlib import Path
+
+    from .core.steps import change, skip
+
+    sshd = Path("/usr/sbin/sshd")
+
+    def check(ctx):
+        if sshd.exists():
+            return ok(f"{sshd} (the SSH tests' host)")
+        import os
+        reason = ("installing openssh-server needs root" if os.geteuid() != 0 else
+                  "there is no apt-get here" if ctx.sh.which("apt-get") is None else "")
+        if reason:
+            message = f"openssh-server not installed: {reason}; the SSH tests skip"
+            if optional:
+                return skip(message)
+            raise StepFailed(message)
+        return change("install Debian's openssh-server with apt-get (for the SSH tests' host)")
+
+    def install(ctx):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        ctx.sh.run(["apt-get", "update", "-q"], env=env, timeout=600)
+        ctx.sh.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server"], env=env,
+                   timeout=600)
+        return "installed openssh-server (its service is not started: the tests start their own sshd)"
+
+    return [Step("openssh-server (the SSH tests' host)", check, install, needs=())]
+
+
+__all__ = ["host_steps", "sshd_steps"]

@@ -14,9 +14,12 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 SSHD = Path("/usr/sbin/sshd")
 USER = "kindlab-far"
@@ -159,3 +162,21 @@ def start(folder: Path) -> TestHost:
             time.sleep(0.1)
     host.stop()
     raise RuntimeError("sshd did not listen within 20 s")
+
+
+@pytest.fixture(scope="session")
+def ssh_host(tmp_path_factory):
+    """The SSH test host, running for the session (its tool cache filled by `setup --host`)."""
+    problem = missing()
+    if problem:
+        if required():
+            pytest.fail(f"SSH test host: {problem}")
+        pytest.skip(f"SSH test host: {problem}")
+    folder = Path(tempfile.mkdtemp(prefix="kindlab-sshd-"))
+    folder.chmod(0o755)  # sshd reads the authorized keys as the test host's user
+    host = start(folder)
+    yield host
+    host.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+

@@ -1,10 +1,6 @@
 """tests/ssh: the lab on an SSH test host (tests/sshd.py), its tools sent there by `setup --host`."""
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from playbooks import toolchain, tools
@@ -12,22 +8,6 @@ from playbooks.core.settings import KwokSettings, Lab
 
 from .. import sshd
 from ..conftest import PlayRun, testbed_required
-
-
-@pytest.fixture(scope="session")
-def ssh_host(tmp_path_factory):
-    """The SSH test host, running for the session (its tool cache filled by `setup --host`)."""
-    problem = sshd.missing()
-    if problem:
-        if sshd.required():
-            pytest.fail(f"SSH test host: {problem}")
-        pytest.skip(f"SSH test host: {problem}")
-    folder = Path(tempfile.mkdtemp(prefix="kindlab-sshd-"))
-    folder.chmod(0o755)  # sshd reads the authorized keys as the test host's user
-    host = sshd.start(folder)
-    yield host
-    host.stop()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

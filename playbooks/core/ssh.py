@@ -243,7 +243,7 @@ class SshShell:
             raise self._lost(argv)
         result = Result(tuple(argv), code, out, err)
         if check and code != 0:
-            if code == 127 and "not found" in err and argv and argv[0] in err:
+            if code == 127 and argv[0] in err and ("No such file" in err or "not found" in err):
                 raise CommandError(argv, None, f"{argv[0]}: not found on {self.host}'s PATH (nor in kindlab's "
                                                f"tool cache there); run `invoke setup --host {self.host}`", secrets)
             raise CommandError(argv, code, _tail(err or out), secrets)
@@ -255,7 +255,8 @@ class SshShell:
             return
         with contextlib.suppress(Exception):
             chan = self._transport().open_session(timeout=CONNECT_TIMEOUT_S)
-            chan.exec_command(f"kill -{signal} {pid} 2>/dev/null; sleep 2; kill -KILL {pid} 2>/dev/null; true")
+            chan.exec_command(f"kill -{signal} {pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do "
+                              f"kill -0 {pid} 2>/dev/null || exit 0; sleep 0.2; done; kill -KILL {pid} 2>/dev/null; true")
             chan.status_event.wait(5)
             chan.close()
 

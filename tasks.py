@@ -356,13 +356,19 @@ def tools_list(c):
     console.print(tools_play.table(lab_for(c)))
 
 
-@task(help=h("provider offline", parts=f"comma-separated parts to check for (default: all of "
-                                       f"{', '.join(parts_play.REGISTRY)}; the cluster always)"))
+@task(help=h("provider offline host", parts=f"comma-separated parts to check for (default: all of "
+                                            f"{', '.join(parts_play.REGISTRY)}; the cluster always)"))
 @user_errors
-def doctor(c, provider=None, parts="", offline=False):
+def doctor(c, provider=None, parts="", offline=False, host=None):
     """Preflight: tools, Docker, free ports, memory and CPU, inotify limits; a fix for each."""
-    lab = lab_for(c, provider=provider, offline=offline)
-    results = doctor_play.findings(lab, parts_play.choose(parts), PARTS)
+    from playbooks.core.commands import make_shell
+
+    lab = lab_for(c, provider=provider, offline=offline, host=host)
+    sh = make_shell(lab)
+    try:
+        results = doctor_play.findings(lab, parts_play.choose(parts), PARTS, sh)
+    finally:
+        sh.close()
     console.print(doctor_play.table(lab, results))
     failed = [f for f in results if f.status == "fail"]
     if failed:

@@ -95,7 +95,7 @@ class Provider:
         """The tools its steps run (doctor checks them)."""
         return ("kubectl",)
 
-    def doctor(self, parts: Sequence[Part]) -> list[Finding]:
+    def doctor(self, parts: Sequence[Part], sh=None) -> list[Finding]:
         """Its own preflight checks (Docker, ports, the testbed...), each with its fix."""
         return []
 

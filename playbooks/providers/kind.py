@@ -26,7 +26,6 @@ from ..core import kyaml
 from ..core.commands import CommandError, LocalShell
 from ..core.deadline import Longer
 from ..core.part import NodePort, Part
-from ..core.portforward import port_free
 from ..core.resources import applied
 from ..core.settings import Lab
 from ..core.steps import MissingPrerequisite, Step, StepFailed, change, ok, skip
@@ -401,19 +400,20 @@ class KindProvider(Provider):
     def tools(self) -> tuple[str, ...]:
         return ("kind", "kubectl")
 
-    def doctor(self, parts: Sequence[Part]) -> list[Finding]:
-        docker = self._docker()
+    def doctor(self, parts: Sequence[Part], sh=None) -> list[Finding]:
+        """Docker, privileged containers, the host ports and inotify, where the lab's commands run (`sh`)."""
+        sh = sh or LocalShell(self.lab.tools_dir)
+        docker = self._docker(sh)
         found = [docker]
         if docker.status == "ok":
-            problem = engine.privileged_problem(LocalShell(self.lab.tools_dir))
+            problem = engine.privileged_problem(sh)
             found.append(Finding("docker --privileged", problem[0], problem[1], engine.CAPS_FIX) if problem else
                          Finding("docker --privileged", "ok", "privileged containers start"))
             if self.lab.offline:
-                found += self._node_image_found()
-        return [*found, *self._ports(parts), *self._inotify()]
+                found += self._node_image_found(sh)
+        return [*found, *self._ports(parts, sh), *self._inotify(sh)]
 
-    def _docker(self) -> Finding:
-        shell = LocalShell(self.lab.tools_dir)
+    def _docker(self, shell) -> Finding:
         if shell.which("docker") is None:
             return Finding("docker", "fail", "docker CLI not found", "install Docker (Desktop or Engine)")
         try:
@@ -424,8 +424,7 @@ class KindProvider(Provider):
                            "or rehearse without it: --provider kwok")
         return Finding("docker", "ok", "daemon reachable")
 
-    def _node_image_found(self) -> list[Finding]:
-        shell = LocalShell(self.lab.tools_dir)
+    def _node_image_found(self, shell) -> list[Finding]:
         found = []
         for name in CLUSTER_IMAGES:
             built = images.current(shell, name)
@@ -434,25 +433,25 @@ class KindProvider(Provider):
                                  "" if built else f"invoke images.build --only {name}"))
         return found
 
-    def _ports(self, parts: Sequence[Part]) -> list[Finding]:
+    def _ports(self, parts: Sequence[Part], shell) -> list[Finding]:
         found = []
         for m in self.port_mappings(parts):
             where = f"{m['listenAddress']}:{m['hostPort']}"
-            if not port_free(m["hostPort"], m["listenAddress"]):
+            if not shell.port_free(m["hostPort"], m["listenAddress"]):
                 found.append(Finding(f"port {where}", "warn", f"in use (fine if it is this lab's cluster): {m['what']}",
                                      "stop what listens there, or change kindlab.ports in invoke.yaml"))
             else:
                 found.append(Finding(f"port {where}", "ok", f"free: {m['what']}"))
         return found
 
-    def _inotify(self) -> list[Finding]:
-        if not sys.platform.startswith("linux"):
+    def _inotify(self, shell) -> list[Finding]:
+        if not sys.platform.startswith("linux") and not shell.host:
             return []
         found = []
         for key, minimum in INOTIFY.items():
             try:
-                value = int(Path(f"/proc/sys/fs/inotify/{key}").read_text())
-            except (OSError, ValueError):
+                value = int((shell.read_text(f"/proc/sys/fs/inotify/{key}") or "").strip())
+            except ValueError:
                 continue
             status = "ok" if value >= minimum else "fail"
             found.append(Finding(f"inotify {key}", status, f"{value} (kind wants >= {minimum})",

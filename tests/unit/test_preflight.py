@@ -65,7 +65,7 @@ def test_doctor_asks_only_for_the_tools_of_the_chosen_parts(tmp_path):
 
 
 def test_doctor_counts_the_clusters_memory_whatever_parts_are_chosen(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "_memory_mib", lambda: 2100)  # room for the cluster and nginx, nothing more
+    monkeypatch.setattr(doctor, "_memory_mib", lambda sh: 2100)  # room for the cluster and nginx, nothing more
     lab = Lab(provider="kwok", home=tmp_path)
     memory = {f.check: f for f in doctor.findings(lab, parts.choose("nginx"))}["memory"]
     assert memory.status == "fail" and "need about 2176 MiB" in memory.detail  # 2048 cluster + 128 nginx

@@ -37,7 +37,8 @@ except SettingsError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-from playbooks import cluster as cluster_play  # noqa: E402 (after the configuration check)
+from playbooks import browser as browser_play  # noqa: E402 (after the configuration check)
+from playbooks import cluster as cluster_play  # noqa: E402
 from playbooks import compare as compare_play  # noqa: E402
 from playbooks import doctor as doctor_play  # noqa: E402
 from playbooks import engine as engine_play  # noqa: E402
@@ -151,9 +152,10 @@ nginx_verify = play_task(
 @task(help=h("provider name context verbose host"))
 @user_errors
 def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False, host=None):
-    """Forward Grafana to http://127.0.0.1:3000 and Prometheus to http://127.0.0.1:9090 until Ctrl-C."""
+    """Forward Grafana to http://127.0.0.1:3000 and Prometheus (its web UI) to :9090 until Ctrl-C; print graph links."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
-    monitoring_play.dashboards(lab, out=console.print)
+    # soft_wrap: the graph links stay whole lines (rich would break them at the console's width)
+    monitoring_play.dashboards(lab, out=lambda line: console.print(line, soft_wrap=True))
 
 
 @task(help=h("provider name context"))
@@ -316,7 +318,7 @@ def images_list(c, all=False):
             **h("verbose host")})
 @user_errors
 def setup(c, source="auto", verbose=False, host=None):
-    """The tests' tools, a Docker engine (root: installed and started) and the offline lab's images
+    """The tests' tools, a Docker engine and Chromium (root: installed) and the offline lab's images
     (--host: that host's, sent from this machine where it has them)."""
     lab = lab_for(c, verbose=verbose, host=host)
     if lab.host:
@@ -329,7 +331,10 @@ def setup(c, source="auto", verbose=False, host=None):
     # The engine starts beside the tools' Go builds; the images' Go builds wait for those.
     builds = images_play.build_steps(lab, images_play.user_images(), after=engine[-1].name,
                                      go_after=tools[-1].name, optional=True)
-    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), *builds, *setup_play.sshd_steps()], lock=False)
+    # after the engine's apt-get (one at a time); skipped with the reason where it cannot be installed
+    browser = browser_play.install_step()
+    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), browser, *builds,
+                        *setup_play.sshd_steps(after=browser.name)], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------

@@ -99,10 +99,12 @@ def _component(name: str, version: str, binary: str, path: str, entrypoint: tupl
 NOBODY = "65534:65534"  # what the upstream images run as; their charts ask for a non-root user
 
 
-def _program(name: str, version: str, what: str, path: str) -> Image:
-    """An image of one static Go binary, run as its entrypoint (pods pass the arguments)."""
+def _program(name: str, version: str, what: str, path: str, args: tuple[str, ...] = (),
+             user: str = NOBODY) -> Image:
+    """An image of one static Go binary, run as its entrypoint (pods pass the arguments; `args` come
+    first, as in the upstream image's ENTRYPOINT)."""
     return Image(name, "files", version, f"{what}, the static binary alone", binaries=((name, path),),
-                 entrypoint=(path,), user=NOBODY)
+                 entrypoint=(path, *args), user=user)
 
 
 _CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -137,11 +139,17 @@ CATALOG: dict[str, Image] = {
     "prometheus-config-reloader": _program("prometheus-config-reloader", toolchain.PROMETHEUS_OPERATOR_VERSION,
                                            "prometheus-config-reloader", "/bin/prometheus-config-reloader"),
     "prometheus": _program("prometheus", toolchain.PROMETHEUS_VERSION, "Prometheus (Kubernetes service discovery "
-                           "only; its web UI's assets are not in the Go module: the API and /metrics serve)",
-                           "/bin/prometheus"),
+                           "only) with its web UI, built with npm from the module's web/ui", "/bin/prometheus"),
     "node-exporter": _program("node-exporter", toolchain.NODE_EXPORTER_VERSION, "node_exporter",
                               "/bin/node_exporter"),
     "alertmanager": _program("alertmanager", toolchain.ALERTMANAGER_VERSION, "Alertmanager", "/bin/alertmanager"),
+    # from source archives (kindlab.sources.monitoring); entrypoints and users as the upstream images'
+    "kube-state-metrics": _program("kube-state-metrics", toolchain.KUBE_STATE_METRICS_VERSION,
+                                   "kube-state-metrics (its source archive)", "/kube-state-metrics",
+                                   ("--port=8080", "--telemetry-port=8081")),
+    "kube-webhook-certgen": _program("kube-webhook-certgen", toolchain.KUBE_WEBHOOK_CERTGEN_VERSION,
+                                     "kube-webhook-certgen, the admission webhooks' certificate Jobs (its source "
+                                     "archive)", "/kube-webhook-certgen", user="65532:65532"),
     "kube-proxy": Image("kube-proxy", "dockerfile", toolchain.KUBE_VERSION,
                         "kube-proxy (nftables mode) with Debian's nft", base="debian", files="kube-proxy",
                         binaries=(("kube-proxy", "kube-proxy"),), fixed_tag=True, internal=True),
@@ -171,7 +179,7 @@ def inputs_hash(name: str) -> str:
     facts = {
         "name": image.name, "recipe": image.recipe, "version": image.version, "entrypoint": image.entrypoint,
         "base": inputs_hash(image.base) if image.base else None,
-        "binaries": [(b, path, _binary_fingerprint(b)) for b, path in image.binaries],
+        "binaries": [(b, path, toolchain.build_fingerprint(b)) for b, path in image.binaries],
         "preload": [(p, inputs_hash(p)) for p in image.preload],
     }
     if image.user:
@@ -182,27 +190,7 @@ def inputs_hash(name: str) -> str:
         facts["node"] = [KIND_MODULE, NODE_PACKAGES, reference("pause"), reference("kindlab-cni")]
     digest.update(json.dumps(facts, sort_keys=True).encode())
     if image.files:
-        _hash_folder(digest, IMAGES_DIR / image.files)
-    return digest.hexdigest()
-
-
-def _hash_folder(digest, folder: Path) -> None:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        executable = b"x" if os.access(path, os.X_OK) else b"-"
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + executable + path.read_bytes())
-
-
-def _binary_fingerprint(name: str) -> str:
-    """A Go binary's pinned version and how it is built (its wrapper module's files included)."""
-    spec = toolchain.spec(name)
-    facts = [spec.version, spec.go.package, spec.go.module_query, spec.go.wrapper, spec.go.ldflags(), spec.go.cgo]
-    if spec.go.patches:  # only where there are any: the other images keep their inputs
-        facts.append(spec.go.patches)
-    if spec.go.archive:  # built from a source archive: its pinned sha256 is its source
-        facts.append(sources.ARCHIVES[spec.go.archive].sha256)
-    digest = hashlib.sha256(json.dumps(facts).encode())
-    if spec.go.wrapper:
-        _hash_folder(digest, toolchain.TOOLS_DIR / spec.go.wrapper)
+        toolchain.hash_folder(digest, IMAGES_DIR / image.files)
     return digest.hexdigest()
 
 
@@ -372,10 +360,12 @@ def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after
         return ok(f"Docker {info.get('ServerVersion')}")
 
     steps = [Step(engine, check_engine, needs=(after,) if after else None)]
+    # binaries only a source archive gives, where it is missing: their images are skipped with the reason
+    missing = {b: r for name in plan.images for b, _ in CATALOG[name].binaries if (r := archive_missing(lab, b))}
     binaries = []
     for name in plan.images:
         for binary, _ in CATALOG[name].binaries:
-            if binary not in binaries:
+            if binary not in binaries and binary not in missing:
                 binaries.append(binary)
     previous_go = None
     for binary in binaries:
@@ -385,9 +375,18 @@ def build_steps(lab: Lab, targets: list[str], after: str | None = None, go_after
     for name in plan.images:
         image = CATALOG[name]
         needs = [engine] + [_image_step_name(dep) for dep in ([image.base] if image.base else []) + list(image.preload)]
-        needs += [_binary_step_name(b) for b, _ in image.binaries]
-        steps.append(_image_step(lab, plan, name, tuple(needs)))
+        needs += [_binary_step_name(b) for b, _ in image.binaries if b not in missing]
+        steps.append(_image_step(lab, plan, name, tuple(needs),
+                                 unavailable="; ".join(missing[b] for b, _ in image.binaries if b in missing)))
     return steps
+
+
+def archive_missing(lab: Lab, binary: str) -> str | None:
+    """Why `binary`, which only its source archive gives, cannot be built here (None: it can)."""
+    go = toolchain.spec(binary).go
+    if not go.archive or go.module_query or go.wrapper:
+        return None
+    return sources.reason_missing(go.archive, lab.source_folders)
 
 
 def _binary_step_name(binary: str) -> str:
@@ -402,19 +401,15 @@ def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> 
     pinned = toolchain.spec(binary).version
     where = _binary_dir(lab, binary)
 
-    archive = toolchain.spec(binary).go.archive
-
     def check(ctx):
         users = plan.binary_users(ctx.sh, binary)
         if not users:
             return ok("not needed: the images that use it are up to date")
-        have = toolchain.installed_version(binary, where)
-        if have == pinned:
+        if toolchain.is_built(binary, where):
             return ok(f"{binary} {pinned}")
-        missing = archive and sources.reason_missing(archive, lab.source_folders)
-        if missing:  # the image(s) built from it are skipped with this reason; the rest go on
-            return skip(f"image(s) {', '.join(users)} not built: {missing}")
-        return change(f"build {binary} {pinned} for image(s) {', '.join(users)}" + (f" (found {have})" if have else ""))
+        have = toolchain.installed_version(binary, where)
+        found = f" (found {have}{', built differently' if have == pinned else ''})" if have else ""
+        return change(f"build {binary} {pinned} for image(s) {', '.join(users)}{found}")
 
     def build(ctx):
         try:
@@ -426,7 +421,7 @@ def _binary_step(lab: Lab, plan: _Plan, binary: str, needs: tuple[str, ...]) -> 
     return Step(_binary_step_name(binary), check, build, needs=needs)
 
 
-def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...]) -> Step:
+def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...], unavailable: str = "") -> Step:
     ref = reference(name)
 
     def check(ctx):
@@ -434,6 +429,8 @@ def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...]) -> Ste
             if plan.is_current(ctx.sh, name):
                 return ok(f"{ref} up to date")
             return ok("not needed: the images built from it are up to date")
+        if unavailable:
+            return skip(f"{name} not built: {unavailable}")
         found = present_inputs(ctx.sh, ref)
         return change(f"build {ref}" + (" (inputs changed)" if found is not None else ""))
 

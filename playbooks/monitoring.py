@@ -58,30 +58,49 @@ def release(lab: Lab, chart: str | None = None) -> Release:
 # (values that turn it off, what the output calls it, why)
 OFFLINE_OFF = (
     ({"grafana": {"enabled": False}}, "Grafana",
-     "its image cannot be built from package registries (the Go module proxy refuses github.com/grafana/grafana)"),
-    ({"kubeStateMetrics": {"enabled": False}}, "kube-state-metrics",
-     "its image cannot be built (the Go module proxy refuses k8s.io/kube-state-metrics)"),
-    ({"prometheusOperator": {"admissionWebhooks": {"enabled": False, "patch": {"enabled": False}},
-                             "tls": {"enabled": False}}},
-     "the admission webhooks, their certificate Job and the operator's TLS",
-     "the Job's image (kube-webhook-certgen) cannot be built (the Go module proxy refuses it), and the "
-     "operator's TLS certificate is that Job's work: the operator serves plain HTTP"),
+     "its image cannot be built from package registries (the Go module proxy refuses github.com/grafana/grafana, "
+     "and its module is AGPL): the Prometheus UI is the lab's window"),
 )
-# catalog image -> where kube-prometheus-stack's values name it
+# What runs offline from images kindlab builds from source archives (kindlab.sources.monitoring), and
+# what turns it off, with the archive's reason, where one is missing: (catalog image, values, what)
+FROM_ARCHIVES = (
+    ("kube-state-metrics", {"kubeStateMetrics": {"enabled": False}}, "kube-state-metrics"),
+    ("kube-webhook-certgen",
+     {"prometheusOperator": {"admissionWebhooks": {"enabled": False, "patch": {"enabled": False}},
+                             "tls": {"enabled": False}}},
+     # the operator's TLS certificate is the certificate Job's work: without it the operator serves plain HTTP
+     "the admission webhooks, their certificate Job and the operator's TLS"),
+)
+# catalog image -> where kube-prometheus-stack 79.9.0's values name it
 OFFLINE_IMAGES = {
     "prometheus-operator": ("prometheusOperator", "image"),
     "prometheus-config-reloader": ("prometheusOperator", "prometheusConfigReloader", "image"),
     "prometheus": ("prometheus", "prometheusSpec", "image"),
     "alertmanager": ("alertmanager", "alertmanagerSpec", "image"),
     "node-exporter": ("prometheus-node-exporter", "image"),
+    "kube-state-metrics": ("kube-state-metrics", "image"),  # the subchart's own key
+    "kube-webhook-certgen": ("prometheusOperator", "admissionWebhooks", "patch", "image"),
 }
 # The custom resources' `version` defaults to the image tag: kindlab's tags carry a hash too.
 OFFLINE_VERSIONS = {("prometheus", "prometheusSpec", "version"): toolchain.PROMETHEUS_VERSION,
                     ("alertmanager", "alertmanagerSpec", "version"): toolchain.ALERTMANAGER_VERSION}
 
 
+def offline_off(lab: Lab) -> list[tuple[dict, str, str]]:
+    """What offline mode turns off here: Grafana, and what a missing source archive leaves without an image."""
+    missing = [(off, what, reason) for name, off, what in FROM_ARCHIVES
+               if (reason := images.archive_missing(lab, name))]
+    return [*OFFLINE_OFF, *missing]
+
+
+def offline_images(lab: Lab) -> list[str]:
+    """The catalog images the release runs offline (those a missing archive turned off left out)."""
+    off = {name for name, _, _ in FROM_ARCHIVES if images.archive_missing(lab, name)}
+    return [name for name in OFFLINE_IMAGES if name not in off]
+
+
 def offline_values(lab: Lab) -> dict:
-    """What offline mode sets over the lab's values: kindlab's images, and OFFLINE_OFF turned off."""
+    """What offline mode sets over the lab's values: kindlab's images, and what cannot run turned off."""
     values: dict = {}
     for name, path in OFFLINE_IMAGES.items():
         ref = images.for_part(lab, name)
@@ -92,7 +111,7 @@ def offline_values(lab: Lab) -> dict:
     if lab.offline:
         for path, version in OFFLINE_VERSIONS.items():
             values = deep_merge(values, _nested(path, version))
-        for off, _, _ in OFFLINE_OFF:
+        for off, _, _ in offline_off(lab):
             values = deep_merge(values, off)
     return values
 
@@ -121,7 +140,7 @@ def grafana_off_reason(lab: Lab) -> str:
 def offline_step(lab: Lab) -> Step:
     """Says what offline mode turned off in kube-prometheus-stack, and why (nothing to change)."""
     def check(ctx):
-        return ok("; ".join(f"{what} off: {why}" for _, what, why in OFFLINE_OFF)
+        return ok("; ".join(f"{what} off: {why}" for _, what, why in offline_off(lab))
                   + "; the rest keeps the lab's values, with kindlab's images")
 
     return Step(f"{RELEASE_NAME} offline values", check)
@@ -210,7 +229,7 @@ def install_steps(lab: Lab, rel: Release | None = None) -> list[Step]:
     With kindlab's images (offline) they are loaded into the kind nodes first.
     """
     rel = rel or release(lab)
-    refs = [ref for ref in (images.for_part(lab, name) for name in OFFLINE_IMAGES) if ref]
+    refs = [ref for ref in (images.for_part(lab, name) for name in offline_images(lab)) if ref]
     before = [offline_step(lab)] if lab.offline else []
     before += providers.of(lab).images_steps(RELEASE_NAME, refs)
     secret = admin_secret_step(lab, rel.namespace, needed="" if grafana_on(rel) else grafana_off_reason(lab))
@@ -297,7 +316,7 @@ def verify_steps(lab: Lab, namespace: str = NAMESPACE) -> list[Step]:
 
     def targets(ctx):
         with forwarded(ctx, namespace, f"svc/{PROMETHEUS_SERVICE}", PROMETHEUS_PORT) as base:
-            judge = TargetJudge()
+            judge = TargetJudge(expected=expected_jobs(rel))
             return poll_targets(lambda: judge.judge(*_read_targets(base)), ctx.deadline.left(), ctx.say)
 
     def health(ctx):
@@ -332,6 +351,15 @@ class Targets:
     healthy: str = ""
 
 
+# Scrape jobs the release must have a target of, where it runs the component (kube-prometheus-stack's
+# ServiceMonitor names kube-state-metrics' job after its Service's app.kubernetes.io/name).
+EXPECTED_JOBS = (("kubeStateMetrics", "kube-state-metrics"),)
+
+
+def expected_jobs(rel: Release) -> tuple[str, ...]:
+    return tuple(job for component, job in EXPECTED_JOBS if enabled(rel, component))
+
+
 class TargetJudge:
     """Which target problems are real, over successive reads of one Prometheus.
 
@@ -341,15 +369,18 @@ class TargetJudge:
     Ready since), it gets its next scrape. A scrape pool (one endpoint of a
     ServiceMonitor, say) with no target at all is named once it has stayed
     empty for EMPTY_POOL_GRACE_S: what it scrapes is gone (node-exporter
-    scheduled nowhere, a Deployment scaled to 0).
+    scheduled nowhere, a Deployment scaled to 0). A job in `expected` with no
+    target at all is waited for: the release runs it, so Prometheus must
+    scrape it (kube-state-metrics, whose series the pod graphs read).
     """
 
-    def __init__(self, clock=time.monotonic, now=None):
+    def __init__(self, clock=time.monotonic, now=None, expected: tuple[str, ...] = ()):
         from datetime import datetime, timezone
 
         self.clock = clock
         self.began = now or datetime.now(timezone.utc)
         self.empty_since: dict[str, float] = {}
+        self.expected = expected
 
     def judge(self, targets_json: dict, pools_json: dict | None) -> Targets:
         from datetime import datetime
@@ -374,8 +405,15 @@ class TargetJudge:
             problem = (f"scrape pool {pool} has no target: nothing it scrapes is running (a ServiceMonitor's "
                        "Service without endpoints, a DaemonSet scheduled nowhere)")
             (failures if now - since >= EMPTY_POOL_GRACE_S else waiting).append(problem)
+        jobs: dict[str, int] = {}
+        for target in active:
+            job = (target.get("labels") or {}).get("job", "?")
+            jobs[job] = jobs.get(job, 0) + 1
+        waiting += [f"no target of job {job} yet: the release runs {job}, and Prometheus has not found it "
+                    "(its Service and ServiceMonitor)" for job in self.expected if job not in jobs]
         healthy = f"all {len(active)} active Prometheus targets up" + (
-            f", in {len(pools)} scrape pools" if pools else "")
+            f", in {len(pools)} scrape pools" if pools else "") + (
+            ": " + ", ".join(job + (f" ({n})" if n > 1 else "") for job, n in sorted(jobs.items())) if jobs else "")
         return Targets(failures, waiting, healthy)
 
 
@@ -480,6 +518,10 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
             out(f"no Grafana to forward: {grafana_off_reason(lab)}")
         out(f"Prometheus  http://127.0.0.1:{prometheus_port}"
             f"{getattr(shell, 'note', lambda url: '')(f'http://127.0.0.1:{prometheus_port}')}")
+        out("graphs of this lab (Prometheus' web UI):")
+        links = graph_links(f"http://127.0.0.1:{prometheus_port}")
+        for title, url in links:
+            out(f"  {title:<{max(len(t) for t, _ in links)}}  {url}")
         out("forwarding until Ctrl-C")
         supervisor.run(stop or threading.Event())
         out("port-forwards stopped")
@@ -487,6 +529,40 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
         supervisor.stop()
         if own_shell:
             shell.close()
+
+
+def graphs() -> tuple[tuple[str, str], ...]:
+    """(title, PromQL) of what a user of this lab looks at first: the nodes (node-exporter) and the pods
+    (kube-state-metrics), nginx's and Ray's among them, found by their parts' namespaces."""
+    from .parts import REGISTRY  # noqa: PLC0415 (the registry imports this module)
+
+    (nginx,), ray = REGISTRY["nginx"].namespaces, "|".join(REGISTRY["ray"].namespaces)
+    return (
+        ("node CPU busy (cores)", 'sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[2m]))'),
+        ("node memory used", "node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes"),
+        ("pod restarts", "sum by (namespace, pod) (kube_pod_container_status_restarts_total)"),
+        ("nginx's pods Ready",
+         f'sum(kube_pod_status_ready{{namespace="{nginx}", pod=~"nginx-.*", condition="true"}})'),
+        # the operator's, the head's and the worker's
+        ("Ray's pods by phase", f'sum by (namespace, phase) (kube_pod_status_phase{{namespace=~"{ray}"}} == 1)'),
+    )
+
+
+ALL_GRAPHS = "all of them, one page"
+
+
+def graph_links(base: str, range_: str = "1h") -> list[tuple[str, str]]:
+    """Each graph as a link to Prometheus 3's query page (/query?g0.expr=...&g0.tab=graph), `range_` wide,
+    then one page with every graph (panels g0, g1, ...)."""
+    from urllib.parse import urlencode
+
+    def panels(exprs) -> str:
+        return f"{base}/query?" + urlencode([(f"g{i}.{key}", value) for i, expr in enumerate(exprs)
+                                             for key, value in (("expr", expr), ("tab", "graph"),
+                                                                ("range_input", range_))])
+
+    shown = graphs()
+    return [*((title, panels([expr])) for title, expr in shown), (ALL_GRAPHS, panels(e for _, e in shown))]
 
 
 def addresses(lab: Lab) -> list[tuple[str, str, str]]:
@@ -499,12 +575,14 @@ def addresses(lab: Lab) -> list[tuple[str, str, str]]:
 PART = Part(
     name="monitoring", namespaces=(NAMESPACE,), install=lambda lab, parts: install_steps(lab),
     uninstall=lambda lab, parts: uninstall_steps(lab),
-    help=("Install kube-prometheus-stack (Prometheus, Grafana; offline Prometheus alone) with Helm and wait "
+    help=("Install kube-prometheus-stack (Prometheus and its UI, Grafana; offline no Grafana) with Helm and wait "
           "until it serves.",
           "Uninstall the monitoring release and delete its namespace (the CRDs stay)."),
     addresses=addresses,
     memory_mib=2048, cpus=1, requests=(250, 600),  # the chart's 120m / 240Mi, and the operator's Prometheus
-    images=tuple(OFFLINE_IMAGES), releases=lambda lab: {"monitoring": release(lab)})
+    # the images it always runs offline; those from source archives are loaded where the archives are at hand
+    images=tuple(n for n in OFFLINE_IMAGES if n not in {name for name, _, _ in FROM_ARCHIVES}),
+    releases=lambda lab: {"monitoring": release(lab)})
 
 
 __all__ = ["install_steps", "uninstall_steps", "verify_steps", "password", "dashboards", "release",

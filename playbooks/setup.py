@@ -35,9 +35,10 @@ def host_steps(lab: Lab, source: str = "auto") -> list[Step]:
             *images.host_steps(lab, images.user_images(), needs=(engine.name,))]
 
 
-def sshd_steps(optional: bool = True) -> list[Step]:
+def sshd_steps(optional: bool = True, after: str | None = None) -> list[Step]:
     """Debian's OpenSSH server, which the tests start on a loopback port as the `--host` test host: installed
-    as root with apt-get (its list updated first); elsewhere skipped with the reason (those tests skip too)."""
+    as root with apt-get (its list updated first), `after` another apt-get step (one at a time); elsewhere
+    skipped with the reason (those tests skip too)."""
     from pathlib import Path
 
     from .core.steps import change, skip
@@ -64,7 +65,7 @@ def sshd_steps(optional: bool = True) -> list[Step]:
                    timeout=600)
         return "installed openssh-server (its service is not started: the tests start their own sshd)"
 
-    return [Step("openssh-server (the SSH tests' host)", check, install, needs=())]
+    return [Step("openssh-server (the SSH tests' host)", check, install, needs=(after,) if after else ())]
 
 
 __all__ = ["host_steps", "sshd_steps"]

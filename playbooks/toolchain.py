@@ -25,6 +25,8 @@ This module decides and does nothing at import time; the step engine calls
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -90,6 +93,11 @@ PROMETHEUS_VERSION, PROMETHEUS_MODULE_VERSION = "v3.7.3", "v0.307.3"
 NODE_EXPORTER_VERSION = "v1.10.2"
 ALERTMANAGER_VERSION = "v0.28.1"
 OF_WATCHDOG_VERSION = "0.11.3"  # the python3-http template's fwatchdog (its tags carry no "v")
+# The chart's two programs whose modules the proxy refuses, built from their source
+# archives (playbooks/sources.py): the kube-state-metrics subchart 6.4.2 runs v2.17.0,
+# the admission webhooks' certificate Jobs kube-webhook-certgen v1.6.5.
+KUBE_STATE_METRICS_VERSION, KUBE_STATE_METRICS_COMMIT = "v2.17.0", "f9f0a178a486"
+KUBE_WEBHOOK_CERTGEN_VERSION = "v1.6.5"
 KINDLAB_COMPONENT_VERSION = "v0.1.0"  # kindlab's own small programs (tools/pause, tools/capdrop-runc)
 
 GO_MIN_VERSION = "1.26"  # helm, kwok and etcd at these pins declare go 1.26.0
@@ -103,6 +111,26 @@ TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
 
 class ToolInstallError(RuntimeError):
     """A tool could not be installed; the message says which, why and what to do."""
+
+
+@dataclass(frozen=True)
+class WebAssets:
+    """A web UI whose source is in the Go module, built with npm and embedded into the binary.
+
+    What Prometheus' own `make assets assets-compress` and its `builtinassets`
+    build tag do: `npm ci` in `folder` (the npm workspace root), then
+    `npm run build -w WORKSPACE` for each of `builds` in order; each (built
+    folder, name) of `dist` moves to `folder`/static/name; every file there is
+    gzipped, and `embed.go` is written from the module's `template` plus one
+    `//go:embed` line naming the .gz files. The Go build then carries the tag.
+    The result is kept in the tool cache under the sha256 of the UI's source,
+    so a rebuild of the binary reuses it (npm keeps its own download cache).
+    """
+
+    folder: str
+    builds: tuple[str, ...]
+    dist: tuple[tuple[str, str], ...]
+    template: str = "embed.go.tmpl"
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,8 @@ class GoBuild:
     generated list of service-discovery plugins). Go refuses to overlay files
     in its module cache, so the module's verified source is copied beside a
     copy of the wrapper, patched there, and the copy's go.mod points at it.
+    `assets` (with `patches`, in that copy): a web UI built with npm and
+    embedded (WebAssets); `tags`: Go build tags.
     """
 
     package: str
@@ -133,6 +163,8 @@ class GoBuild:
     patches: tuple[str, tuple[tuple[str, str], ...]] | None = None  # (module, ((file in it, wrapper file), ...))
     archive: str | None = None  # sources.ARCHIVES name: built from that archive (after the module, if any)
     vendor: bool = False        # the archive vendors its dependencies
+    tags: tuple[str, ...] = ()
+    assets: WebAssets | None = None
 
     def ldflags(self) -> str:
         # -s -w drop the symbol table and DWARF: a third of the size, no runtime cost.
@@ -405,7 +437,14 @@ COMPONENTS: dict[str, ToolSpec] = {
                    stamps=_prometheus_stamps(PROMETHEUS_VERSION),
                    # only Kubernetes service discovery: half the build time and binary
                    patches=("github.com/prometheus/prometheus",
-                            (("plugins/plugins.go", "_overlay/plugins.go"),)))),
+                            (("plugins/plugins.go", "_overlay/plugins.go"),)),
+                   # its web UI embedded, built as upstream's Makefile builds it (.promu.yml's tags).
+                   # The default UI only: the old one (web/ui/react-app) does not build from the
+                   # module, whose zip leaves out every vendor/ folder (react-app/src/vendor/flot).
+                   tags=("netgo", "builtinassets"),
+                   assets=WebAssets("web/ui", ("@prometheus-io/lezer-promql", "@prometheus-io/codemirror-promql",
+                                               "@prometheus-io/mantine-ui"),
+                                    (("mantine-ui/dist", "mantine-ui"),)))),
     "node-exporter": ToolSpec(
         name="node-exporter", version=NODE_EXPORTER_VERSION, version_args=("--version",),
         go=GoBuild(package="github.com/prometheus/node_exporter", module_query=NODE_EXPORTER_VERSION,
@@ -414,6 +453,19 @@ COMPONENTS: dict[str, ToolSpec] = {
         name="alertmanager", version=ALERTMANAGER_VERSION, version_args=("--version",),
         go=GoBuild(package="github.com/prometheus/alertmanager/cmd/alertmanager", module_query=ALERTMANAGER_VERSION,
                    stamps=_prometheus_stamps(ALERTMANAGER_VERSION))),
+    # From their source archives only (kindlab.sources.monitoring); their dependencies come from the
+    # module proxy. kube-state-metrics stamps what its Makefile's build-local does (the tag keeps its v).
+    "kube-state-metrics": ToolSpec(
+        name="kube-state-metrics", version=KUBE_STATE_METRICS_VERSION, version_args=("version",),
+        go=GoBuild(package=".", archive="kube-state-metrics",
+                   stamps=(("github.com/prometheus/common/version.Version", KUBE_STATE_METRICS_VERSION),
+                           ("github.com/prometheus/common/version.Revision", KUBE_STATE_METRICS_COMMIT)))),
+    # Its image's Dockerfile stamps nothing (the binary says 0.0.1-dev); kindlab stamps the version
+    # so that what it built can be checked.
+    "kube-webhook-certgen": ToolSpec(
+        name="kube-webhook-certgen", version=KUBE_WEBHOOK_CERTGEN_VERSION, version_args=("version",),
+        go=GoBuild(package=".", archive="kube-webhook-certgen",
+                   stamps=(("github.com/jet/kube-webhook-certgen/core.Version", KUBE_WEBHOOK_CERTGEN_VERSION),))),
 }
 
 Log = Callable[[str], None]
@@ -655,7 +707,7 @@ def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log, archive_dir: Path 
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=bin_dir))
     try:
         built = staging / exe_name(spec.name)
-        argv, cwd, env = _go_command(go, spec, staging, archive_dir)
+        argv, cwd, env = _go_command(go, spec, staging, archive_dir, log)
         where = f" in {cwd}" if cwd else ""
         log(f"{spec.name}: building {spec.version} from Go source{where} (a few minutes on a cold cache)")
         _run_build(spec, argv, cwd, env)
@@ -669,18 +721,25 @@ def _install_from_go(spec: ToolSpec, bin_dir: Path, log: Log, archive_dir: Path 
                     f"{spec.name}: `{_show(argv)}` succeeded but left no {built.name}; "
                     "this is a bug in kindlab's tool table"
                 )
+        record = _build_record(spec.name, bin_dir)
+        if spec.name in COMPONENTS:  # gone first: a record never vouches for a binary it did not see built
+            record.unlink(missing_ok=True)
         _check_and_place(spec, built, bin_dir)
+        if spec.name in COMPONENTS:
+            record.write_text(build_fingerprint(spec.name) + "\n")
         log(f"{spec.name}: installed {spec.version} in {bin_dir}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _go_command(go: str, spec: ToolSpec, staging: Path,
-                archive_dir: Path | None = None) -> tuple[list[str], Path | None, dict[str, str]]:
+def _go_command(go: str, spec: ToolSpec, staging: Path, archive_dir: Path | None = None,
+                log: Log = lambda _: None) -> tuple[list[str], Path | None, dict[str, str]]:
     build = spec.go
     env = dict(os.environ)
     env["CGO_ENABLED"] = "1" if build.cgo else "0"
     flags = ["-trimpath", "-buildvcs=false", "-ldflags", build.ldflags()]
+    if build.tags:
+        flags += ["-tags", ",".join(build.tags)]
     if archive_dir is not None:  # the unpacked source archive is the main module
         env.pop("GOFLAGS", None)
         if build.vendor:  # everything it imports is in vendor/: no network at all
@@ -695,7 +754,7 @@ def _go_command(go: str, spec: ToolSpec, staging: Path,
             )
         env.pop("GOFLAGS", None)
         if build.patches:
-            cwd = _patched_wrapper(go, spec, cwd, staging, env)
+            cwd = _patched_wrapper(go, spec, cwd, staging, env, log)
         # -mod=readonly: the committed go.mod/go.sum are the pin; never rewrite them.
         argv = [go, "build", *flags, "-mod=readonly", "-o", str(staging / exe_name(spec.name)), build.package]
         return argv, cwd, env
@@ -709,8 +768,10 @@ def _go_command(go: str, spec: ToolSpec, staging: Path,
     return argv, None, env
 
 
-def _patched_wrapper(go: str, spec: ToolSpec, wrapper: Path, staging: Path, env: dict[str, str]) -> Path:
-    """A copy of the wrapper whose go.mod points at a patched copy of one module's source (GoBuild.patches)."""
+def _patched_wrapper(go: str, spec: ToolSpec, wrapper: Path, staging: Path, env: dict[str, str],
+                     log: Log) -> Path:
+    """A copy of the wrapper whose go.mod points at a patched copy of one module's source (GoBuild.patches),
+    its web UI built into it where the build has one (GoBuild.assets)."""
     module, files = spec.go.patches
     copy, source = staging / "wrapper", staging / "module"
     shutil.copytree(wrapper, copy)
@@ -728,12 +789,132 @@ def _patched_wrapper(go: str, spec: ToolSpec, wrapper: Path, staging: Path, env:
             raise ToolInstallError(f"{spec.name}: {module} has no {target} to replace; kindlab's patch for it "
                                    f"(tools/{spec.go.wrapper}) needs updating for this version")
         shutil.copyfile(copy / replacement, source / target)
+    if spec.go.assets:
+        _embed_assets(spec, source / spec.go.assets.folder, assets_dir(staging.parent), log)
     with open(copy / "go.mod", "a", encoding="utf-8") as go_mod:
         go_mod.write(f"\nreplace {module} => {source.as_posix()}\n")
     return copy
 
 
-def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str, str]) -> None:
+def assets_dir(bin_dir: Path) -> Path:
+    """Where built web UIs are kept (GoBuild.assets), beside the binaries they go into."""
+    return Path(bin_dir) / "assets"
+
+
+def _embed_assets(spec: ToolSpec, ui: Path, cache: Path, log: Log) -> None:
+    """The web UI in `ui` built (or found built for this very source) and made ready to embed."""
+    assets = spec.go.assets
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(assets)).encode())
+    hash_folder(digest, ui)
+    built = cache / f"{spec.name}-{digest.hexdigest()[:16]}"
+    if (built / "embed.go").is_file():
+        log(f"{spec.name}: its web UI is built already ({built})")
+    else:
+        _build_assets(spec, ui, built, log)
+    shutil.copytree(built / "static", ui / "static", dirs_exist_ok=True)
+    shutil.copyfile(built / "embed.go", ui / "embed.go")
+
+
+def _build_assets(spec: ToolSpec, ui: Path, target: Path, log: Log) -> None:
+    """npm ci and the workspaces' builds in `ui`; the results gzipped, with embed.go, into `target` whole."""
+    assets = spec.go.assets
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ToolInstallError(f"{spec.name}: its web UI is built with npm, and `npm` is not on PATH; "
+                               "install Node.js 20 or newer (with npm) and run again")
+    env = dict(os.environ)
+    env.pop("NODE_ENV", None)  # "production" would leave out the devDependencies the build runs
+    log(f"{spec.name}: building its web UI with npm in {ui} (a minute or two; npm's cache keeps the downloads)")
+    started = time.monotonic()
+    _run_build(spec, [npm, "ci", "--no-audit", "--no-fund"], ui, env, advice=_npm_advice)
+    for workspace in assets.builds:
+        _run_build(spec, [npm, "run", "build", "-w", workspace], ui, env, advice=_npm_advice)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for folder, name in assets.dist:
+            if not (ui / folder).is_dir():
+                raise ToolInstallError(f"{spec.name}: the UI's build left no {folder} in {ui}; kindlab's "
+                                       "WebAssets for it need updating for this version")
+            for path in sorted(p for p in (ui / folder).rglob("*") if p.is_file()):
+                packed = staging / "static" / name / (path.relative_to(ui / folder).as_posix() + ".gz")
+                packed.parent.mkdir(parents=True, exist_ok=True)
+                packed.write_bytes(gzip.compress(path.read_bytes(), mtime=0))  # no name, no time: reproducible
+        embedded = sorted(p.relative_to(staging).as_posix() for p in (staging / "static").rglob("*.gz"))
+        template = (ui / assets.template).read_text(encoding="utf-8").rstrip("\n")
+        (staging / "embed.go").write_text(f"{template}\n//go:embed {' '.join(embedded)}\nvar EmbedFS embed.FS\n",
+                                          encoding="utf-8")
+        try:
+            os.replace(staging, target)
+        except OSError:  # built meanwhile by another run
+            if not (target / "embed.go").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"{spec.name}: web UI built in {time.monotonic() - started:.0f}s, {len(embedded)} files kept in {target}")
+
+
+def _npm_advice(output: str) -> str:
+    if re.search(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|network", output):
+        return "The npm registry could not be reached; check the network or `npm config get registry` and run again."
+    if re.search(r"E404|ETARGET|EINTEGRITY", output):
+        return ("The npm registry did not serve a package the UI's package-lock.json pins (or served a different "
+                "one); check `npm config get registry`.")
+    return "Check the output above; the UI build needs Node.js 20 or newer, npm and the npm registry."
+
+
+# ------------------------------------------------------------ what a build is
+
+
+def hash_folder(digest, folder: Path) -> None:
+    """Feed every file under `folder` (its path, whether executable, its bytes) into `digest`."""
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + executable + path.read_bytes())
+
+
+def build_fingerprint(name: str) -> str:
+    """sha256 of how `name` is built from Go source: its pin, package and flags, and, where it has them,
+    its wrapper module's files, patches, build tags, web UI and source archive."""
+    spec = _spec(name)
+    build = spec.go
+    facts = [spec.version, build.package, build.module_query, build.wrapper, build.ldflags(), build.cgo]
+    # each only where there is one, so that adding a kind of fact leaves the other builds' fingerprints
+    if build.patches:
+        facts.append(build.patches)
+    if build.tags:
+        facts.append(["tags", list(build.tags)])
+    if build.assets:
+        facts.append(["assets", dataclasses.asdict(build.assets)])
+    if build.archive:  # built from a source archive: its pinned sha256 is its source
+        from . import sources as sources_  # noqa: PLC0415 (as in _install_from_archive)
+        facts.append(sources_.ARCHIVES[build.archive].sha256)
+    digest = hashlib.sha256(json.dumps(facts).encode())
+    if build.wrapper:
+        hash_folder(digest, TOOLS_DIR / build.wrapper)
+    return digest.hexdigest()
+
+
+def _build_record(name: str, bin_dir: Path) -> Path:
+    return Path(bin_dir) / (exe_name(name) + ".build")
+
+
+def is_built(name: str, bin_dir: Path) -> bool:
+    """The pinned version is in `bin_dir`; for a component, built from Go source as kindlab builds it now
+    (its build record, written beside it, holds build_fingerprint): a changed patch, UI or archive
+    rebuilds it even though its version stays."""
+    if not is_current(name, bin_dir):
+        return False
+    if name not in COMPONENTS:
+        return True  # a tool may be a release download: its version is all there is
+    try:
+        return _build_record(name, bin_dir).read_text().strip() == build_fingerprint(name)
+    except OSError:
+        return False
+
+
+def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str, str],
+               advice: Callable[[str], str] | None = None) -> None:
     try:
         completed = subprocess.run(
             argv,
@@ -749,16 +930,16 @@ def _run_build(spec: ToolSpec, argv: list[str], cwd: Path | None, env: dict[str,
     except subprocess.TimeoutExpired:
         raise ToolInstallError(
             f"{spec.name}: `{_show(argv)}` did not finish in {BUILD_TIMEOUT_S}s; "
-            "run it again (the Go caches keep what was done) or check the network"
+            "run it again (the caches keep what was done) or check the network"
         ) from None
     except OSError as error:
         raise ToolInstallError(
-            f"{spec.name}: could not start `{_show(argv)}`: {error}; check your Go installation"
+            f"{spec.name}: could not start `{_show(argv)}`: {error}; check your {Path(argv[0]).stem} installation"
         ) from None
     if completed.returncode != 0:
         raise ToolInstallError(
             f"{spec.name}: `{_show(argv)}` failed with exit code {completed.returncode}:\n"
-            f"{_tail(completed.stdout)}\n{_go_advice(completed.stdout)}"
+            f"{_tail(completed.stdout)}\n{(advice or _go_advice)(completed.stdout)}"
         )
 
 
@@ -924,8 +1105,8 @@ def _tail(output: str, lines: int = OUTPUT_LINES_IN_ERRORS) -> str:
 
 
 def _show(argv: list[str]) -> str:
-    """A command for a message: go's path shortened to `go`, arguments quoted."""
-    shown = ["go" if i == 0 else arg for i, arg in enumerate(argv)]
+    """A command for a message: the program's path shortened to its name (`go`, `npm`), arguments quoted."""
+    shown = [Path(arg).stem if i == 0 else arg for i, arg in enumerate(argv)]
     if _on_windows():
         return subprocess.list2cmdline(shown)
     return shlex.join(shown)
@@ -935,7 +1116,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m playbooks.toolchain [--source go|release|auto] [TOOL ...]`: install
     missing tools (all by default) and print each one's version."""
     import argparse
-    import time
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("tools", nargs="*", default=list(TOOLS), metavar="TOOL")

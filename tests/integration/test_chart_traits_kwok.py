@@ -117,7 +117,7 @@ def test_helm_waits_for_a_pre_install_hook_job_that_runs_to_completion(play, tes
     try:
         outcomes = statuses(play(monitoring.install_steps(testbed, rel)))
         assert outcomes["monitoring release"] == "changed", play.output
-        assert "helm waits for pre-install,pre-upgrade hook job monitoring/kps-prometheus-admission-create" \
+        assert "helm waits for pre-install,pre-upgrade hook job monitoring/kps-admission-create" \
             in play.output
     finally:
         from tests.conftest import PlayRun
@@ -132,7 +132,7 @@ def test_a_hook_job_that_cannot_run_stops_helm_and_is_named(play, testbed, kube)
             play(monitoring.install_steps(testbed, rel))
         failed = next(o for o in play_outcomes(play) if o[0] == "monitoring release")
         assert failed[1] == "failed"
-        assert ("pre-install,pre-upgrade hook job monitoring/kps-prometheus-admission-create cannot complete"
+        assert ("pre-install,pre-upgrade hook job monitoring/kps-admission-create cannot complete"
                 in play.output), play.output
         assert "ImagePullBackOff" in play.output and "helm was stopped" in play.output
         assert "timed out" not in play.output

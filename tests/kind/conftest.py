@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from playbooks import engine, images, sources, toolchain
+from playbooks import browser, engine, images, sources, toolchain
 from playbooks.core.commands import LocalShell
 from playbooks.core.settings import Lab
 
@@ -29,7 +29,10 @@ from ..conftest import source_folders
 CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[2]).encode()).hexdigest()[:4]
 REAL_CLUSTER = f"kindlab-real-{CHECKOUT}"
 NEEDED_IMAGES = tuple(images.user_images())  # what `invoke setup` builds: the node, nginx, ray, monitoring's, faas's
-NEEDED_ARCHIVES = ("faas-cli", "of-watchdog", "python-flask-template")  # the function, built for real
+NEEDED_ARCHIVES = ("faas-cli", "of-watchdog", "python-flask-template",  # the function, built for real
+                   "kube-state-metrics", "kube-webhook-certgen")       # and monitoring's two programs
+# kindlab.sources for invoke run as a subprocess (what .ci/run exports)
+SOURCES_ENV = {f"INVOKE_KINDLAB_SOURCES_{group.upper()}": folder for group, folder in source_folders().items()}
 
 
 def real_required() -> bool:
@@ -42,9 +45,11 @@ def real_required() -> bool:
 def missing_prerequisites(sh) -> str | None:
     bin_dir = toolchain.default_bin_dir()
     folders = source_folders()
-    missing = [reason for name in NEEDED_ARCHIVES if (reason := sources.reason_missing(name, folders))]
+    missing = [(name, reason) for name in NEEDED_ARCHIVES if (reason := sources.reason_missing(name, folders))]
     if missing:
-        return f"source archives not at hand: {missing[0]} (or set INVOKE_KINDLAB_SOURCES_OPENFAAS)"
+        name, reason = missing[0]
+        return (f"source archives not at hand: {reason} "
+                f"(or set INVOKE_KINDLAB_SOURCES_{sources.ARCHIVES[name].group.upper()})")
     tools = [name for name in ("kind", "kubectl", "faas-cli") if not toolchain.is_current(name, bin_dir)]
     if tools:
         return f"{', '.join(tools)} missing in {bin_dir}: run `invoke tools.install --testbed` (or `invoke setup`)"
@@ -87,6 +92,18 @@ def real_lab(tmp_path_factory) -> Lab:
                ports=(("nginx", nginx_port), ("http", http_port), ("gateway", gateway_port)),
                bin_dir=toolchain.default_bin_dir(), offline=True, timeout=300,
                retry_attempts=3, retry_initial=0.5, sources=tuple(sorted(source_folders().items())))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, which `invoke setup` installs as root; missing, the test skips (CI: fails)."""
+    found = browser.find()
+    if found is None:
+        message = f"no chromium to render the Prometheus UI with: install it with {browser.INSTALL}"
+        if real_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def kind_containers(sh, cluster: str) -> list[str]:

@@ -3,9 +3,13 @@
 What runs for real here: the kind node, the KubeRay operator (v1.6.2, built from
 its Go module), Ray 2.52.0 (PyPI, on Debian's Python) as a RayCluster sized to
 this machine, a crawl submitted through the Ray Jobs API to a site nginx serves
-inside the cluster, prometheus-operator, Prometheus, Alertmanager and
-node-exporter (Go modules), `monitoring.verify` against the real Prometheus API,
-and the port-forwards of `invoke monitoring.dashboards`. What stays a stand-in:
+inside the cluster, prometheus-operator, Prometheus with its web UI (npm),
+Alertmanager and node-exporter (Go modules), kube-state-metrics and the admission
+webhooks' certificate Jobs (kube-webhook-certgen; both from their source archives,
+kindlab.sources.monitoring pointed at the project's shared sources),
+`monitoring.verify` against the real Prometheus API, the port-forwards of
+`invoke monitoring.dashboards`, and headless Chromium drawing a graph of the lab
+from them. What stays a stand-in:
 the charts (tests/fixtures/charts/*-stub: the upstream charts are not in the
 repository; they render the same kinds of objects from the same value keys,
 and the operators make the pods from them as they do for users).
@@ -14,20 +18,24 @@ The tests run in file order on one cluster of their own, `kindlab-parts-<checkou
 with Ray's tests first and monitoring's after (this machine has two cores).
 Each prints the figures the issues ask for; none asserts a duration.
 """
+import contextlib
 import os
 import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import pytest
 import yaml
 
-from playbooks import cluster, images, monitoring, providers, ray
+from playbooks import browser, cluster, images, monitoring, providers, ray
 from playbooks.core.cli import make_context
 from playbooks.core.kube import condition_ready as ready
 from playbooks.core.quantities import quantity
@@ -35,7 +43,7 @@ from playbooks.core.resources import absent, applied
 from playbooks.core.runner import PlayFailed
 
 from ..conftest import PlayRun
-from .conftest import CHECKOUT, group, kind_containers
+from .conftest import CHECKOUT, SOURCES_ENV, group, kind_containers
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / "tests" / "fixtures" / "charts"
@@ -221,20 +229,60 @@ def test_monitoring_install_runs_the_real_operator_offline_and_a_rerun_changes_n
     figure(f"monitoring.install first run: {took:.1f} s, changed={len(lab_changes(first))}")
     assert result["monitoring Prometheus serving"].status == "ok", play.output
     said = result["monitoring offline values"].detail
-    assert "Grafana off" in said and "kube-state-metrics off" in said and "certificate Job" in said
+    assert said.startswith("Grafana off: ") and "kube-state-metrics" not in said and "certificate Job" not in said
     assert result["monitoring grafana admin secret"].status == "skipped"
     # the real operator, in the cluster, made Prometheus and Alertmanager from the release's resources
     operator = kube.apps.read_namespaced_deployment("kps-operator", "monitoring")
     assert operator.spec.template.spec.containers[0].image == images.reference("prometheus-operator")
     statefulset = kube.apps.read_namespaced_stateful_set("prometheus-kps-prometheus", "monitoring")
     assert [ref.kind for ref in statefulset.metadata.owner_references] == ["Prometheus"]
-    running = {c.image for p in kube.core.list_namespaced_pod("monitoring").items for c in p.spec.containers}
-    assert running == {images.reference(n) for n in monitoring.OFFLINE_IMAGES}
+    # everything on kindlab's images, kube-state-metrics too; the certificate Jobs ran and are gone
+    running = {c.image for p in kube.core.list_namespaced_pod("monitoring").items
+               if p.status.phase != "Succeeded" and not p.metadata.deletion_timestamp for c in p.spec.containers}
+    assert running == {images.reference(n) for n in monitoring.OFFLINE_IMAGES if n != "kube-webhook-certgen"}
+    ksm = kube.apps.read_namespaced_deployment("monitoring-kube-state-metrics", "monitoring")
+    assert ksm.status.ready_replicas == 1
     assert not [d for d in kube.apps.list_namespaced_deployment("monitoring").items if "grafana" in d.metadata.name]
+    assert not kube.batch.list_namespaced_job("monitoring").items  # helm deletes each hook Job once it succeeded
 
     again, took = timed(play, monitoring.install_steps(lab))
     figure(f"monitoring.install rerun: {took:.1f} s, changed={len(lab_changes(again))}")
     assert lab_changes(again) == [] and "failed" not in {o.status for o in again}, play.output
+
+
+def test_the_webhooks_certificate_jobs_ran_and_the_operator_checks_prometheus_rules_with_it(lab, kube):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    # both certificate Jobs ran to completion (helm then deleted them: their events stay a while)
+    completed = {e.involved_object.name for e in kube.core.list_namespaced_event("monitoring").items
+                 if e.involved_object.kind == "Job" and e.reason == "Completed"}
+    assert {"kps-admission-create", "kps-admission-patch"} <= completed, completed
+    # the create Job made the certificate; the patch Job gave its CA to both webhook configurations
+    secret = kube.core.read_namespaced_secret("kps-admission", "monitoring")
+    assert {"ca", "cert", "key"} <= set(secret.data)
+    admission = client.AdmissionregistrationV1Api(kube.api)
+    for configuration in (admission.read_mutating_webhook_configuration("kps-admission"),
+                          admission.read_validating_webhook_configuration("kps-admission")):
+        assert [w.client_config.ca_bundle for w in configuration.webhooks] == [secret.data["ca"]]
+    args = kube.apps.read_namespaced_deployment("kps-operator", "monitoring").spec.template.spec.containers[0].args
+    assert "--web.enable-tls=true" in args  # the operator serves with that certificate
+    # so the API server reaches the operator's webhook over TLS, and a broken rule is refused (the webhooks'
+    # failurePolicy is Ignore: without the certificate and its CA the rule would pass)
+    def rule(name, expr):
+        return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                "metadata": {"name": name, "namespace": "monitoring"},
+                "spec": {"groups": [{"name": "kindlab", "rules": [{"alert": "Broken", "expr": expr}]}]}}
+
+    with pytest.raises(ApiException) as refused:
+        kube.custom.create_namespaced_custom_object("monitoring.coreos.com", "v1", "monitoring", "prometheusrules",
+                                                    rule("kindlab-broken", "sum(up"))
+    figure(f"a broken PrometheusRule: HTTP {refused.value.status}: {refused.value.body[:300]}")
+    assert "denied the request" in refused.value.body and "prometheusrulevalidate" in refused.value.body
+    kube.custom.create_namespaced_custom_object("monitoring.coreos.com", "v1", "monitoring", "prometheusrules",
+                                                rule("kindlab-fine", "up == 0"))
+    kube.custom.delete_namespaced_custom_object("monitoring.coreos.com", "v1", "monitoring", "prometheusrules",
+                                                "kindlab-fine")
 
 
 def test_verify_asks_the_real_prometheus_and_finds_every_target_up(play, lab):
@@ -242,8 +290,11 @@ def test_verify_asks_the_real_prometheus_and_finds_every_target_up(play, lab):
     result = outcomes_of(outcomes)
     figure(f"monitoring.verify: {took:.1f} s; {result['prometheus targets up'].detail}")
     assert result["prometheus targets up"].status == "changed", play.output
-    count = int(re.search(r"all (\d+) active Prometheus targets up", result["prometheus targets up"].detail).group(1))
-    assert count >= 6  # Prometheus and its reloader, Alertmanager and its reloader, the operator, node-exporter
+    detail = result["prometheus targets up"].detail
+    count = int(re.search(r"all (\d+) active Prometheus targets up", detail).group(1))
+    # Prometheus and its reloader, Alertmanager and its reloader, the operator, node-exporter, kube-state-metrics
+    assert count >= 7
+    assert re.search(r"[:,] kube-state-metrics(,|$)", detail), detail
     assert result["grafana healthy"].status == "skipped" and "Grafana is off offline" in result["grafana healthy"].detail
 
 
@@ -312,8 +363,9 @@ def printed(output: Path, text: str, proc) -> None:
     raise AssertionError(f"not printed yet: {text!r}")
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
-def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl_c(lab, tmp_path):
+@contextlib.contextmanager
+def dashboards_running(lab, tmp_path):
+    """`invoke monitoring.dashboards` as a user runs it (its own process group), until it forwards."""
     config = tmp_path / "kindlab.yaml"
     config.write_text(yaml.safe_dump({"kindlab": {
         "home": str(lab.home), "kubeconfig": str(lab.kubeconfig), "provider": "kind", "cluster": lab.cluster,
@@ -322,9 +374,82 @@ def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl
     with open(output, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), "monitoring.dashboards"], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, **SOURCES_ENV},
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         until(lambda: printed(output, "forwarding until Ctrl-C", proc), 60, "dashboards never started")
+        yield proc, output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def fetched(url: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200, url
+        return response.headers.get("Content-Type", ""), response.read()
+
+
+def series(expr: str, empty_ok: bool = False) -> list:
+    """What Prometheus answers for `expr` through the forward (raises while it has no series, unless empty_ok)."""
+    found = prometheus_answers("http://127.0.0.1:9090/api/v1/query?" + urlencode({"query": expr}))
+    assert found or empty_ok, f"no series yet for {expr}"
+    return found
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])  # the IHDR chunk's width and height
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
+def test_the_prometheus_ui_is_served_through_the_dashboards_forward_and_draws_a_graph_of_the_lab(
+        lab, tmp_path, chromium):
+    with dashboards_running(lab, tmp_path) as (proc, output):
+        text = output.read_text()
+        printed_links = re.findall(r"^  (\S.*?)\s{2,}(http://127\.0\.0\.1:9090/query\?\S+)$", text, re.M)
+        links, (everything, one_page) = printed_links[:-1], printed_links[-1]
+        assert [title for title, _ in links] == [title for title, _ in monitoring.graphs()], text
+        assert everything == monitoring.ALL_GRAPHS
+        # the UI's page and every script and style sheet it names, as a browser loads them
+        kind, page = until(lambda: fetched("http://127.0.0.1:9090/query"), 30, "no UI page at 127.0.0.1:9090/query")
+        assert kind.startswith("text/html") and b'<div id="root">' in page
+        assets = re.findall(rb'(?:src|href)="\./(assets/[^"]+\.(?:js|css))"', page)
+        assert {a.rsplit(b".", 1)[1] for a in assets} == {b"js", b"css"}, page[:2000]
+        sizes = []
+        for asset in assets:
+            kind, body = fetched(f"http://127.0.0.1:9090/{asset.decode()}")
+            assert kind.split(";")[0] in ("text/javascript", "application/javascript", "text/css"), (asset, kind)
+            sizes.append(f"{asset.decode()} {len(body) / 1e6:.2f} MB")
+            assert len(body) > 10_000, asset
+        figure(f"Prometheus UI through the forward: /query and {'; '.join(sizes)}")
+        # each graph's expression is one the Prometheus API evaluates; node-exporter's and
+        # kube-state-metrics' already give series (a rate needs two scrapes: 30 s apart)
+        for title, url in links:
+            expr = parse_qs(urlsplit(url).query)["g0.expr"][0]
+            until(lambda: series(expr, empty_ok=title not in ("node CPU busy (cores)", "node memory used",
+                                                                "pod restarts")), 120, f"{title}: {expr}")
+        # as a person sees it: headless Chromium runs the page's scripts, which ask the API and draw; the
+        # first graph, as wide as this young lab's history (the links say 1h), and a picture of it
+        title, url = links[0]
+        query = [(k, "15m" if k.endswith(".range_input") else v) for k, v in parse_qsl(urlsplit(url).query)]
+        png, blank = tmp_path / "prometheus-ui.png", tmp_path / "blank.png"
+        started = time.monotonic()
+        drawn = browser.render(f"http://127.0.0.1:9090/query?{urlencode(query)}", png)
+        figure(f"chromium rendered {title} in {time.monotonic() - started:.1f} s: {png} "
+               f"({png.stat().st_size / 1e3:.0f} kB)")
+        assert "u-over" in drawn and "Error executing query" not in drawn, drawn[-3000:]  # a plot area, drawn
+        assert re.search(r'class="u-label">\{instance="[^"]+:9100"\}<', drawn), drawn[-3000:]  # a node's series
+        browser.render("about:blank", blank)
+        assert png_size(png.read_bytes()) == (1400, 900)
+        assert png.stat().st_size > 3 * blank.stat().st_size  # drawn: text, axes and lines, not white
+        if os.environ.get("KINDLAB_UI_SCREENSHOT"):  # the README's picture: docs/prometheus-ui.png
+            shutil.copyfile(png, os.environ["KINDLAB_UI_SCREENSHOT"])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
+def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl_c(lab, tmp_path):
+    with dashboards_running(lab, tmp_path) as (proc, output):
         assert "no Grafana to forward: Grafana is off offline" in output.read_text()
         def scraped():
             jobs = {r["metric"]["job"] for r in prometheus_answers()}
@@ -346,9 +471,6 @@ def test_dashboards_serve_prometheus_bring_a_killed_forward_back_and_end_on_ctrl
         assert group(proc.pid) == []  # no kubectl left behind
         with pytest.raises(OSError):
             urllib.request.urlopen("http://127.0.0.1:9090/-/ready", timeout=2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_monitoring_uninstall_removes_release_and_namespace_and_a_rerun_is_ok(play, lab, kube):

@@ -1,4 +1,5 @@
 """The image catalog: inputs hashes and tags, and what a build decides to do (no engine needed)."""
+import os
 import shutil
 
 import pytest
@@ -6,7 +7,9 @@ import pytest
 from playbooks import images, toolchain
 from playbooks.core.commands import Result
 from playbooks.core.settings import Lab
+from playbooks.core.steps import CHANGED, SKIPPED
 
+from ..conftest import source_folders
 from .test_offline import Engine, Ctx
 
 
@@ -104,3 +107,82 @@ def test_the_ray_image_carries_the_ray_the_project_pins_and_the_values_name_it()
     assert images.reference("ray").startswith(f"kindlab.local/ray:{pinned}-")
     values = kyaml.load((root / "helm-values" / "ray-cluster.yaml").read_text())
     assert values["image"]["tag"] == f"{pinned}-py311"  # bookworm's Python, what the image is built on
+
+
+MONITORING_SOURCES = source_folders().get("monitoring")
+
+
+def with_go(monkeypatch, name, **changes):
+    """COMPONENTS[name] built another way (its GoBuild with `changes`), for one test."""
+    spec = toolchain.COMPONENTS[name]
+    go = spec.go.__class__(**{**spec.go.__dict__, **changes})
+    monkeypatch.setitem(toolchain.COMPONENTS, name, spec.__class__(**{**spec.__dict__, "go": go}))
+    images.inputs_hash.cache_clear()
+
+
+def test_the_prometheus_image_changes_with_its_web_ui_build_and_no_other_image_does(monkeypatch):
+    before = {name: images.inputs_hash(name) for name in images.CATALOG}
+    assets = toolchain.COMPONENTS["prometheus"].go.assets
+    try:
+        for changes in ({"assets": None}, {"assets": assets.__class__(**{**assets.__dict__, "builds": assets.builds[1:]})},
+                        {"tags": ("netgo",)}):
+            with_go(monkeypatch, "prometheus", **changes)
+            after = {name: images.inputs_hash(name) for name in images.CATALOG}
+            assert [n for n in images.CATALOG if before[n] != after[n]] == ["prometheus"], changes
+    finally:
+        images.inputs_hash.cache_clear()
+
+
+def test_the_archive_built_images_run_what_the_chart_expects():
+    ksm, certgen = images.CATALOG["kube-state-metrics"], images.CATALOG["kube-webhook-certgen"]
+    # the chart passes arguments only: the upstream images' entrypoints and users
+    assert ksm.entrypoint == ("/kube-state-metrics", "--port=8080", "--telemetry-port=8081")
+    assert ksm.user == images.NOBODY and certgen.user == "65532:65532"
+    assert certgen.entrypoint == ("/kube-webhook-certgen",)
+    assert images.reference("kube-state-metrics").startswith(f"kindlab.local/kube-state-metrics:"
+                                                             f"{toolchain.KUBE_STATE_METRICS_VERSION}-")
+
+
+def test_images_whose_source_archives_are_missing_are_skipped_with_the_reason_and_the_rest_build(tmp_path):
+    steps = images.build_steps(Lab(bin_dir=tmp_path), images.user_images())
+    names = [s.name for s in steps]
+    assert not [n for n in names if n.startswith(("binary kube-state-metrics", "binary kube-webhook-certgen"))]
+    results = checks(steps, Engine({}))
+    for image, archive in (("kube-state-metrics", "kube-state-metrics-2.17.0.tar.gz"),
+                           ("kube-webhook-certgen", "kube-webhook-certgen-1.6.5.tar.gz")):
+        result = results[f"image {image}"]
+        assert result.state == SKIPPED, result
+        assert result.detail.startswith(f"{image} not built: ") and archive in result.detail
+        assert "kindlab.sources.monitoring names no folder" in result.detail  # and the fix
+    assert results["image prometheus"].state == CHANGED and results["image node"].state == CHANGED
+    # a folder without the archive says so too
+    results = checks(images.build_steps(Lab(bin_dir=tmp_path, sources=(("monitoring", str(tmp_path)),)),
+                                        ["kube-state-metrics"]), Engine({}))
+    assert f"kube-state-metrics-2.17.0.tar.gz is not in {tmp_path}" in results["image kube-state-metrics"].detail
+
+
+@pytest.mark.skipif(not MONITORING_SOURCES, reason="the monitoring source archives are not beside this "
+                    "checkout (or set INVOKE_KINDLAB_SOURCES_MONITORING)")
+def test_with_the_monitoring_sources_their_images_get_binaries_built_from_the_archives(tmp_path):
+    lab = Lab(bin_dir=tmp_path, sources=(("monitoring", MONITORING_SOURCES),))
+    results = checks(images.build_steps(lab, ["kube-state-metrics", "kube-webhook-certgen"]), Engine({}))
+    assert results[f"binary kube-state-metrics {toolchain.KUBE_STATE_METRICS_VERSION}"].state == CHANGED
+    assert results[f"binary kube-webhook-certgen {toolchain.KUBE_WEBHOOK_CERTGEN_VERSION}"].state == CHANGED
+    assert results["image kube-state-metrics"].state == CHANGED
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the binary")
+def test_a_binary_of_the_pinned_version_built_before_its_ui_is_built_again_for_its_image(tmp_path, monkeypatch):
+    """The Prometheus an earlier kindlab built (v3.7.3 too, without the UI) does not go into the new image."""
+    where = toolchain.component_dir(tmp_path)
+    where.mkdir(parents=True)
+    binary = where / "prometheus"
+    binary.write_text("#!/bin/sh\necho 'prometheus, version 3.7.3 (branch: , revision: unknown)'\n")
+    binary.chmod(0o755)
+    engine = all_current()
+    engine.present[images.reference("prometheus")] = "older inputs"
+    step = f"binary prometheus {toolchain.PROMETHEUS_VERSION}"
+    result = checks(images.build_steps(Lab(bin_dir=tmp_path), ["prometheus"]), engine)[step]
+    assert result.state == CHANGED and "(found v3.7.3, built differently)" in result.detail
+    (where / "prometheus.build").write_text(toolchain.build_fingerprint("prometheus") + "\n")
+    assert checks(images.build_steps(Lab(bin_dir=tmp_path), ["prometheus"]), engine)[step].state == "ok"

@@ -307,26 +307,60 @@ def test_dashboards_before_install_name_the_missing_service():
                               out=lambda m: None)
 
 
-# --- offline: kindlab's images, Grafana and the rest that cannot run turned off ---------
-def test_offline_turns_off_what_has_no_image_and_keeps_the_labs_other_values():
+# --- offline: kindlab's images, Grafana turned off (and what a missing source archive leaves out) ---------
+@pytest.fixture
+def archives_at_hand(monkeypatch):
+    """kindlab.sources.monitoring names a folder with both archives (their checks: test_sources, test_images)."""
+    from playbooks import images
+    monkeypatch.setattr(images, "archive_missing", lambda lab, binary: None)
+
+
+def image_of(values: dict) -> str:
+    return f"{values['image']['registry']}/{values['image']['repository']}:{values['image']['tag']}"
+
+
+def test_offline_turns_off_grafana_alone_and_runs_the_rest_on_kindlabs_images(archives_at_hand):
     from playbooks import images
     from playbooks.core.helm import load_values
 
     online = load_values(monitoring.release(Lab()))
     offline = load_values(monitoring.release(Lab(offline=True)))
     assert monitoring.offline_values(Lab()) == {} and online.get("grafana", {}).get("enabled", True)
-    assert offline["grafana"]["enabled"] is False and offline["kubeStateMetrics"]["enabled"] is False
+    assert offline["grafana"]["enabled"] is False
+    assert offline.get("kubeStateMetrics", {}).get("enabled", True) is not False
     hooks = offline["prometheusOperator"]["admissionWebhooks"]
-    assert hooks["enabled"] is False and hooks["patch"]["enabled"] is False
-    assert offline["prometheusOperator"]["tls"]["enabled"] is False  # its certificate was the hook Job's work
+    assert hooks.get("enabled", True) is not False and hooks["patch"].get("enabled", True) is not False
+    assert offline["prometheusOperator"].get("tls", {}).get("enabled", True) is not False
+    # the value keys kube-prometheus-stack 79.9.0 and its kube-state-metrics subchart read the images from
+    assert image_of(offline["kube-state-metrics"]) == images.reference("kube-state-metrics")
+    assert image_of(hooks["patch"]) == images.reference("kube-webhook-certgen")
     prometheus = offline["prometheus"]["prometheusSpec"]
-    assert f"{prometheus['image']['registry']}/{prometheus['image']['repository']}:{prometheus['image']['tag']}" \
-        == images.reference("prometheus")
+    assert image_of(prometheus) == images.reference("prometheus")
     assert prometheus["version"] == "v3.7.3"  # not the hash-carrying tag
     # the lab's own values stay: everything online has the same value offline unless offline set it
     assert prometheus["retention"] == online["prometheus"]["prometheusSpec"]["retention"] == "2d"
     assert offline["grafana"]["admin"] == online["grafana"]["admin"]
     assert offline["prometheus-node-exporter"]["hostRootFsMount"] == {"enabled": False}
+    assert offline["kube-state-metrics"]["resources"] == online["kube-state-metrics"]["resources"]
+    assert set(monitoring.offline_images(Lab(offline=True))) == set(monitoring.OFFLINE_IMAGES)
+    said = monitoring.install_steps(Lab(offline=True))[0].check(None).detail
+    assert said.startswith("Grafana off: ") and "kube-state-metrics" not in said and "webhooks" not in said
+
+
+def test_offline_without_the_monitoring_sources_turns_off_what_they_build_and_says_which_archive():
+    from playbooks.core.helm import load_values
+
+    offline = load_values(monitoring.release(Lab(offline=True)))
+    assert offline["grafana"]["enabled"] is False and offline["kubeStateMetrics"]["enabled"] is False
+    hooks = offline["prometheusOperator"]["admissionWebhooks"]
+    assert hooks["enabled"] is False and hooks["patch"]["enabled"] is False
+    assert offline["prometheusOperator"]["tls"]["enabled"] is False  # its certificate was the hook Job's work
+    assert monitoring.offline_images(Lab(offline=True)) == list(monitoring.PART.images)
+    said = monitoring.install_steps(Lab(offline=True))[0].check(None).detail
+    assert "kube-state-metrics off: kube-state-metrics v2.17.0 (Apache-2.0) comes from " \
+           "kube-state-metrics-2.17.0.tar.gz, and kindlab.sources.monitoring names no folder" in said
+    assert "the admission webhooks, their certificate Job and the operator's TLS off: " \
+           "kube-webhook-certgen v1.6.5 (Apache-2.0) comes from kube-webhook-certgen-1.6.5.tar.gz" in said
 
 
 def test_offline_install_names_each_part_turned_off_and_why_and_loads_the_images_first():
@@ -335,10 +369,8 @@ def test_offline_install_names_each_part_turned_off_and_why_and_loads_the_images
     assert names[:2] == ["monitoring offline values", "monitoring image(s) in the kind nodes"]
     assert names[-1] == "monitoring Prometheus serving"  # not Grafana: it is off
     said = steps[0].check(None).detail
-    for what in ("Grafana off", "kube-state-metrics off", "the admission webhooks, their certificate Job and the "
-                 "operator's TLS off"):
-        assert what in said
-    assert "github.com/grafana/grafana" in said and "kube-webhook-certgen" in said
+    assert "Grafana off" in said and "AGPL" in said
+    assert "github.com/grafana/grafana" in said
     secret = next(s for s in steps if s.name == "monitoring grafana admin secret").check(None)
     assert secret.state == "skipped" and "Grafana is off offline" in secret.detail
     online = [s.name for s in monitoring.install_steps(Lab())]
@@ -424,3 +456,58 @@ def test_poll_targets_fails_on_the_first_real_problem_and_waits_out_the_others()
     healthy = iter([monitoring.Targets([], ["x"]), monitoring.Targets([], [], "all 3 active Prometheus targets up")])
     assert monitoring.poll_targets(lambda: next(healthy), 120, lambda m: None, sleep=lambda s: None) \
         == "all 3 active Prometheus targets up"
+
+
+KSM = "serviceMonitor/monitoring/monitoring-kube-state-metrics/0"
+
+
+def test_kube_state_metrics_without_a_target_is_waited_for_and_named_then_its_target_up_passes():
+    judge = monitoring.TargetJudge(now=BEGAN, expected=("kube-state-metrics",))
+    found = judge.judge(answer(target(PROMETHEUS, "up", BEGAN)), pools(PROMETHEUS))
+    assert found.failures == [] and len(found.waiting) == 1
+    assert found.waiting[0].startswith("no target of job kube-state-metrics yet")
+    ksm = {**target(KSM, "up", BEGAN), "labels": {"job": "kube-state-metrics"}}  # the ServiceMonitor's jobLabel
+    found = judge.judge(answer(target(PROMETHEUS, "up", BEGAN), ksm, target(PROMETHEUS, "up", BEGAN),
+                               target(NODE_EXPORTER, "up", BEGAN)), pools(PROMETHEUS, KSM, NODE_EXPORTER))
+    assert found.waiting == found.failures == []
+    # what verify says names the jobs it found up
+    assert found.healthy == ("all 4 active Prometheus targets up, in 3 scrape pools: kps-prometheus (2), "
+                             "kube-state-metrics, monitoring-prometheus-node-exporter")
+
+
+def test_verify_expects_kube_state_metrics_where_the_release_runs_it(archives_at_hand):
+    assert monitoring.expected_jobs(monitoring.release(Lab(offline=True))) == ("kube-state-metrics",)
+    assert monitoring.expected_jobs(monitoring.release(Lab())) == ("kube-state-metrics",)
+
+
+def test_verify_does_not_expect_kube_state_metrics_where_it_is_off():
+    assert monitoring.expected_jobs(monitoring.release(Lab(offline=True))) == ()
+
+
+def test_dashboards_print_the_labs_graphs_as_prometheus_query_links():
+    from urllib.parse import parse_qs, urlsplit
+
+    lab = Lab(provider="kind", offline=True)
+    p = free_port()
+    printed, out, stop = until_forwarding()
+    monitoring.dashboards(lab, shell=FakeShell({p: [FakeProc()]}), kube=FakeKube(FakeCore()), out=out, stop=stop,
+                          prometheus_port=p)
+    links = [line.split()[-1] for line in printed if line.startswith("  ") and "/query?" in line]
+    titles = [line.rsplit(None, 1)[0].strip() for line in printed if line.startswith("  ") and "/query?" in line]
+    assert titles == ["node CPU busy (cores)", "node memory used", "pod restarts", "nginx's pods Ready",
+                      "Ray's pods by phase", "all of them, one page"]
+    exprs = []
+    for link in links[:-1]:
+        url = urlsplit(link)
+        assert f"{url.scheme}://{url.netloc}{url.path}" == f"http://127.0.0.1:{p}/query"
+        query = parse_qs(url.query)
+        assert query["g0.tab"] == ["graph"] and query["g0.range_input"] == ["1h"] and "g1.expr" not in query
+        exprs.append(query["g0.expr"][0])
+    # the last one shows every graph, a panel each, in the same order
+    together = parse_qs(urlsplit(links[-1]).query)
+    assert [together[f"g{i}.expr"][0] for i in range(len(exprs))] == exprs and f"g{len(exprs)}.expr" not in together
+    assert all(together[f"g{i}.tab"] == ["graph"] for i in range(len(exprs)))
+    assert "node_cpu_seconds_total" in exprs[0] and "node_memory_MemAvailable_bytes" in exprs[1]
+    assert "kube_pod_container_status_restarts_total" in exprs[2]
+    assert 'namespace="default", pod=~"nginx-.*"' in exprs[3] and 'namespace=~"kuberay|ray"' in exprs[4]
+    assert printed.index(f"Prometheus  http://127.0.0.1:{p}") < printed.index("forwarding until Ctrl-C")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -132,7 +133,8 @@ FAKE_GO = textwrap.dedent(
                 for folder, _, names in os.walk(root):
                     for name in names:
                         full = os.path.join(folder, name)
-                        found[os.path.relpath(full, root)] = open(full).read()
+                        # bytes that are not UTF-8 (gzipped assets) survive as surrogates
+                        found[os.path.relpath(full, root)] = open(full, newline="", errors="surrogateescape").read()
         return found
 
     with open(os.environ["FAKE_GO_RECORD"], "a") as record:
@@ -242,16 +244,54 @@ def test_install_stamps_helm_version_and_kubernetes_capabilities(fake_go, monkey
     assert argv[-1] == "helm.sh/helm/v3/cmd/helm@v3.22.0"
 
 
-@posix_only
-def test_a_patched_build_compiles_a_copy_of_the_module_with_kindlabs_file_and_leaves_both_originals_alone(
-        fake_go, monkeypatch, tmp_path):
-    """Prometheus with only Kubernetes service discovery: its generated plugin list swapped for kindlab's."""
+FAKE_NPM = textwrap.dedent(
+    """\
+    #!{python}
+    # Records how it was called; `npm run build -w` of the UI's app leaves what vite leaves.
+    import json, os, sys
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_NPM_RECORD"], "a") as record:
+        record.write(json.dumps({{"args": args, "cwd": os.getcwd()}}) + "\\n")
+    if args[:4] == ["run", "build", "-w", "@prometheus-io/mantine-ui"]:
+        os.makedirs("mantine-ui/dist/assets")
+        open("mantine-ui/dist/index.html", "w").write("<title>TITLE_PLACEHOLDER</title>")
+        open("mantine-ui/dist/assets/index-1a2b.js", "w").write("console.log('ui')")
+    """
+)
+
+EMBED_TEMPLATE = "//go:build builtinassets\n\npackage ui\n\nimport \"embed\"\n"
+
+
+@pytest.fixture
+def fake_prometheus_module(fake_go, tmp_path, monkeypatch):
+    """A Prometheus module (its plugin list and web UI's source, read-only as in the module cache),
+    a fake `npm`, and a reader of npm's calls."""
     module = tmp_path / "modcache" / "prometheus@v0.307.3"
     (module / "plugins").mkdir(parents=True)
     (module / "plugins" / "plugins.go").write_text("package plugins // every service discovery\n")
-    (module / "plugins").chmod(0o555)  # as the module cache keeps it
+    ui = module / "web" / "ui"
+    ui.mkdir(parents=True)
+    (ui / "package.json").write_text('{"workspaces": ["mantine-ui", "module/*"]}')
+    (ui / "embed.go.tmpl").write_text(EMBED_TEMPLATE)
+    for folder in (module / "plugins", ui, ui.parent):
+        folder.chmod(0o555)  # as the module cache keeps it
+    npm = tmp_path / "fake-go" / "npm"
+    npm.write_text(FAKE_NPM.format(python=sys.executable))
+    npm.chmod(0o755)
+    record = tmp_path / "npm-calls.jsonl"
+    monkeypatch.setenv("FAKE_NPM_RECORD", str(record))
     monkeypatch.setenv("FAKE_MODULE_DIR", str(module))
     monkeypatch.setenv("FAKE_TOOL_PRINTS", "prometheus, version 3.7.3 (branch: , revision: unknown)")
+    yield module, (lambda: [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else [])
+    for folder in (module / "plugins", ui, ui.parent):
+        folder.chmod(0o755)
+
+
+@posix_only
+def test_a_patched_build_compiles_a_copy_of_the_module_with_kindlabs_file_and_leaves_both_originals_alone(
+        fake_go, fake_prometheus_module, tmp_path):
+    """Prometheus with only Kubernetes service discovery: its generated plugin list swapped for kindlab's."""
+    module, _ = fake_prometheus_module
     bin_dir = tmp_path / "bin"
     wrapper_before = (toolchain.TOOLS_DIR / "prometheus" / "go.mod").read_text()
 
@@ -270,10 +310,72 @@ def test_a_patched_build_compiles_a_copy_of_the_module_with_kindlabs_file_and_le
     assert "-X github.com/prometheus/common/version.Version=3.7.3" in ldflags
     # the module cache and the repository are untouched; the patched copy is gone with the staging folder
     assert (module / "plugins" / "plugins.go").read_text() == "package plugins // every service discovery\n"
+    assert sorted(p.name for p in (module / "web" / "ui").iterdir()) == ["embed.go.tmpl", "package.json"]
     assert (toolchain.TOOLS_DIR / "prometheus" / "go.mod").read_text() == wrapper_before
     assert toolchain.installed_version("prometheus", bin_dir) == "v3.7.3"
     assert _leftovers(bin_dir) == []
-    (module / "plugins").chmod(0o755)
+
+
+@posix_only
+def test_prometheus_embeds_its_web_ui_built_with_npm_as_upstream_does_and_a_rebuild_reuses_it(
+        fake_go, fake_prometheus_module, tmp_path):
+    module, npm_calls = fake_prometheus_module
+    bin_dir = tmp_path / "bin"
+    said = []
+
+    toolchain.install("prometheus", bin_dir, source="go", log=said.append)
+
+    # npm ci, then the two libraries and the app, in the copy of the module's web/ui (never the module cache)
+    calls = npm_calls()
+    assert [c["args"] for c in calls] == [["ci", "--no-audit", "--no-fund"],
+                                          ["run", "build", "-w", "@prometheus-io/lezer-promql"],
+                                          ["run", "build", "-w", "@prometheus-io/codemirror-promql"],
+                                          ["run", "build", "-w", "@prometheus-io/mantine-ui"]]
+    ui_copy = Path(calls[0]["cwd"])
+    assert ui_copy.parts[-2:] == ("web", "ui") and module not in ui_copy.parents
+    build = fake_go()[-1]
+    assert build["argv"][build["argv"].index("-tags") + 1] == "netgo,builtinassets"  # upstream's .promu.yml
+    # every file of the app's dist gzipped under static/mantine-ui, and embed.go naming exactly those
+    source = build["replaced"]
+    assert source["web/ui/embed.go"] == (EMBED_TEMPLATE + "//go:embed static/mantine-ui/assets/index-1a2b.js.gz "
+                                         "static/mantine-ui/index.html.gz\nvar EmbedFS embed.FS\n")
+    packed = source["web/ui/static/mantine-ui/index.html.gz"].encode("utf-8", "surrogateescape")
+    assert gzip.decompress(packed) == b"<title>TITLE_PLACEHOLDER</title>"
+    assert toolchain.is_built("prometheus", bin_dir)
+
+    # the binary built again (say its patch changed): the UI is taken as it was built, npm is not run
+    (bin_dir / "prometheus").unlink()
+    toolchain.install("prometheus", bin_dir, source="go", log=said.append)
+    assert len(npm_calls()) == 4
+    again = fake_go()[-1]["replaced"]
+    assert again["web/ui/embed.go"] == source["web/ui/embed.go"]
+    assert again["web/ui/static/mantine-ui/index.html.gz"] == source["web/ui/static/mantine-ui/index.html.gz"]
+    assert any("web UI is built already" in line for line in said)
+
+
+@posix_only
+def test_the_ui_build_needs_npm_and_says_so(fake_go, fake_prometheus_module, tmp_path, monkeypatch):
+    (tmp_path / "fake-go" / "npm").unlink()
+    monkeypatch.setenv("PATH", str(tmp_path / "fake-go"))
+    with pytest.raises(ToolInstallError, match=r"prometheus: its web UI is built with npm, and `npm` is not on "
+                                               r"PATH; install Node.js 20 or newer \(with npm\)"):
+        toolchain.install("prometheus", tmp_path / "bin", source="go", log=lambda _: None)
+
+
+@posix_only
+def test_a_component_of_the_pinned_version_built_another_way_is_not_taken_as_built(
+        fake_go, fake_prometheus_module, tmp_path, monkeypatch):
+    """Prometheus v3.7.3 built before it carried its UI reports v3.7.3 too: its build record tells them apart."""
+    bin_dir = tmp_path / "bin"
+    toolchain.install("prometheus", bin_dir, source="go", log=lambda _: None)
+    assert toolchain.is_built("prometheus", bin_dir)
+    spec = toolchain.COMPONENTS["prometheus"]
+    without_ui = spec.__class__(**{**spec.__dict__, "go": spec.go.__class__(**{**spec.go.__dict__, "assets": None})})
+    monkeypatch.setitem(toolchain.COMPONENTS, "prometheus", without_ui)
+    assert toolchain.is_current("prometheus", bin_dir) and not toolchain.is_built("prometheus", bin_dir)
+    (bin_dir / "prometheus.build").unlink()  # built by a kindlab that kept no record
+    monkeypatch.setitem(toolchain.COMPONENTS, "prometheus", spec)
+    assert not toolchain.is_built("prometheus", bin_dir)
 
 
 def test_kindlabs_prometheus_plugin_list_keeps_kubernetes_discovery_alone():

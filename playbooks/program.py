@@ -34,11 +34,13 @@ class KindlabProgram(Program):
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    import tasks  # noqa: PLC0415 - the checkout's, found from this file
+    namespace = None  # installed elsewhere than a checkout: Invoke finds tasks.py from the current folder
+    if (ROOT / "tasks.py").is_file():  # the checkout's (an editable install, `python -m playbooks.program`)
+        sys.path.insert(0, str(ROOT))
+        import tasks  # noqa: PLC0415
 
-    KindlabProgram(name="kindlab", binary="kindlab", namespace=Collection.from_module(tasks),
-                   version="0.1.0").run()
+        namespace = Collection.from_module(tasks)
+    KindlabProgram(name="kindlab", binary="kindlab", namespace=namespace, version="0.1.0").run()
 
 
 if __name__ == "__main__":

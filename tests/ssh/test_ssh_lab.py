@@ -109,8 +109,9 @@ def test_a_wrong_user_or_port_is_one_line_and_exit_2(ssh_host, tmp_path):
     wrong_user = kindlab(["cluster.status", "--provider", "kwok", "--host", f"nobody@127.0.0.1:{ssh_host.port}"],
                          tmp_path, ssh_host.ssh_config)
     assert wrong_user.returncode == 2
-    assert "authentication failed" in one_error(wrong_user) and "user nobody" in one_error(wrong_user)
-    assert "password" not in ssh_host.log_text().split("nobody")[-1].lower() or "never asks" in one_error(wrong_user)
+    message = one_error(wrong_user)
+    assert "authentication failed" in message and "user nobody" in message and "never asks for a password" in message
+    assert "user nobody" in ssh_host.log_text().lower()  # the attempt reached the server, which refused it
 
     closed = sshd.free_port()
     refused = kindlab(["cluster.status", "--provider", "kwok", "--host", f"{sshd.USER}@127.0.0.1:{closed}"],
@@ -143,7 +144,6 @@ def test_a_connection_killed_mid_step_is_retried_within_the_step(far_lab, ssh_ho
     killer.join()
     assert outcomes[0].status == "changed", run.output
     assert outcomes[0].detail == "ran to its end"
-    assert "transient error, retry 1" in run.output or marker.read_text().count("attempt") == 2
     assert marker.read_text().count("attempt") == 2  # the step ran again, over a new connection
     assert ssh_host.sessions() >= accepted + 2
     marker.unlink()

@@ -255,6 +255,14 @@ def status(c, provider=None, name=None, context=None, verbose=False, host=None):
         ctx.sh.close()
 
 
+@task(help=h("provider name context verbose host"))
+@user_errors
+def forward(c, provider=None, name=None, context=None, verbose=False, host=None):
+    """A lab on --host brought here until Ctrl-C: its API server (your kubeconfig's context) and node ports."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
+    lab_play.forward(lab, PARTS, console.print)
+
+
 @task(help=h(cluster="delete the whole cluster instead of removing the parts", **PARTS_HELP))
 @user_errors
 def down(c, cluster=False, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False,
@@ -407,5 +415,5 @@ for _part in parts_play.REGISTRY.values():
 ns.add_collection(_namespace("tools", install=tools_install, list=tools_list))
 ns.add_collection(_namespace("docker", start=docker_start))
 ns.add_collection(_namespace("images", build=images_build, list=images_list))
-for top in (all_, status, down, compare, doctor, setup):
+for top in (all_, status, down, compare, doctor, setup, forward):
     ns.add_task(top)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbooks import cluster, nginx
+from playbooks import cluster, lab as lab_play, nginx
 from playbooks.core.cli import make_context
 from playbooks.core.runner import PlayFailed
 from playbooks.core.steps import Step, change
@@ -62,6 +62,22 @@ def test_kwok_cluster_and_nginx_run_on_the_host_and_are_waited_for_here(far_lab,
 
         again = run(cluster.create_steps(far_lab))  # a rerun changes nothing there
         assert [o.status for o in again] == ["ok"] * len(again), run.output
+
+        # `forward`: the lab's context in the kubeconfig here answers kubectl here, through the tunnel
+        stop, said = threading.Event(), []
+        forwarding = threading.Thread(target=lab_play.forward, args=(far_lab, [], said.append, stop))
+        forwarding.start()
+        try:
+            deadline = time.monotonic() + 20
+            while "forwarding until Ctrl-C" not in said and time.monotonic() < deadline:
+                time.sleep(0.1)
+            here = subprocess.run([str(far_lab.tools_dir / "kubectl"), "--kubeconfig", str(far_lab.kubeconfig),
+                                   "--context", context, "get", "deployment", "nginx", "-o",
+                                   "jsonpath={.status.readyReplicas}"], capture_output=True, text=True, timeout=30)
+            assert here.stdout == "3", here.stderr
+        finally:
+            stop.set()
+            forwarding.join(10)
     finally:
         run(cluster.delete_steps(far_lab))
     assert not far_processes("kindlab-ssh"), "the cluster's processes outlived cluster.delete on the host"

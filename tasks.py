@@ -158,12 +158,16 @@ def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=Fal
     monitoring_play.dashboards(lab, out=lambda line: console.print(line, soft_wrap=True))
 
 
-@task(help=h("provider name context"))
+@task(help=h("provider name context host"))
 @user_errors
-def monitoring_password(c, provider=None, name=None, context=None):
+def monitoring_password(c, provider=None, name=None, context=None, host=None):
     """Print Grafana's admin password (user admin), read from Secret monitoring/grafana-admin."""
-    lab = lab_for(c, provider=provider, name=name, context=context)
-    print(monitoring_play.password(lab))
+    lab = lab_for(c, provider=provider, name=name, context=context, host=host)
+    ctx = make_context(lab)  # on a host, the client here through the SSH tunnel
+    try:
+        print(monitoring_play.password(lab, ctx.kube))
+    finally:
+        ctx.sh.close()
 
 
 monitoring_verify = play_task(
@@ -274,16 +278,16 @@ def down(c, cluster=False, only="", skip="", provider=None, name=None, context=N
     play(lab, "down", lab_play.down_steps(lab, parts, cluster), after=forget_lab if cluster else None)
 
 
-@task(help=h("provider name context verbose", calls="warm calls per system (default 20, 1 to 10000)",
+@task(help=h("provider name context verbose host", calls="warm calls per system (default 20, 1 to 10000)",
              batch=f"calls in the batch of each system, {compare_play.IN_FLIGHT} in flight "
                    f"(default {compare_play.BATCH}; 0: none)",
              gateway="OpenFaaS gateway URL (default: the lab's function, http://127.0.0.1:31112)",
              address="Ray dashboard URL (default: the lab's head, port-forwarded)"))
 @user_errors
 def compare(c, calls="20", batch=str(compare_play.BATCH), gateway="", address="", provider=None, name=None,
-            context=None, verbose=False):
+            context=None, verbose=False, host=None):
     """Measure the reverse function beside a Ray task in this lab: first call, warm calls, a batch."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
     n = parse_count(calls, "--calls", 10_000)
     if n < 1:
         raise SettingsError("--calls must be at least 1: a median of no calls means nothing")

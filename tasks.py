@@ -194,22 +194,34 @@ def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, v
     play(lab, "faas.invoke", faas_play.invoke_steps(lab, data))
 
 
+_ONLINE, _OFFLINE = ray_play.ONLINE_CRAWL, ray_play.OFFLINE_CRAWL
+
+
 @task(iterable=["url"], help=h("provider name context verbose timeout host",
-                               url="start URL (repeat for several; default the Ray docs, offline the lab's nginx)",
+                               url="start URL (repeat for several; default the Ray docs, offline Python's docs, "
+                                   "which the ray part serves in the cluster)",
                                prefix="only follow links under this URL prefix (default: each start URL's folder)",
-                               depth="link hops to follow from a start URL (default 2, at most 10)",
-                               max_pages="stop after this many pages (default 200, at most 1000000)",
-                               concurrency="parallel fetches (default 8, at most 256)",
+                               depth=f"link hops to follow from a start URL (default {_ONLINE.depth}, at most 10)",
+                               max_pages=f"stop after this many pages (default {_ONLINE.max_pages}, offline "
+                                         f"{_OFFLINE.max_pages}; at most 1000000)",
+                               concurrency=f"parallel fetches (default {_ONLINE.concurrency}, offline "
+                                           f"{_OFFLINE.concurrency}; at most 256)",
                                address="a Ray dashboard / Jobs API address instead of the lab's "
-                                       "(e.g. http://127.0.0.1:8265 from `ray start --head`)"))
+                                       "(e.g. http://127.0.0.1:8265 from `ray start --head`)",
+                               verbose="stream the tools' output, and say where the crawl job's seconds went"))
 @user_errors
-def ray_crawl(c, url=None, prefix="", depth="2", max_pages="200", concurrency="8", address="",
+def ray_crawl(c, url=None, prefix="", depth=None, max_pages=None, concurrency=None, address="",
               provider=None, name=None, context=None, verbose=False, timeout=None, host=None):
     """Run the web crawler as a Ray job (Jobs API, its own runtime env) and print a summary."""
     lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout, host=host)
-    args = ray_play.crawl_args(url or ray_play.default_crawl(lab), prefix, parse_count(depth, "--depth", 10),
-                               parse_count(max_pages, "--max-pages", 1_000_000),
-                               parse_count(concurrency, "--concurrency", 256))
+    target = ray_play.default_crawl(lab)
+
+    def given(value, default):
+        return default if value is None else value
+
+    args = ray_play.crawl_args(url or list(target.urls), prefix, parse_count(given(depth, target.depth), "--depth", 10),
+                               parse_count(given(max_pages, target.max_pages), "--max-pages", 1_000_000),
+                               parse_count(given(concurrency, target.concurrency), "--concurrency", 256))
     play(lab, "ray.crawl", ray_play.crawl_steps(lab, args, address, show=console.print), lock=not address)
 
 

@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from .crawl import Crawl, CrawlConfig, CrawlError
 from .fetch import FetchOptions
 from .joblog import result_lines
 from .report import Progress, summarize
+from .timing import process_started
 from .urls import host_of
 
 
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> CrawlConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    marks = {"process": process_started() or time.time()}  # crawler.timing's moments, epoch seconds
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     progress = None if args.quiet else Progress()
@@ -106,12 +109,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         executor = AsyncExecutor()
     try:
         result = crawl.run(executor)
+        marks["crawl_done"] = time.time()
     finally:
         executor.close()
         if progress is not None:
             progress.finish()
+    marks.update(executor.marks, closed=time.time())
     result["config"]["mode"] = "ray" if args.ray else "local"
     result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
+    result["timing"] = {name: round(moment, 3) for name, moment in marks.items()}
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

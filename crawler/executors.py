@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
@@ -97,6 +100,7 @@ class AsyncExecutor:
 
     def __init__(self) -> None:
         self.startup_s: Optional[float] = None  # from creation to the first request
+        self.marks: dict[str, float] = {}  # moments for crawler.timing (epoch seconds)
         self._created = time.monotonic()
         self._results: "queue.SimpleQueue[FetchResult]" = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
@@ -107,6 +111,7 @@ class AsyncExecutor:
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
+            self.marks["first_request"] = time.time()
         self._loop.call_soon_threadsafe(self._start, list(urls), options)
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
@@ -130,6 +135,7 @@ class ThreadExecutor:
 
     def __init__(self, concurrency: int, fetch: BatchFetcher = fetch_batch) -> None:
         self.startup_s: Optional[float] = 0.0
+        self.marks: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crawl")
         self._fetch = fetch
         self._results: "queue.SimpleQueue[FetchResult]" = queue.SimpleQueue()
@@ -193,7 +199,9 @@ class RayExecutor:
     URLs started while every actor's call is out wait in the driver and go
     with the next call that comes back (within a few milliseconds when the
     actors are busy). The actors are I/O bound: each asks for a fraction of a
-    CPU, and SPREAD puts them on different nodes of a cluster. An actor that
+    CPU, and SPREAD puts them on different nodes of a cluster. The crawl starts
+    as soon as one actor answers (each is a new Ray worker process: a second or
+    more on a busy node); the others take URLs once they answer. An actor that
     dies takes its URLs in flight with it: they are reported failed and the
     others carry on.
     """
@@ -204,59 +212,76 @@ class RayExecutor:
         self._ray = ray
         self._created = time.monotonic()
         self.startup_s: Optional[float] = None  # from ray.init to the first request
+        self.marks: dict[str, float] = {"ray_imported": time.time()}  # moments for crawler.timing
         self._started_ray = False
+        self._workers_path: Optional[str] = None
         if not ray.is_initialized():
-            # In a Ray job RAY_ADDRESS is set and this joins the cluster; elsewhere it
-            # starts a local Ray for this process, without the dashboard (seconds of start-up).
-            local = not (address or os.environ.get("RAY_ADDRESS"))
-            ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING",
-                     **({"include_dashboard": False} if local else {}))
+            self._workers_path = _join_or_start(ray, address)
             self._started_ray = True
+        self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
         self._actors = [actor.remote() for _ in range(fetchers)]
-        ray.get([a.ready.remote() for a in self._actors])
         self._in_flight: list[set[str]] = [set() for _ in self._actors]  # sent to the actor, not yet back
         self._calls: dict = {}  # ObjectRef of an exchange() call -> actor index
-        self._waiting: list[str] = []  # started, not yet sent: every actor had a call out
+        self._starting: dict = {a.ready.remote(): i for i, a in enumerate(self._actors)}  # not answered yet
+        self._usable: set[int] = set()  # answered ready()
+        self._waiting: list[str] = []  # started, not yet sent: every usable actor had a call out
         self._options: Optional[FetchOptions] = None
         self._options_sent: set[int] = set()
         self._lost: set[int] = set()
+        while not self._usable:  # the first actor to answer is enough to begin
+            if not self._starting:
+                raise RuntimeError(_ALL_LOST)
+            first, _ = ray.wait(list(self._starting), num_returns=1)
+            self._answered(first[0])
+        self.marks["fetchers_ready"] = time.time()
 
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
+            self.marks["first_request"] = time.time()
         self._options = options
         self._waiting += urls
         self._send()
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
-        self._send(collect=True)
-        if not self._calls:
-            return []
-        ready, rest = self._ray.wait(list(self._calls), num_returns=1, timeout=timeout)
-        if rest and ready:
-            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        done: list[FetchResult] = []
-        for ref in ready:
-            done += self._results_of(ref, self._calls.pop(ref))
-        self._send()
-        return done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._send(collect=True)
+            refs = [*self._calls, *self._starting]
+            if not refs:
+                return []
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, rest = self._ray.wait(refs, num_returns=1, timeout=left)
+            if rest and ready:
+                more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            done: list[FetchResult] = []
+            for ref in ready:
+                if ref in self._starting:  # an actor answering ready(): it takes URLs from now on
+                    self._answered(ref)
+                else:
+                    done += self._results_of(ref, self._calls.pop(ref))
+            self._send()
+            if done or not ready:  # results, or the timeout passed
+                return done
 
     def close(self) -> None:
         for actor in self._actors:
             self._ray.kill(actor)
         if self._started_ray:
             self._ray.shutdown()
+        if self._workers_path:
+            shutil.rmtree(self._workers_path, ignore_errors=True)
 
     def _send(self, collect: bool = False) -> None:
         """Hand the waiting URLs to the actors that have no call out, the least loaded first;
         with collect, also call every such actor that still has URLs in flight."""
         out = set(self._calls.values())
-        free = [i for i in range(len(self._actors)) if i not in out and i not in self._lost]
+        free = [i for i in sorted(self._usable) if i not in out and i not in self._lost]
         if not free:
             if len(self._lost) == len(self._actors):
-                raise RuntimeError("every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why")
+                raise RuntimeError(_ALL_LOST)
             return
         shares: dict[int, list[str]] = {i: [] for i in free}
         for url in self._waiting:
@@ -269,6 +294,14 @@ class RayExecutor:
                 options = None if index in self._options_sent else self._options
                 self._options_sent.add(index)
                 self._calls[self._actors[index].exchange.remote(share, options)] = index
+
+    def _answered(self, ref) -> None:
+        index = self._starting.pop(ref)
+        try:
+            self._ray.get(ref)
+            self._usable.add(index)
+        except self._ray.exceptions.RayError:  # it died starting: the others carry the crawl
+            self._lost.add(index)
 
     def _results_of(self, ref, index: int) -> list[FetchResult]:
         try:
@@ -284,11 +317,46 @@ class RayExecutor:
         return results
 
 
-def _workers_runtime_env() -> Optional[dict]:
-    """What Ray workers need to import this package.
+_ALL_LOST = "every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why"
 
-    A Ray job already ships it in its working_dir (see crawler.jobs); a driver
-    started any other way sends the package along itself.
+
+def _join_or_start(ray, address: Optional[str]) -> Optional[str]:
+    """Join a Ray (a job's: RAY_ADDRESS is set; or the one at `address`), or start one for this process with
+    only what a crawl uses; then returns a folder to remove once that Ray is shut down."""
+    # Ray 2.52 warns on every ray.init about a future change to GPU environment variables: nothing a
+    # crawl uses, and a line in every crawl's output (and job log).
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=_workers_runtime_env(), logging_level="WARNING")
+        return None
+    # A Ray of our own: its workers are our descendants and inherit our environment, so PYTHONPATH hands
+    # them this very package, with no runtime environment to pack, upload and unpack for each worker
+    # (seconds, measured). No dashboard either. The path holds this package alone (a link to it), so
+    # nothing else beside it shadows a module Ray's own processes import.
+    folder = tempfile.mkdtemp(prefix="kindlab-crawler-")
+    package = os.path.dirname(os.path.abspath(__file__))
+    try:
+        os.symlink(package, os.path.join(folder, os.path.basename(package)), target_is_directory=True)
+        path = folder
+    except OSError:  # no symbolic links here (Windows without the privilege): the package's parent
+        path = os.path.dirname(package)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([path, before] if before else [path])
+    try:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+    return folder
+
+
+def _workers_runtime_env() -> Optional[dict]:
+    """What the workers of a Ray this driver joins need to import this package.
+
+    A Ray job already has it (its working_dir, or kindlab's Ray image, see
+    crawler.jobs); a driver joining any other Ray sends the package along.
     """
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # set by Ray for a job's driver
         return None

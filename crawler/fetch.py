@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional, Sequence
 
@@ -216,30 +218,30 @@ def fetch_text(url: str, options: FetchOptions) -> tuple[Optional[int], str, int
     """GET a small text resource (robots.txt): (status or None on failure, body, requests made).
 
     Redirects are followed here (robots.txt may move), and the body is returned
-    whatever its content type.
+    whatever its content type. The standard library's HTTP client does it: the
+    driver reads robots.txt, and so never imports aiohttp (the fetchers do).
     """
-    import aiohttp
-
     outcome: dict = {"status": None, "body": ""}
 
-    async def run() -> int:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=options.timeout_s),
-                                         headers={"User-Agent": options.user_agent}) as session:
+    async def get_once() -> Optional[float]:  # blocking inside, but nothing else runs in this loop
+        outcome.update(status=None, body="")
+        request = urllib.request.Request(url, headers={"User-Agent": options.user_agent})
+        try:
+            with _TEXT_OPENER.open(request, timeout=options.timeout_s) as response:
+                outcome["status"] = response.status
+                outcome["body"] = _decode(response.read(options.max_bytes), response.headers.get_content_charset())
+                return None
+        except urllib.error.HTTPError as exc:
+            outcome["status"] = exc.code
+            return _retry_after(exc.headers.get("Retry-After")) if exc.code in RETRY_STATUSES else None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            cause = getattr(exc, "reason", exc)
+            transient = isinstance(cause, (TimeoutError, ConnectionError)) and not isinstance(cause, socket.gaierror)
+            return 0.0 if transient else None
 
-            async def get_once() -> Optional[float]:
-                outcome.update(status=None, body="")
-                try:
-                    async with session.get(url) as response:
-                        outcome["status"] = response.status
-                        if response.status in RETRY_STATUSES:
-                            return _retry_after(response.headers.get("Retry-After"))
-                        body = await _read_at_most(response, options.max_bytes)
-                        outcome["body"] = _decode(body, response.charset)
-                        return None
-                except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-                    return 0.0 if _is_transient(exc, aiohttp) else None
-
-            return await _with_retries(options, get_once)
-
-    attempts = asyncio.run(run())
+    attempts = asyncio.run(_with_retries(options, get_once))
     return outcome["status"], outcome["body"], attempts
+
+
+# Like the fetchers' aiohttp sessions, no proxy from the environment.
+_TEXT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

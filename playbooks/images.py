@@ -8,14 +8,17 @@ limits). `invoke images.build` makes every image the offline lab needs:
 - `nginx`: Debian's nginx serving its welcome page;
 - `registry`: the local registry of the faas part (distribution v3, a Go module);
 - `ray`, `kuberay-operator`: the ray part's Ray (Debian's Python and Ray from
-  PyPI) and its KubeRay operator (a Go module);
+  PyPI, with kindlab's crawler installed) and its KubeRay operator (a Go module);
+- `python-docs`: Python's HTML documentation (Debian's python3.11-doc) served by
+  Debian's nginx, the site the ray part crawls offline;
 - `prometheus-operator`, `prometheus-config-reloader`, `prometheus`,
   `node-exporter`, `alertmanager`: the monitoring part's programs (Go modules);
 - `node`: a kind node image for the pinned Kubernetes, its control-plane images
   preloaded, with a small CNI of its own (images/kindlab-cni) that routes pod
   subnets between nodes.
 
-Each catalog entry names its recipe and inputs: a folder under images/, Go
+Each catalog entry names its recipe and inputs: a folder under images/, the
+project's own folders copied into the build (the crawler, for the Ray image), Go
 binaries (built with playbooks/toolchain.py's machinery), the image it is built
 FROM and the images preloaded into it. The sha256 of those inputs is the label
 `kindlab.dev/inputs` of the built image; an image is rebuilt only when that
@@ -83,6 +86,7 @@ class Image:
     summary: str
     base: str | None = None  # catalog image it is built FROM
     files: str | None = None  # folder under images/ (Dockerfile, files)
+    sources: tuple[str, ...] = ()  # the project's own folders, copied into the build context under their names
     binaries: tuple[tuple[str, str], ...] = ()  # (toolchain name, path in the image)
     preload: tuple[str, ...] = ()  # catalog images imported into its containerd (node)
     entrypoint: tuple[str, ...] = ()
@@ -128,9 +132,18 @@ CATALOG: dict[str, Image] = {
     "of-watchdog": Image("of-watchdog", "files", toolchain.OF_WATCHDOG_VERSION,
                          "OpenFaaS's of-watchdog (/fwatchdog), the functions' HTTP server (MIT source archive)",
                          binaries=(("fwatchdog", "/fwatchdog"),), entrypoint=("/fwatchdog",)),
-    "ray": Image("ray", "pip", RAY_VERSION,
-                 f"Ray {RAY_VERSION} (PyPI) on Debian {DEBIAN_SUITE}'s Python 3.11, with what KubeRay's pods run",
-                 base="debian", files="ray"),
+    # Ray from PyPI changes with the pin; the crawler on it with every edit: two images, so an edit
+    # of the crawler rebuilds a layer in seconds rather than Ray's pip install.
+    "ray-base": Image("ray-base", "pip", RAY_VERSION,
+                      f"Ray {RAY_VERSION} (PyPI) on Debian {DEBIAN_SUITE}'s Python 3.11, with what KubeRay's pods run",
+                      base="debian", files="ray-base", internal=True),
+    "ray": Image("ray", "dockerfile", RAY_VERSION,
+                 f"Ray {RAY_VERSION} (PyPI) on Debian {DEBIAN_SUITE}'s Python 3.11 with kindlab's crawler installed "
+                 "(a crawl job ships no working_dir)", base="ray-base", files="ray", sources=("crawler",)),
+    "python-docs": Image("python-docs", "dockerfile", DEBIAN_SUITE,
+                         "Python 3.11's HTML documentation (Debian's python3.11-doc, some 530 pages) served by "
+                         "Debian's nginx on :80: the site the ray part crawls offline",
+                         base="debian", files="python-docs"),
     "kuberay-operator": Image("kuberay-operator", "files", toolchain.RAY_OPERATOR_VERSION,
                               "the KubeRay operator (its Go module; the charts run /manager)",
                               binaries=(("ray-operator", "/manager"),), entrypoint=("/manager",), user=NOBODY),
@@ -188,10 +201,24 @@ def inputs_hash(name: str) -> str:
         facts["debootstrap"] = [DEBIAN_SUITE, "minbase"]
     if image.recipe == "node":
         facts["node"] = [KIND_MODULE, NODE_PACKAGES, reference("pause"), reference("kindlab-cni")]
+    if image.sources:  # only where there are any: the other images keep their inputs
+        facts["sources"] = list(image.sources)
     digest.update(json.dumps(facts, sort_keys=True).encode())
     if image.files:
         toolchain.hash_folder(digest, IMAGES_DIR / image.files)
+    for source in image.sources:
+        toolchain.hash_folder(digest, ROOT / source, keep=_is_input)
     return digest.hexdigest()
+
+
+def _is_input(path: Path) -> bool:
+    """Whether a file of the project's own folders goes into an image: Python's byte-code caches (running the
+    tests writes them) and a README (an edit of the docs rebuilds nothing) do not."""
+    return "__pycache__" not in path.parts and path.suffix != ".pyc" and path.name != "README.md"
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_input(p))
 
 
 def reference(name: str) -> str:
@@ -602,6 +629,11 @@ def _dockerfile(ctx, lab: Lab, name: str, workdir: Path, tag: str | None = None,
     for folder, source in (extra_context or {}).items():
         shutil.copytree(source, context / folder, symlinks=True)
         _fix_modes(context / folder)
+    for source in image.sources:
+        for path in _folder_files(ROOT / source):
+            target = context / source / path.relative_to(ROOT / source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     for binary, path in image.binaries:
         target = context / "bin" / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,25 +1,31 @@
 """The ray play: the KubeRay operator, a laptop-sized RayCluster, and the crawler as a Ray job.
 
 The crawl is submitted through the Ray Jobs API with its own runtime
-environment (the crawler package as working_dir): nothing is pip-installed
-into running pods.
+environment: nothing is pip-installed into running pods. Offline, the
+RayCluster runs kindlab's Ray image, which has the crawler installed, so the
+job ships nothing; on any other Ray the crawler package travels as the job's
+working_dir. Offline, the ray part also serves the site the crawl reads (Python's
+documentation, kindlab's python-docs image) beside the RayCluster.
 """
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from . import images, providers, toolchain
 from .core.part import Part
-from .core.quantities import node_free, quantity
+from .core.quantities import LIVE_PODS, node_free, quantity, requests
 from .core.helm import (Release, chart_at_hand, chart_defaults, deep_merge, installed, installed_values, load_values,
                         local_release, release_steps, uninstall_steps as helm_uninstall_steps)
+from .core import kyaml
 from .core.portforward import forwarded
+from .core.resources import applied
 from .core.settings import Lab
 from .core.deadline import Longer
-from .core.steps import Handoff, Step, StepFailed, action, ok, skip, unknown
+from .core.steps import Handoff, Step, StepFailed, action, change, ok, skip, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY_REPO = ("kuberay", "https://ray-project.github.io/kuberay-helm/")
@@ -33,16 +39,32 @@ CLUSTER = Release(name="raylab", namespace=NAMESPACE, chart="kuberay/ray-cluster
                   repo_name=KUBERAY_REPO[0], repo_url=KUBERAY_REPO[1],
                   values_files=(ROOT / "helm-values" / "ray-cluster.yaml",), wait=False)
 NO_CONTAINERS = "a simulated (kwok) cluster runs no containers, so no Ray job can run there"
+RAY_PODS = "ray.io/node-type"  # the label KubeRay puts on the head and worker pods (the site has none)
+SITE = "python-docs"  # offline, the crawl's site: the catalog image, its Deployment and Service in NAMESPACE
+SITE_MANIFEST = ROOT / "manifests" / "python-docs.yaml"
 # A crawl of up to --max-pages pages, politely (per-host limits, robots.txt), through one Ray job.
 CRAWL_BUDGET = Longer(6, "a crawl fetches up to --max-pages pages politely, one job from start to summary")
-DEFAULT_CRAWL = ["https://docs.ray.io/en/latest/"]  # what `invoke all` and `ray.crawl` crawl
-# Offline the internet is out of reach: the lab's own nginx, as the Ray pods reach it inside the cluster.
-OFFLINE_CRAWL = ["http://nginx.default.svc.cluster.local/"]
 
 
-def default_crawl(lab: Lab) -> list[str]:
-    """The start URLs when none are given: Ray's docs, or offline the lab's nginx."""
-    return OFFLINE_CRAWL if lab.offline else DEFAULT_CRAWL
+@dataclass(frozen=True)
+class CrawlTarget:
+    """What `invoke all` and `ray.crawl` crawl when no URL is given, and how far."""
+    urls: tuple[str, ...]
+    depth: int
+    max_pages: int
+    concurrency: int
+
+
+# Online, Ray's documentation, lightly (a public site). Offline the internet is out of reach: Python's
+# documentation, served inside the cluster by the ray part (518 pages within depth 2, all of them).
+ONLINE_CRAWL = CrawlTarget(("https://docs.ray.io/en/latest/",), depth=2, max_pages=200, concurrency=8)
+OFFLINE_CRAWL = CrawlTarget((f"http://{SITE}.{NAMESPACE}.svc.cluster.local/",), depth=2, max_pages=1000,
+                            concurrency=16)
+
+
+def default_crawl(lab: Lab) -> CrawlTarget:
+    """Ray's docs, or offline Python's docs inside the cluster."""
+    return OFFLINE_CRAWL if lab.offline else ONLINE_CRAWL
 
 
 def releases(lab: Lab) -> tuple[Release, Release]:
@@ -103,8 +125,11 @@ class Sizing:
     fits: bool
 
     def values(self) -> dict:
+        """Requests of the size decided; memory limited to it, CPU not limited (null deletes the chart's
+        default): the scheduler counts the requests, so every part still gets its share, while the Ray
+        processes a job starts (supervisor, driver, workers) use idle CPU instead of being throttled."""
         size = {"cpu": f"{self.cpu_m}m", "memory": f"{self.memory_mib}Mi"}
-        resources = {"requests": size, "limits": size}
+        resources = {"requests": size, "limits": {"cpu": None, "memory": size["memory"]}}
         return {"head": {"resources": resources}, "worker": {"resources": resources}}
 
     def describe(self) -> str:
@@ -123,7 +148,8 @@ def size_cluster(kube, reserve: tuple[int, int], ceiling: tuple[int, int]) -> Si
     best = max(((cpu, mem) for _, cpu, mem, _ in node_free(kube, skip_namespace=NAMESPACE)), default=(0, 0))
     cpu = min(ceiling[0], (best[0] - reserve[0]) // 2 // 50 * 50)
     mem = min(ceiling[1], (best[1] - reserve[1]) // 2 // 128 * 128)
-    free = f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's other parts"
+    free = (f"{best[0]}m CPU / {best[1]}Mi on the roomiest node, {reserve[0]}m / {reserve[1]}Mi kept for the lab's "
+            "other parts")
     return Sizing(cpu, mem, free, cpu >= RAY_FLOOR["cpu_m"] and mem >= RAY_FLOOR["memory_mib"])
 
 
@@ -142,10 +168,22 @@ def fits(lab: Lab, kube, parts: Sequence[Part]) -> tuple[str, str, str]:
 
 
 def _reserve(lab: Lab, kube, parts: Sequence[Part]) -> tuple[int, int]:
-    """What the lab's other parts will request that is not running yet (they install beside Ray)."""
-    present = {ns.metadata.name for ns in kube.core.list_namespace().items}
-    waiting = [p.requested(lab) for p in parts if p.name != "ray" and not set(p.namespaces) & present]
-    return sum(cpu for cpu, _ in waiting), sum(mem for _, mem in waiting)
+    """What the lab's other parts will still request (they install beside Ray), and the crawl's site where
+    the ray part serves one.
+
+    A part counts what it requests in this lab less what its pods request now:
+    one whose release is still making its pods (monitoring, beside Ray in
+    `invoke all`) counts whole, not as nothing because its namespace exists.
+    The site sits in Ray's namespace, whose pods count as free: it is always kept.
+    """
+    running: dict[str, tuple[int, int]] = {}
+    for pod in kube.core.list_pod_for_all_namespaces(field_selector=LIVE_PODS).items:
+        cpu, mem = requests(pod)
+        have = running.get(pod.metadata.namespace, (0, 0))
+        running[pod.metadata.namespace] = (have[0] + cpu, have[1] + mem)
+    site = site_requests() if site_image(lab) else (0, 0)
+    return tuple(site[i] + sum(max(0, p.requested(lab)[i] - sum(running.get(ns, (0, 0))[i] for ns in p.namespaces))
+                               for p in parts if p.name != "ray") for i in (0, 1))
 
 
 def installed_size(ctx, lab: Lab) -> tuple[int, int] | None:
@@ -191,12 +229,42 @@ def sizing_step(lab: Lab, decides: Handoff[dict], parts: Sequence[Part] = (), fi
     return Step("ray pods sized to the cluster", check, decides=decides)
 
 
+# --- the crawl's site, offline ---------------------------------------------------------
+def site_image(lab: Lab) -> str | None:
+    """The python-docs image the ray part serves: offline kindlab's (or kindlab.images.python-docs), else none."""
+    return images.for_part(lab, SITE)
+
+
+def site_documents(ref: str) -> list[dict]:
+    """manifests/python-docs.yaml with its image set."""
+    docs = [d for d in kyaml.load_all(SITE_MANIFEST.read_text(encoding="utf-8")) if d]
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["image"] = ref
+    return docs
+
+
+def site_requests() -> tuple[int, int]:
+    """What the site's pod requests (millicores, MiB), as the manifest says."""
+    requests = site_documents("")[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    return quantity(requests["cpu"], "m"), quantity(requests["memory"], "Mi")
+
+
+def site_steps(lab: Lab, ref: str, after: str) -> list[Step]:
+    """The site's image on the nodes, then its Deployment and Service rolled out: beside the RayCluster's
+    release and pods (`after`: the step that makes Ray's namespace)."""
+    load = [replace(s, needs=(after,)) for s in providers.of(lab).images_steps(SITE, [ref])]
+    site = applied(f"{SITE} site (the crawl's)", lab, lambda: site_documents(ref),
+                   wait=lambda ctx: ctx.kube.wait_deployment(NAMESPACE, SITE, say=ctx.say),
+                   needs=(load[-1].name if load else after,))
+    return [*load, site]
+
+
 def install_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
     """The operator, the Ray pods' size, then the RayCluster, then its head and worker pods Ready.
 
     With kindlab's images (offline), each is loaded into the kind nodes just
     before the release that runs it: the Ray image, the big one, only once the
-    RayCluster is known to fit.
+    RayCluster is known to fit. Offline, the crawl's site comes up beside the
+    RayCluster, once its namespace is there.
     """
     provider = providers.of(lab)
     operator, cluster = releases(lab)
@@ -217,17 +285,71 @@ def install_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
             return skip(reason)
         from .core.kube import condition_ready
 
-        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace).items if condition_ready(p)]
+        pods = [p for p in ctx.kube.core.list_namespaced_pod(cluster.namespace, label_selector=RAY_PODS).items
+                if condition_ready(p) and not p.metadata.deletion_timestamp]  # not one just recreated
         return ok(f"{len(pods)} Ray pods Ready") if len(pods) >= 2 else unknown("the RayCluster's head and worker pods")
 
     def wait_pods(ctx):
         ctx.kube.wait_reconciled("ray.io", "v1", "rayclusters", cluster.namespace, operator="KubeRay operator",
                                  say=ctx.say)
+        # every pod of the namespace Ready: the head, the worker and, offline, the crawl's site
         return ctx.kube.wait_namespace_ready(cluster.namespace, say=ctx.say,
-                                             what="ray head and worker pods", min_pods=2)
+                                             what="ray head and worker pods", min_pods=2 + (1 if site else 0))
 
+    cluster_steps = [*release_steps(lab, cluster), pods_on_spec_step(lab, cluster.name)]
+    site_ref = site_image(lab)
+    site = site_steps(lab, site_ref, after=cluster_steps[0].name) if site_ref else []
+    ready = Step("ray head and worker pods Ready", check_operator, wait=wait_pods)
+    if site:  # the pods' wait after both the RayCluster's steps and the site
+        ready = replace(ready, needs=(cluster_steps[-1].name, site[-1].name))
     return [*before_operator, *release_steps(lab, operator), sizing_step(lab, size, parts, image_values(ray_ref)),
-            *load_ray, *release_steps(lab, cluster), Step("ray head and worker pods Ready", check_operator, wait=wait_pods)]
+            *load_ray, *cluster_steps, *site, ready]
+
+
+def pods_on_spec_step(lab: Lab, name: str) -> Step:
+    """KubeRay leaves running pods as they are when the RayCluster's spec changes (the chart exposes no
+    upgrade strategy): a Ray pod whose image or resources differ from its group's template is deleted, and
+    the operator makes it again from the spec. So a new Ray image (a crawler edit) or a new size reaches
+    the pods, and a rerun on pods that match changes nothing."""
+    def stale(ctx) -> list[str]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            spec = ctx.kube.custom.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayclusters", name)["spec"]
+        except ApiException as exc:
+            if exc.status == 404:
+                return []  # no RayCluster yet: the operator makes its pods from the spec
+            raise
+        templates = {"headgroup": spec["headGroupSpec"]["template"]["spec"]["containers"][0]}
+        templates.update({group["groupName"]: group["template"]["spec"]["containers"][0]
+                          for group in spec.get("workerGroupSpecs") or []})
+        found = []
+        for pod in ctx.kube.core.list_namespaced_pod(NAMESPACE, label_selector=RAY_PODS).items:
+            want = templates.get((pod.metadata.labels or {}).get("ray.io/group", ""))
+            have = pod.spec.containers[0]
+            if want is None or pod.metadata.deletion_timestamp:
+                continue
+            if have.image != want.get("image"):
+                found.append(f"{pod.metadata.name} (image {have.image} -> {want.get('image')})")
+            elif _sizes(have.resources.to_dict() if have.resources else {}) != _sizes(want.get("resources") or {}):
+                found.append(f"{pod.metadata.name} (resources)")
+        return found
+
+    def check(ctx):
+        found = stale(ctx)
+        return change(f"recreate {', '.join(found)}") if found else ok("the Ray pods run the RayCluster's spec")
+
+    def recreate(ctx):
+        for entry in stale(ctx):
+            ctx.kube.core.delete_namespaced_pod(entry.split(" ", 1)[0], NAMESPACE)
+
+    return Step(f"{name} pods on the RayCluster's spec", check, recreate)
+
+
+def _sizes(resources: dict) -> dict:
+    """requests/limits as comparable numbers (a pod's quantities come back canonical: 2048Mi as 2Gi)."""
+    return {kind: {key: quantity(value, "m" if key == "cpu" else "Mi") for key, value in (values or {}).items()}
+            for kind, values in resources.items() if kind in ("requests", "limits") and values}
 
 
 def cluster_status(kube) -> list[tuple[str, str]]:
@@ -249,6 +371,10 @@ def uninstall_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
             *helm_uninstall_steps(lab, operator, delete_namespace=True)]
 
 
+def target_args(target: CrawlTarget) -> list[str]:
+    return crawl_args(list(target.urls), "", target.depth, target.max_pages, target.concurrency)
+
+
 def crawl_args(urls: list[str], prefix: str, depth: int, max_pages: int, concurrency: int) -> list[str]:
     if not urls:
         raise StepFailed("give at least one start URL: invoke ray.crawl --url https://docs.ray.io/en/latest/")
@@ -262,7 +388,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     """Submit the crawler as a Ray job (port-forwarding the head unless --address is given)."""
     from rich.text import Text
 
-    from crawler import jobs  # imports ray: only when a crawl is asked for
+    from crawler import jobs, timing
 
     def check(ctx):
         if not address and not lab.can.runs_containers:
@@ -278,29 +404,51 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             if line.startswith("Total: "):
                 summed_up.append(line)
 
-        def run(url: str, follow: dict) -> str:
+        def run(url: str, follow: dict, forward_s: float | None = None, ship_package: bool = True) -> str:
             start = time.monotonic()
             try:
-                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=ctx.deadline.left(), **follow)
+                result = jobs.submit_crawl(url, args, on_log=log, timeout_s=ctx.deadline.left(),
+                                           ship_package=ship_package, **follow)
             except jobs.CrawlJobError as exc:
                 raise StepFailed(str(exc)) from None
             if not summed_up:
                 show(Text(jobs.summarize(result)))
+            if lab.verbose:
+                how = "the crawler shipped as working_dir" if ship_package else "the crawler from the Ray image"
+                show(Text(timing.format_phases(timing.job_phases(result, forward_s),
+                                               f"where the crawl job's seconds went ({how})")))
             stats = result.get("stats", {})
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")
             cut = f"; cut by --max-pages, {stats['unfetched']} URLs left unfetched" if stats.get("truncated") else ""
-            return (f"job finished in {time.monotonic() - start:.0f}s: {stats.get('unique', '?')} pages, "
+            return (f"job finished in {time.monotonic() - start:.1f}s: {stats.get('unique', '?')} pages, "
                     f"{stats.get('failed', 0)} failed{cut}")
 
-        if address:
+        if address:  # a Ray of the user's: its image may have no crawler, or another
             return run(address, {})
-        with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
-            # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
-            return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
-                             "follow_note": "with `invoke ray.dashboard` running in another terminal"})
+        opening = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            in_pods = pool.submit(crawler_in_pods, ctx)  # asked while the forward opens
+            with forwarded(ctx, NAMESPACE, f"svc/{HEAD_SERVICE}", DASHBOARD_PORT) as url:
+                # This forward ends with the step; `invoke ray.dashboard` keeps one open on the usual port.
+                return run(url, {"follow_address": f"http://127.0.0.1:{DASHBOARD_PORT}",
+                                 "follow_note": "with `invoke ray.dashboard` running in another terminal"},
+                           forward_s=time.monotonic() - opening, ship_package=not in_pods.result())
 
     return [action("crawler job on Ray", submit, check=check, budget=CRAWL_BUDGET)]
+
+
+def crawler_in_pods(ctx) -> bool:
+    """Whether every Ray pod runs kindlab's Ray image as this checkout builds it (its tag hashes the crawler's
+    files): the crawler installed there is this one, so the job ships none. KubeRay does not replace running
+    pods when the RayCluster's image changes, so a pod left on an older build gets the package shipped.
+    Asked with kubectl: `ray.crawl` needs no Kubernetes client otherwise, and importing one costs more."""
+    lab = ctx.lab
+    out = ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", NAMESPACE,
+                      "get", "pods", "-l", RAY_PODS, "-o", "jsonpath={.items[*].spec.containers[*].image}"],
+                     check=False)
+    found = out.stdout.split() if out.returncode == 0 else []
+    return bool(found) and set(found) == {images.reference("ray")}
 
 
 def nothing_fetched(stats: dict) -> str:
@@ -342,8 +490,8 @@ PART = Part(
     name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
     help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
           "Uninstall the RayCluster and the KubeRay operator."),
-    use=lambda lab, parts=(): crawl_steps(lab, crawl_args(default_crawl(lab), "", 2, 200, 8)),
+    use=lambda lab, parts=(): crawl_steps(lab, target_args(default_crawl(lab))),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
-    memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator"),
+    memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator", SITE),
     releases=lambda lab: dict(zip(("kuberay-operator", "ray-cluster"), releases(lab))))

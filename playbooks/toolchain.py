@@ -866,9 +866,9 @@ def _npm_advice(output: str) -> str:
 # ------------------------------------------------------------ what a build is
 
 
-def hash_folder(digest, folder: Path) -> None:
-    """Feed every file under `folder` (its path, whether executable, its bytes) into `digest`."""
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+def hash_folder(digest, folder: Path, keep: Callable[[Path], bool] = lambda path: True) -> None:
+    """Feed every file under `folder` that `keep` keeps (its path, whether executable, its bytes) into `digest`."""
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and keep(p)):
         executable = b"x" if os.access(path, os.X_OK) else b"-"
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + executable + path.read_bytes())
 

@@ -56,13 +56,13 @@ def user_errors(body: Callable) -> Callable:
 
 
 def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
-    from .kube import Kube  # the kubernetes client is slow to import; only plays need it
-
     shell = make_shell(lab)
     # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
     fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
 
     def kube():
+        from .kube import Kube  # the kubernetes client is slow to import (half a second): only a step that uses it
+
         if lab.host:  # the client runs here: the host's API server comes through kindlab's SSH tunnel
             from .kubeconfig import tunnel
             tunnel(lab, shell)

@@ -26,10 +26,13 @@ def requests(pod) -> tuple[int, int]:
     return cpu, mem
 
 
+LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"  # the pods that hold their requests
+
+
 def node_free(kube, skip_namespace: str = "") -> list[tuple[str, int, int, int]]:
     """(node, free millicores, free MiB, free pod slots) of each node pods can land on: allocatable
     minus what its pods request (pods in `skip_namespace` counted as free)."""
-    pods = kube.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+    pods = kube.core.list_pod_for_all_namespaces(field_selector=LIVE_PODS).items
     free = []
     for node in kube.core.list_node().items:
         if any(t.effect == "NoSchedule" for t in node.spec.taints or []):
@@ -43,4 +46,4 @@ def node_free(kube, skip_namespace: str = "") -> list[tuple[str, int, int, int]]
     return free
 
 
-__all__ = ["quantity", "requests", "node_free"]
+__all__ = ["LIVE_PODS", "quantity", "requests", "node_free"]

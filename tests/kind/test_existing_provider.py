@@ -26,7 +26,7 @@ from .conftest import CHECKOUT, kind_containers
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / "tests" / "fixtures" / "charts"
 CLUSTER = f"kindlab-own-{CHECKOUT}"
-OWN_IMAGES = ("nginx", "ray", "kuberay-operator")
+OWN_IMAGES = ("nginx", "ray", "kuberay-operator", "python-docs")  # offline, ray crawls Python's docs
 
 
 def figure(text: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import time
 import zipfile
-from dataclasses import dataclass
-from enum import Enum
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +14,8 @@ from crawler import jobs
 from crawler.cli import build_parser, config_from_args, main
 from crawler.jobs import CrawlJobError, crawl_entrypoint, crawl_runtime_env, summarize
 from playbooks.core.deadline import Deadline
+
+ROOT = Path(__file__).resolve().parents[2]
 from crawler.joblog import ResultMissing, parse_result, result_lines
 
 RESULT = {
@@ -98,44 +100,29 @@ def test_runtime_env_pip_list_comes_from_the_caller_when_given():
 # -- following a job, with a fake Jobs API client ---------------------------------------
 
 
-class Status(str, Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-    def is_terminal(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED, Status.STOPPED)
-
-
-@dataclass
-class Info:
-    message: str
-
-
 class FakeJobs:
-    """Plays a job's life: each status poll moves one step through `steps` (status, log so far)."""
+    """Plays a job's life through the Jobs API's calls: each poll of the job's info moves one step through
+    `steps` (status, log so far)."""
 
     def __init__(self, steps):
         self.steps = steps
         self.polls = 0
         self.stopped = []
         self.submitted = {}
+        self.started_ms = int(time.time() * 1000)
+        self.address = "http://127.0.0.1:8265"
 
-    def submit_job(self, **kwargs):
-        self.submitted = kwargs
+    def submit_job(self, entrypoint, runtime_env, metadata):
+        self.submitted = {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata}
         return "raysubmit_fake"
 
-    def get_job_status(self, job_id):
+    def get_job_info(self, job_id):
         self.polls = min(self.polls + 1, len(self.steps))
-        return self.steps[self.polls - 1][0]
+        return {"status": self.steps[self.polls - 1][0], "start_time": self.started_ms,
+                "message": "Job entrypoint command failed with exit code 2"}
 
     def get_job_logs(self, job_id):
         return self.steps[self.polls - 1][1]
-
-    def get_job_info(self, job_id):
-        return Info("Job entrypoint command failed with exit code 2")
 
     def stop_job(self, job_id):
         self.stopped.append(job_id)
@@ -143,16 +130,15 @@ class FakeJobs:
 
 @pytest.fixture
 def fake_jobs(monkeypatch):
-    """Installs a FakeJobs as ray.job_submission.JobSubmissionClient; returns a setter."""
-    import ray.job_submission
-
+    """Installs a FakeJobs as crawler.jobs' Jobs API client; returns a setter."""
     holder = {}
 
     def install(steps):
         holder["client"] = FakeJobs(steps)
-        monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda address: holder["client"])
+        monkeypatch.setattr(jobs, "JobsAPI", lambda address: holder["client"])
         return holder["client"]
 
+    monkeypatch.setattr(jobs, "_POLL_FAST_S", 0.0)
     monkeypatch.setattr(jobs, "_POLL_S", 0.0)
     return install
 
@@ -161,10 +147,10 @@ def test_submit_crawl_streams_new_lines_once_and_returns_the_result(fake_jobs):
     done = "starting\ncrawling\n" + "\n".join(result_lines(RESULT)) + "\nTotal: 3 pages\n"
     client = fake_jobs(
         [
-            (Status.PENDING, ""),
-            (Status.RUNNING, "starting\ncrawl"),  # a line still being written is held back
-            (Status.RUNNING, "starting\ncrawling\n"),
-            (Status.SUCCEEDED, done),
+            ("PENDING", ""),
+            ("RUNNING", "starting\ncrawl"),  # a line still being written is held back
+            ("RUNNING", "starting\ncrawling\n"),
+            ("SUCCEEDED", done),
         ]
     )
     seen = []
@@ -173,12 +159,14 @@ def test_submit_crawl_streams_new_lines_once_and_returns_the_result(fake_jobs):
     assert seen[1] == "follow it: ray job logs --follow --address http://127.0.0.1:8265 raysubmit_fake"
     assert seen[2:] == ["starting", "crawling", "Total: 3 pages"]
     assert result["pages"] == RESULT["pages"]
-    assert result["job"] == {"id": "raysubmit_fake", "address": "http://127.0.0.1:8265"}
+    assert (result["job"]["id"], result["job"]["address"]) == ("raysubmit_fake", "http://127.0.0.1:8265")
+    timing = result["job"]["timing"]  # the client's moments and the job's start, for the --verbose breakdown
+    assert timing["submit"] <= timing["submitted"] <= timing["done"] and timing["job_start"] == client.started_ms / 1000
     assert client.submitted["runtime_env"]["working_dir"] == str(jobs.PACKAGE_DIR.parent)
 
 
 def test_failed_job_raises_with_id_status_reason_and_last_lines(fake_jobs):
-    fake_jobs([(Status.RUNNING, "a\n"), (Status.FAILED, "a\ncrawler: start URL is outside the prefix\n")])
+    fake_jobs([("RUNNING", "a\n"), ("FAILED", "a\ncrawler: start URL is outside the prefix\n")])
     with pytest.raises(CrawlJobError) as caught:
         jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None)
     error = caught.value
@@ -187,14 +175,14 @@ def test_failed_job_raises_with_id_status_reason_and_last_lines(fake_jobs):
 
 
 def test_job_that_outlives_the_timeout_is_stopped(fake_jobs):
-    client = fake_jobs([(Status.RUNNING, "still going\n")])
+    client = fake_jobs([("RUNNING", "still going\n")])
     with pytest.raises(CrawlJobError, match="still RUNNING after 0s; stopped it"):
         jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None, timeout_s=0)
     assert client.stopped == ["raysubmit_fake"]
 
 
 def test_succeeded_job_without_a_result_is_an_error(fake_jobs):
-    fake_jobs([(Status.SUCCEEDED, "no result here\n")])
+    fake_jobs([("SUCCEEDED", "no result here\n")])
     with pytest.raises(CrawlJobError, match="no crawl result"):
         jobs.submit_crawl("http://127.0.0.1:8265", ["http://a.test/"], on_log=lambda line: None)
 
@@ -293,11 +281,11 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
 
     long_line = "crawler: " + "x" * 150 + " [not markup] " + "/".join(f"segment{n}" for n in range(30))
     done = f"starting\n{long_line}\n" + "\n".join(result_lines(TRUNCATED)) + "\n"
-    fake_jobs([(Status.RUNNING, f"starting\n{long_line}\n"), (Status.SUCCEEDED, done)])
+    fake_jobs([("RUNNING", f"starting\n{long_line}\n"), ("SUCCEEDED", done)])
     out = io.StringIO()
     console = Console(file=out, width=80, highlight=False)
     said = []
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=console.print)
     detail = steps[0].apply(SimpleNamespace(say=said.append, deadline=Deadline.after(60)))
     lines = out.getvalue().splitlines()
@@ -310,6 +298,28 @@ def test_crawl_step_prints_the_job_id_and_how_to_follow_it_then_whole_log_lines(
     assert "Truncated: --max-pages 4" in " ".join(lines)
     assert "cut by --max-pages, 5 URLs left unfetched" in detail
     assert said and all(len(message) < 80 for message in said)
+
+
+def test_with_verbose_the_crawl_step_says_where_the_jobs_seconds_went(fake_jobs):
+    from types import SimpleNamespace
+
+    from playbooks.ray import crawl_args, crawl_steps
+
+    now = time.time()
+    marks = {"process": now, "ray_imported": now + 0.5, "ray_connected": now + 0.8, "fetchers_ready": now + 1.2,
+             "first_request": now + 1.3, "crawl_done": now + 1.6, "closed": now + 1.7}
+    fake_jobs([("SUCCEEDED", "\n".join(result_lines(dict(RESULT, timing=marks))) + "\n")])
+    shown = []
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=True),
+                        crawl_args(["http://a.test/"], "", 2, 10, 4), address="http://127.0.0.1:8265",
+                        show=lambda text: shown.append(str(text)))
+    steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
+    breakdown = shown[-1].splitlines()
+    assert breakdown[0] == "where the crawl job's seconds went (the crawler shipped as working_dir):"
+    assert [line.split("  ")[1].strip() for line in breakdown[1:]] == [
+        "submission", "runtime environment", "driver start", "ray.init", "fetchers ready", "first request", "crawl",
+        "fetchers closed", "job end", "in all"]
+    assert "  crawl                  0.30 s" in breakdown
 
 
 def test_crawl_args_let_concurrency_reach_one_host():
@@ -332,20 +342,25 @@ def test_a_crawl_that_fetched_nothing_fails_and_says_why(fake_jobs):
     from playbooks.core.steps import StepFailed
     from playbooks.ray import crawl_args, crawl_steps
 
-    fake_jobs([(Status.SUCCEEDED, "\n".join(result_lines(NOTHING)) + "\n")])
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://docs.test/"], "", 2, 10, 4),
+    fake_jobs([("SUCCEEDED", "\n".join(result_lines(NOTHING)) + "\n")])
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://docs.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=lambda text: None)
     with pytest.raises(StepFailed, match=r"fetched no page: its start URL was blocked by robots.txt.*"
                                          r"the host not reached from the cluster.*invoke ray.crawl --url URL"):
         steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
 
 
-def test_offline_the_default_crawl_is_the_labs_own_nginx_inside_the_cluster():
+def test_offline_the_default_crawl_is_pythons_docs_inside_the_cluster_whole_and_online_rays_docs():
     from playbooks import ray
     from playbooks.core.settings import Lab
 
-    assert ray.default_crawl(Lab(offline=True)) == ["http://nginx.default.svc.cluster.local/"]
-    assert ray.default_crawl(Lab()) == ray.DEFAULT_CRAWL
+    offline = ray.default_crawl(Lab(offline=True))
+    assert offline.urls == ("http://python-docs.ray.svc.cluster.local/",)  # the Service the ray part makes
+    assert offline.max_pages > 518  # the site's pages within its depth: none left out
+    assert ray.default_crawl(Lab()).urls == ("https://docs.ray.io/en/latest/",)
+    documents = ray.site_documents("kindlab.local/python-docs:x")
+    assert [(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]) for d in documents] == [
+        ("Deployment", "python-docs", "ray"), ("Service", "python-docs", "ray")]
 
 
 def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fake_jobs):
@@ -355,10 +370,160 @@ def test_the_summary_the_crawler_printed_in_the_jobs_log_is_not_printed_again(fa
     from playbooks.ray import crawl_args, crawl_steps
 
     summary = summarize(RESULT)
-    fake_jobs([(Status.SUCCEEDED, summary + "\n" + "\n".join(result_lines(RESULT)) + "\n")])
+    fake_jobs([("SUCCEEDED", summary + "\n" + "\n".join(result_lines(RESULT)) + "\n")])
     shown = []
-    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60), crawl_args(["http://a.test/"], "", 2, 10, 4),
+    steps = crawl_steps(SimpleNamespace(provider="kind", timeout=60, verbose=False), crawl_args(["http://a.test/"], "", 2, 10, 4),
                         address="http://127.0.0.1:8265", show=lambda text: shown.append(str(text)))
     steps[0].apply(SimpleNamespace(say=lambda message: None, deadline=Deadline.after(60)))
     lines = [line for text in shown for line in text.splitlines()]
     assert sum(line.startswith("Total: ") for line in lines) == 1, shown
+
+
+# -- where a crawl job's seconds go (ray.crawl --verbose) -----------------------------------
+
+
+def test_the_breakdown_adds_up_to_the_clients_wall_time_even_when_the_clusters_clock_is_off():
+    from crawler import timing
+
+    skew = 1000.0  # the cluster's clock runs 1000 s ahead of the client's
+    job_start = 100.4 + skew
+    marks = {"process": job_start + 2.0, "ray_imported": job_start + 3.0, "ray_connected": job_start + 3.5,
+             "fetchers_ready": job_start + 4.5, "first_request": job_start + 4.6, "crawl_done": job_start + 8.0,
+             "closed": job_start + 8.2}
+    result = {"timing": marks, "job": {"timing": {"submit": 100.0, "submitted": 100.5, "done": 110.0,
+                                                  "job_start": job_start}}}
+    phases = dict(timing.job_phases(result, forward_s=0.3))
+    assert list(phases) == ["port-forward", "submission", "runtime environment", "driver start", "ray.init",
+                            "fetchers ready", "first request", "crawl", "fetchers closed", "job end"]
+    assert phases["runtime environment"] == pytest.approx(2.0) and phases["crawl"] == pytest.approx(3.4)
+    assert phases["job end"] == pytest.approx(9.5 - 8.2)  # the client's 9.5 s after submitting, less the job's 8.2
+    assert sum(phases.values()) == pytest.approx(0.3 + 10.0)
+    text = timing.format_phases(list(phases.items()))
+    assert "  runtime environment    2.00 s" in text and text.endswith("in all                10.30 s")
+
+
+def test_a_local_crawl_has_no_ray_phases_and_its_start_is_one_phase():
+    from crawler import timing
+
+    marks = {"process": 10.0, "first_request": 10.4, "crawl_done": 11.0, "closed": 11.1}
+    assert timing.driver_phases(marks) == [("first request", pytest.approx(0.4)), ("crawl", pytest.approx(0.6)),
+                                           ("fetchers closed", pytest.approx(0.1))]
+
+
+def test_the_process_start_is_read_from_the_system_and_precedes_now():
+    # Asked in a process started just now (this test process may have run for half an hour):
+    # its start is read from /proc, lies before the moment it answers and after the moment
+    # it was launched (less a clock tick of rounding).
+    import subprocess
+    import sys
+
+    launched = time.time()
+    code = "from crawler import timing; import time; print(timing.process_started(), time.time())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out[0] != "None":  # Linux: /proc
+        started, answered = float(out[0]), float(out[1])
+        assert launched - 0.05 < started <= answered
+
+
+# -- the Jobs REST API over HTTP -------------------------------------------------------------
+
+
+class JobsServer:
+    """Ray's Jobs REST API as its documentation describes it, serving one job that succeeds with `log`."""
+
+    def __init__(self, log: str):
+        import http.server
+        import json
+        import threading
+
+        self.requests: list[tuple[str, str, dict]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                server.requests.append(("POST", self.path, body))
+                self.reply({"job_id": "raysubmit_http", "submission_id": "raysubmit_http"})
+
+            def do_GET(self):
+                server.requests.append(("GET", self.path, {}))
+                if self.path.endswith("/logs"):
+                    self.reply({"logs": log})
+                else:
+                    self.reply({"status": "SUCCEEDED", "message": "done", "start_time": int(time.time() * 1000)})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_a_job_that_ships_nothing_is_submitted_and_followed_without_importing_ray(tmp_path):
+    """kindlab's Ray image has the crawler: the client speaks the Jobs REST API alone, and `import ray`
+    (a second of CPU before anything is submitted) is never paid."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = JobsServer("crawling\n" + "\n".join(result_lines(RESULT)) + "\n")
+    script = ("import json, sys\nfrom crawler import jobs\n"
+              f"result = jobs.submit_crawl({server.address!r}, ['http://a.test/'], ship_package=False, pip=[], "
+              "on_log=lambda line: None)\n"
+              "print(json.dumps({'pages': len(result['pages']), 'ray': 'ray' in sys.modules, "
+              "'shipped': result['job']['package_shipped']}))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=Path(jobs.PACKAGE_DIR).parent)
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"pages": 3, "ray": False, "shipped": False}
+    method, path, body = server.requests[0]
+    assert (method, path) == ("POST", "/api/jobs/")
+    assert body["runtime_env"] == {} and body["entrypoint"].startswith("python -m crawler http://a.test/")
+    assert body["metadata"] == {"app": "kindlab-crawler"}
+    assert ("GET", "/api/jobs/raysubmit_http/logs", {}) in server.requests
+
+
+def test_a_jobs_api_that_refuses_the_job_is_named_with_its_answer():
+    import http.server
+    import threading
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b"runtime_env: unknown field 'pipp'")
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(CrawlJobError, match=r"\(not submitted\) REFUSED: the Jobs API at http://127.0.0.1:\d+ "
+                                                r"refused the job: POST /api/jobs/ answered HTTP 400: runtime_env"):
+            jobs.submit_crawl(f"http://127.0.0.1:{httpd.server_port}", ["http://a.test/"], ship_package=False,
+                              on_log=lambda line: None)
+    finally:
+        httpd.shutdown()
+
+
+def test_without_the_package_to_ship_the_runtime_env_is_empty():
+    assert crawl_runtime_env(ship_package=False, pip=[]) == {}
+    assert crawl_runtime_env(ship_package=False, pip=["lxml==5.3.0"]) == {"pip": ["lxml==5.3.0"]}

@@ -144,3 +144,48 @@ def test_attribute_forms_a_browser_accepts():
 @pytest.mark.parametrize("href", ["http:other.html", "HTTP:other.html"])
 def test_same_scheme_relative_link_resolves_as_urljoin_does(href):
     assert links(href) == ["http://docs.test/guide/install/other.html"]
+
+
+def test_robots_txt_is_read_with_retries_and_redirects_without_aiohttp_in_the_driver(tmp_path):
+    """The driver reads robots.txt; the fetchers alone need aiohttp (a third of a second to import on the
+    lab's head). A 503 is retried, a redirect followed, a 404 allows everything."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    answers = {"/a/robots.txt": [503, 200], "/b/robots.txt": [301], "/c/robots.txt": [404]}
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            queue = answers[self.path]
+            status = queue.pop(0) if len(queue) > 1 else queue[0]  # the last answer stays
+            body = b"User-agent: *\nDisallow: /a/private/\n" if status == 200 else b""
+            self.send_response(status)
+            if status == 301:
+                self.send_header("Location", "/a/robots.txt")
+            if status == 503:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_port}"
+    script = ("import json, sys\nfrom crawler.fetch import FetchOptions, fetch_text\n"
+              f"print(json.dumps([fetch_text({base!r} + p, FetchOptions(backoff_s=0.01))[::2] for p in "
+              "('/a/robots.txt', '/b/robots.txt', '/c/robots.txt')] + ['aiohttp' in sys.modules]))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[2])
+    finally:
+        httpd.shutdown()
+    assert out.returncode == 0, out.stderr
+    a, b, c, imported = json.loads(out.stdout)
+    assert a == [200, 2] and b == [200, 1] and c == [404, 1]  # (status, requests): the 503 retried once
+    assert imported is False

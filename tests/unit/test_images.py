@@ -37,6 +37,29 @@ def test_a_changed_file_changes_its_image_and_the_images_built_from_it(scratch_c
     assert changed == ["kindlab-cni", "node"]  # preloaded into the node image
 
 
+def test_an_edit_of_the_crawler_rebuilds_only_the_thin_ray_image_and_byte_code_is_no_input(tmp_path, monkeypatch):
+    """The crawler is baked into kindlab's Ray image: an edit must give the RayCluster a new image (so no job
+    runs a stale crawler), without Ray's pip install again; running the tests (byte code) or editing its README
+    changes nothing."""
+    shutil.copytree(images.ROOT / "crawler", tmp_path / "crawler", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(images, "ROOT", tmp_path)
+    images.inputs_hash.cache_clear()
+    try:
+        before = {name: images.inputs_hash(name) for name in images.CATALOG}
+        (tmp_path / "crawler" / "__pycache__").mkdir()
+        (tmp_path / "crawler" / "__pycache__" / "parse.cpython-311.pyc").write_bytes(b"byte code")
+        readme = tmp_path / "crawler" / "README.md"
+        readme.write_text(readme.read_text() + "\nA line of docs.\n")
+        images.inputs_hash.cache_clear()
+        assert {name: images.inputs_hash(name) for name in images.CATALOG} == before
+        parse = tmp_path / "crawler" / "parse.py"
+        parse.write_text(parse.read_text() + "\n# changed\n")
+        images.inputs_hash.cache_clear()
+        assert [n for n in images.CATALOG if images.inputs_hash(n) != before[n]] == ["ray"]
+    finally:
+        images.inputs_hash.cache_clear()
+
+
 def test_a_new_binary_pin_changes_the_images_that_hold_it(monkeypatch):
     before = images.inputs_hash("registry"), images.inputs_hash("node")
     spec = toolchain.COMPONENTS["registry"]

@@ -1,0 +1,83 @@
+"""Where a crawl's seconds go: the moments a crawl marks, and the phases between them.
+
+The driver marks moments on its own clock (epoch seconds): its process start,
+`import ray` done, `ray.init` done, its fetchers ready, the first request, the
+crawl done and the fetchers closed. A Ray job adds the client's moments (the
+submission) and the job's start as the cluster records it. Every phase is the
+difference of two moments on one clock, so a client and a cluster whose clocks
+disagree still get true figures; the last phase (the job's end, as the client
+sees it) is what remains of the client's total.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+# (phase, from mark, to mark): the driver's own phases, in order.
+DRIVER_PHASES = (
+    ("driver start", "process", "ray_imported"),  # Python, the crawler's imports, `import ray`
+    ("ray.init", "ray_imported", "ray_connected"),
+    ("fetchers ready", "ray_connected", "fetchers_ready"),  # the Ray actors created and answering
+    ("first request", "fetchers_ready", "first_request"),  # robots.txt read, the first URLs sent
+    ("crawl", "first_request", "crawl_done"),
+    ("fetchers closed", "crawl_done", "closed"),
+)
+
+
+def process_started() -> Optional[float]:
+    """When this process started (epoch seconds), from /proc; None where there is no /proc."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime", "rb") as uptime:
+            up = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def driver_phases(marks: dict) -> list[tuple[str, float]]:
+    """The driver's phases from its marks; a phase whose marks are missing (no Ray in --local) is
+    folded into the next one."""
+    phases, start = [], None
+    for name, begin, end in DRIVER_PHASES:
+        start = marks.get(begin, start)
+        if start is not None and end in marks:
+            phases.append((name, max(0.0, marks[end] - start)))
+            start = marks[end]
+    return phases
+
+
+def job_phases(result: dict, forward_s: Optional[float] = None) -> list[tuple[str, float]]:
+    """A crawl job's phases, from the client's submission to the result in its hands.
+
+    result["timing"] holds the driver's marks, result["job"]["timing"] the
+    client's (submit, submitted, done: its clock) and the job's start (the
+    cluster's clock).
+    """
+    marks, job = result.get("timing") or {}, result["job"]["timing"]
+    phases = [("port-forward", forward_s)] if forward_s is not None else []
+    phases.append(("submission", job["submitted"] - job["submit"]))
+    driver = driver_phases(marks)
+    if "process" in marks and job.get("job_start"):
+        # the job's start to its driver's start: the job supervisor and the runtime environment
+        phases.append(("runtime environment", max(0.0, marks["process"] - job["job_start"])))
+        cluster_span = marks.get("closed", marks["process"]) - job["job_start"]
+    else:
+        cluster_span = sum(seconds for _, seconds in driver)
+    phases += driver
+    phases.append(("job end", max(0.0, (job["done"] - job["submitted"]) - cluster_span)))
+    return phases
+
+
+def format_phases(phases: list[tuple[str, float]], title: str = "where the seconds went") -> str:
+    width = max((len(name) for name, _ in phases), default=0)
+    lines = [f"{title}:"]
+    lines += [f"  {name:<{width}}  {seconds:6.2f} s" for name, seconds in phases]
+    lines.append(f"  {'in all':<{width}}  {sum(s for _, s in phases):6.2f} s")
+    return "\n".join(lines)
+
+
+__all__ = ["DRIVER_PHASES", "process_started", "driver_phases", "job_phases", "format_phases"]

@@ -49,12 +49,13 @@ from playbooks import monitoring as monitoring_play  # noqa: E402
 from playbooks import nginx as nginx_play  # noqa: E402
 from playbooks import ray as ray_play  # noqa: E402
 from playbooks import tools as tools_play  # noqa: E402
+from playbooks import setup as setup_play  # noqa: E402
 from playbooks.core import cli  # noqa: E402
 from playbooks.core.cli import COMMON_HELP, console, make_context, play, user_errors  # noqa: E402
 from playbooks.core.settings import defaults, forget_lab, parse_count, remember_lab  # noqa: E402
 from playbooks.core.steps import StepFailed  # noqa: E402
 
-PLAY_FLAGS = "provider name context check verbose timeout offline"
+PLAY_FLAGS = "provider name context check verbose timeout offline host"
 PARTS = list(parts_play.REGISTRY.values())  # every part the lab may run
 
 
@@ -69,9 +70,14 @@ def h(names=PLAY_FLAGS, **extra):
 
 
 def creating(lab):
-    """The lab a task that makes the cluster works on: offline where no container registry answers."""
-    from playbooks.core.commands import LocalShell
-    return cluster_play.offline_without_registry(lab, LocalShell(lab.tools_dir), console.print)
+    """The lab a task that makes the cluster works on: offline where no container registry answers (asked
+    where the lab runs)."""
+    from playbooks.core.commands import make_shell
+    sh = make_shell(lab)
+    try:
+        return cluster_play.offline_without_registry(lab, sh, console.print)
+    finally:
+        sh.close()
 
 
 def play_task(title, steps, doc, after=None, checkable=True, creates=False):
@@ -81,21 +87,23 @@ def play_task(title, steps, doc, after=None, checkable=True, creates=False):
     creates: it makes the cluster (it first finds out whether a container registry answers).
     """
     @user_errors
-    def run(c, provider=None, name=None, context=None, check=False, verbose=False, timeout=None, offline=False):
+    def run(c, provider=None, name=None, context=None, check=False, verbose=False, timeout=None, offline=False,
+            host=None):
         lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                      timeout=timeout, offline=offline)
+                      timeout=timeout, offline=offline, host=host)
         if creates:
             lab = creating(lab)
         play(lab, title, steps(lab), after=after)
 
     @user_errors
-    def run_read_only(c, provider=None, name=None, context=None, verbose=False, timeout=None, offline=False):
-        run(c, provider, name, context, False, verbose, timeout, offline)
+    def run_read_only(c, provider=None, name=None, context=None, verbose=False, timeout=None, offline=False,
+                      host=None):
+        run(c, provider, name, context, False, verbose, timeout, offline, host)
 
     body = run if checkable else run_read_only
     body.__doc__ = doc
     body.__name__ = title.replace(".", "_")
-    return task(body, help=h() if checkable else h("provider name context verbose timeout offline"))
+    return task(body, help=h() if checkable else h("provider name context verbose timeout offline host"))
 
 
 # --- cluster: its provider's (playbooks/cluster.py -> playbooks/providers/) ---------------
@@ -109,24 +117,27 @@ cluster_delete = play_task(
     after=forget_lab)
 
 
-@task(help=h("provider name context verbose"))
+@task(help=h("provider name context verbose host"))
 @user_errors
-def cluster_status(c, provider=None, name=None, context=None, verbose=False):
+def cluster_status(c, provider=None, name=None, context=None, verbose=False, host=None):
     """Show the cluster: provider, context, server version, nodes, port mappings."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
-    kube = make_context(lab).kube
-    for what, state in cluster_play.status_rows(lab, kube, PARTS):
-        console.print(f"  [bold]{what:<16}[/bold] {state}")
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
+    ctx = make_context(lab)
+    try:
+        for what, state in cluster_play.status_rows(lab, ctx.kube, PARTS, ctx.sh):
+            console.print(f"  [bold]{what:<16}[/bold] {state}")
+    finally:
+        ctx.sh.close()
 
 
 # --- the parts' own tasks (install and uninstall come from the registry) ------
 @task(help=h(replicas=f"how many nginx pods (default kindlab.nginx.replicas, 3; at most {nginx_play.MAX_REPLICAS})"))
 @user_errors
 def nginx_scale(c, replicas=None, provider=None, name=None, context=None, check=False, verbose=False,
-                timeout=None, offline=False):
+                timeout=None, offline=False, host=None):
     """Scale nginx to --replicas (default 3) and wait until that many pods are Ready."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  timeout=timeout, offline=offline)
+                  timeout=timeout, offline=offline, host=host)
     count = nginx_play.replicas(lab) if replicas is None else parse_count(replicas, "--replicas",
                                                                            nginx_play.MAX_REPLICAS)
     play(lab, "nginx.scale", nginx_play.scale_steps(lab, count))
@@ -138,21 +149,25 @@ nginx_verify = play_task(
     checkable=False)
 
 
-@task(help=h("provider name context verbose"))
+@task(help=h("provider name context verbose host"))
 @user_errors
-def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False):
+def monitoring_dashboards(c, provider=None, name=None, context=None, verbose=False, host=None):
     """Forward Grafana to http://127.0.0.1:3000 and Prometheus (its web UI) to :9090 until Ctrl-C; print graph links."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
     # soft_wrap: the graph links stay whole lines (rich would break them at the console's width)
     monitoring_play.dashboards(lab, out=lambda line: console.print(line, soft_wrap=True))
 
 
-@task(help=h("provider name context"))
+@task(help=h("provider name context host"))
 @user_errors
-def monitoring_password(c, provider=None, name=None, context=None):
+def monitoring_password(c, provider=None, name=None, context=None, host=None):
     """Print Grafana's admin password (user admin), read from Secret monitoring/grafana-admin."""
-    lab = lab_for(c, provider=provider, name=name, context=context)
-    print(monitoring_play.password(lab))
+    lab = lab_for(c, provider=provider, name=name, context=context, host=host)
+    ctx = make_context(lab)  # on a host, the client here through the SSH tunnel
+    try:
+        print(monitoring_play.password(lab, ctx.kube))
+    finally:
+        ctx.sh.close()
 
 
 monitoring_verify = play_task(
@@ -170,18 +185,19 @@ faas_remove = play_task(
     "Remove the reverse function (absent is fine).")
 
 
-@task(help=h("provider name context verbose timeout", data="text to send (default: Hello World)"))
+@task(help=h("provider name context verbose timeout host", data="text to send (default: Hello World)"))
 @user_errors
-def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, verbose=False, timeout=None):
+def faas_invoke(c, data="Hello World", provider=None, name=None, context=None, verbose=False, timeout=None,
+                host=None):
     """Call the reverse function: --data "Hello World" prints dlroW olleH."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout, host=host)
     play(lab, "faas.invoke", faas_play.invoke_steps(lab, data))
 
 
 _ONLINE, _OFFLINE = ray_play.ONLINE_CRAWL, ray_play.OFFLINE_CRAWL
 
 
-@task(iterable=["url"], help=h("provider name context verbose timeout",
+@task(iterable=["url"], help=h("provider name context verbose timeout host",
                                url="start URL (repeat for several; default the Ray docs, offline Python's docs, "
                                    "which the ray part serves in the cluster)",
                                prefix="only follow links under this URL prefix (default: each start URL's folder)",
@@ -195,9 +211,9 @@ _ONLINE, _OFFLINE = ray_play.ONLINE_CRAWL, ray_play.OFFLINE_CRAWL
                                verbose="stream the tools' output, and say where the crawl job's seconds went"))
 @user_errors
 def ray_crawl(c, url=None, prefix="", depth=None, max_pages=None, concurrency=None, address="",
-              provider=None, name=None, context=None, verbose=False, timeout=None):
+              provider=None, name=None, context=None, verbose=False, timeout=None, host=None):
     """Run the web crawler as a Ray job (Jobs API, its own runtime env) and print a summary."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, timeout=timeout, host=host)
     target = ray_play.default_crawl(lab)
 
     def given(value, default):
@@ -209,11 +225,11 @@ def ray_crawl(c, url=None, prefix="", depth=None, max_pages=None, concurrency=No
     play(lab, "ray.crawl", ray_play.crawl_steps(lab, args, address, show=console.print), lock=not address)
 
 
-@task(help=h("provider name context verbose"))
+@task(help=h("provider name context verbose host"))
 @user_errors
-def ray_dashboard(c, provider=None, name=None, context=None, verbose=False):
+def ray_dashboard(c, provider=None, name=None, context=None, verbose=False, host=None):
     """Forward the Ray dashboard and Jobs API to http://127.0.0.1:8265 until Ctrl-C."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
     ray_play.dashboard(lab, out=console.print)
 
 
@@ -234,45 +250,56 @@ PARTS_HELP = {"only": f"comma-separated parts: {', '.join(parts_play.REGISTRY)} 
 @task(name="all", help=h(**PARTS_HELP))
 @user_errors
 def all_(c, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False, timeout=None,
-         offline=False):
+         offline=False, host=None):
     """The whole lab: the cluster, then every part side by side, each used once installed (nginx x3, ...)."""
     lab = creating(lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                           timeout=timeout, offline=offline))
+                           timeout=timeout, offline=offline, host=host))
     parts = parts_play.choose(only, skip)
     outcomes = play(lab, "all", lab_play.all_steps(lab, parts, PARTS), after=remember_lab)
     console.print(lab_play.addresses_table(lab, lab_play.parts_that_ran(parts, outcomes)))
 
 
-@task(help=h("provider name context verbose"))
+@task(help=h("provider name context verbose host"))
 @user_errors
-def status(c, provider=None, name=None, context=None, verbose=False):
+def status(c, provider=None, name=None, context=None, verbose=False, host=None):
     """One table for the lab: nodes, releases, Ready pods, endpoints, the function, the Ray cluster."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
     ctx = make_context(lab)
-    console.print(lab_play.status_table(lab, ctx.kube, ctx.sh, PARTS))
+    try:
+        console.print(lab_play.status_table(lab, ctx.kube, ctx.sh, PARTS))
+    finally:
+        ctx.sh.close()
+
+
+@task(help=h("provider name context verbose host"))
+@user_errors
+def forward(c, provider=None, name=None, context=None, verbose=False, host=None):
+    """A lab on --host brought here until Ctrl-C: its API server (your kubeconfig's context) and node ports."""
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
+    lab_play.forward(lab, PARTS, console.print)
 
 
 @task(help=h(cluster="delete the whole cluster instead of removing the parts", **PARTS_HELP))
 @user_errors
 def down(c, cluster=False, only="", skip="", provider=None, name=None, context=None, check=False, verbose=False,
-         timeout=None, offline=False):
+         timeout=None, offline=False, host=None):
     """Tear the lab down, the install order reversed (--cluster: delete the cluster); absent parts are fine."""
     lab = lab_for(c, provider=provider, name=name, context=context, check=check, verbose=verbose,
-                  timeout=timeout, offline=offline)
+                  timeout=timeout, offline=offline, host=host)
     parts = parts_play.choose(only, skip)
     play(lab, "down", lab_play.down_steps(lab, parts, cluster), after=forget_lab if cluster else None)
 
 
-@task(help=h("provider name context verbose", calls="warm calls per system (default 20, 1 to 10000)",
+@task(help=h("provider name context verbose host", calls="warm calls per system (default 20, 1 to 10000)",
              batch=f"calls in the batch of each system, {compare_play.IN_FLIGHT} in flight "
                    f"(default {compare_play.BATCH}; 0: none)",
              gateway="OpenFaaS gateway URL (default: the lab's function, http://127.0.0.1:31112)",
              address="Ray dashboard URL (default: the lab's head, port-forwarded)"))
 @user_errors
 def compare(c, calls="20", batch=str(compare_play.BATCH), gateway="", address="", provider=None, name=None,
-            context=None, verbose=False):
+            context=None, verbose=False, host=None):
     """Measure the reverse function beside a Ray task in this lab: first call, warm calls, a batch."""
-    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose)
+    lab = lab_for(c, provider=provider, name=name, context=context, verbose=verbose, host=host)
     n = parse_count(calls, "--calls", 10_000)
     if n < 1:
         raise SettingsError("--calls must be at least 1: a median of no calls means nothing")
@@ -312,11 +339,15 @@ def images_list(c, all=False):
 
 
 @task(help={"source": "release (download, checksum checked), go (build from Go modules) or auto",
-            **h("verbose")})
+            **h("verbose host")})
 @user_errors
-def setup(c, source="auto", verbose=False):
-    """The tests' tools, a Docker engine and Chromium (root: installed) and the offline lab's images."""
-    lab = lab_for(c, verbose=verbose)
+def setup(c, source="auto", verbose=False, host=None):
+    """The tests' tools, a Docker engine and Chromium (root: installed) and the offline lab's images
+    (--host: that host's, sent from this machine where it has them)."""
+    lab = lab_for(c, verbose=verbose, host=host)
+    if lab.host:
+        play(lab, "setup", setup_play.host_steps(lab, source), lock=False)
+        return
     tools = tools_play.install_steps(lab, tools_play.selected(True, False, ""), source, optional=True)
     # Where no engine can be had (no root, no apt-get), the engine and the images are
     # skipped with the reason, and the tests that need them skip too (CI fails them).
@@ -326,7 +357,8 @@ def setup(c, source="auto", verbose=False):
                                      go_after=tools[-1].name, optional=True)
     # after the engine's apt-get (one at a time); skipped with the reason where it cannot be installed
     browser = browser_play.install_step()
-    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), browser, *builds], lock=False)
+    play(lab, "setup", [*tools, *lab_play.chain(engine, ()), browser, *builds,
+                        *setup_play.sshd_steps(after=browser.name)], lock=False)
 
 
 # --- tools and doctor ------------------------------------------------------
@@ -353,13 +385,19 @@ def tools_list(c):
     console.print(tools_play.table(lab_for(c)))
 
 
-@task(help=h("provider offline", parts=f"comma-separated parts to check for (default: all of "
-                                       f"{', '.join(parts_play.REGISTRY)}; the cluster always)"))
+@task(help=h("provider offline host", parts=f"comma-separated parts to check for (default: all of "
+                                            f"{', '.join(parts_play.REGISTRY)}; the cluster always)"))
 @user_errors
-def doctor(c, provider=None, parts="", offline=False):
+def doctor(c, provider=None, parts="", offline=False, host=None):
     """Preflight: tools, Docker, free ports, memory and CPU, inotify limits; a fix for each."""
-    lab = lab_for(c, provider=provider, offline=offline)
-    results = doctor_play.findings(lab, parts_play.choose(parts), PARTS)
+    from playbooks.core.commands import make_shell
+
+    lab = lab_for(c, provider=provider, offline=offline, host=host)
+    sh = make_shell(lab)
+    try:
+        results = doctor_play.findings(lab, parts_play.choose(parts), PARTS, sh)
+    finally:
+        sh.close()
     console.print(doctor_play.table(lab, results))
     failed = [f for f in results if f.status == "fail"]
     if failed:
@@ -393,5 +431,5 @@ for _part in parts_play.REGISTRY.values():
 ns.add_collection(_namespace("tools", install=tools_install, list=tools_list))
 ns.add_collection(_namespace("docker", start=docker_start))
 ns.add_collection(_namespace("images", build=images_build, list=images_list))
-for top in (all_, status, down, compare, doctor, setup):
+for top in (all_, status, down, compare, doctor, setup, forward):
     ns.add_task(top)

@@ -45,8 +45,8 @@ def delete_steps(lab: Lab) -> list[Step]:
     return providers.of(lab).delete_steps()
 
 
-def status_rows(lab: Lab, kube, parts: Sequence[Part] | None = None) -> list[tuple[str, str]]:
-    return providers.of(lab).status_rows(kube, list(REGISTRY.values()) if parts is None else parts)
+def status_rows(lab: Lab, kube, parts: Sequence[Part] | None = None, sh=None) -> list[tuple[str, str]]:
+    return providers.of(lab).status_rows(kube, list(REGISTRY.values()) if parts is None else parts, sh)
 
 
 __all__ = ["create_steps", "delete_steps", "status_rows", "offline_without_registry"]

@@ -124,10 +124,10 @@ def measure(lab, ctx, calls: int, gateway: str = "", address: str = "", batch: i
 
     if gateway:
         url, system = f"{gateway.rstrip('/')}/function/{faas.FUNCTION}", "OpenFaaS function (HTTP via gateway)"
-    elif lab.offline:
-        url, system = faas.function_url(lab), "reverse function pod (HTTP, NodePort; no gateway offline)"
+    elif lab.offline:  # on a host, its port forwarded here over SSH
+        url, system = ctx.sh.reach(faas.function_url(lab)), "reverse function pod (HTTP, NodePort; no gateway offline)"
     else:
-        url, system = faas.function_url(lab), "OpenFaaS function (HTTP via gateway)"
+        url, system = ctx.sh.reach(faas.function_url(lab)), "OpenFaaS function (HTTP via gateway)"
     try:
         rows = [faas_latency(url, calls, system=system, batch=batch)]
         if address:

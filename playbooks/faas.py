@@ -245,8 +245,8 @@ def deploy_steps(lab: Lab) -> list[Step]:
         return change(f"build, push and deploy {image}" + (f" (was {current})" if current else ""))
 
     def deploy(ctx):
-        build = _build_dir(lab, code_hash)
-        if not (build / "template" / TEMPLATE).exists():
+        build = ctx.sh.put(_build_dir(lab, code_hash))  # the build context, where faas-cli runs
+        if not ctx.sh.exists(f"{build}/template/{TEMPLATE}"):
             ctx.sh.run(["faas-cli", "template", "store", "pull", TEMPLATE], cwd=build)
         for verb in ("build", "push"):
             ctx.say(f"faas-cli {verb} {image}")
@@ -290,13 +290,14 @@ def function_documents(image: str) -> list[dict]:
     ]
 
 
-def registry_has(image: str, timeout: float = 5) -> bool:
-    """Whether the lab's local registry holds `image` (localhost:5001/NAME:TAG)."""
+def registry_has(image: str, timeout: float = 5, reach=lambda url: url) -> bool:
+    """Whether the lab's local registry holds `image` (localhost:5001/NAME:TAG); `reach`: how this machine
+    reaches the registry's URL (on a host: forwarded over SSH)."""
     host, _, rest = image.partition("/")
     path, _, tag = rest.rpartition(":")
     port = host.rpartition(":")[2]
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/{path}/manifests/{tag}", method="HEAD",
+        reach(f"http://127.0.0.1:{port}/v2/{path}/manifests/{tag}"), method="HEAD",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
                            "application/vnd.oci.image.manifest.v1+json"})
     try:
@@ -321,7 +322,7 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
     def check_image(ctx):
         if not lab.can.docker_nodes:
             return skip(f"building the function needs Docker and a kind cluster; {NO_CONTAINERS}")
-        if registry_has(image):
+        if registry_has(image, reach=ctx.sh.reach):
             return ok(f"{image} in the lab's registry (code unchanged)")
         missing = offline_missing(lab, ctx.sh)
         if missing:
@@ -334,7 +335,7 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
         if stale:
             raise StepFailed(f"the function's base image(s) {', '.join(stale)} are not built: "
                              f"run `invoke images.build --only {','.join(TEMPLATE_BASES.values())}`")
-        build = _build_dir(lab, code_hash)
+        build = ctx.sh.put(_build_dir(lab, code_hash))  # the build context, where faas-cli runs
         if images.present_inputs(ctx.sh, image) is None:
             ctx.say(f"faas-cli build {image}")
             # the Docker engine's own builder: it needs no buildx, and finds kindlab's base images locally
@@ -374,7 +375,7 @@ def invoke_steps(lab: Lab, data: str) -> list[Step]:
 
     def invoke(ctx):
         if lab.offline:  # no gateway for faas-cli to call: the function's own port
-            url = function_url(lab)
+            url = ctx.sh.reach(function_url(lab))
             try:
                 status, body = call(url, data.encode("utf-8"), timeout=60)
             except probes.HttpGetError as exc:
@@ -384,7 +385,7 @@ def invoke_steps(lab: Lab, data: str) -> list[Step]:
                 raise StepFailed(f"the reverse function answered HTTP {status} at {url}: "
                                  f"{body.decode('utf-8', 'replace')[:200]}")
             out = body.decode("utf-8")
-            return f"{FUNCTION}({data!r}) -> {out!r} (POST {url}, no gateway offline)"
+            return f"{FUNCTION}({data!r}) -> {out!r} (POST {url}{ctx.sh.note(url)}, no gateway offline)"
         out = ctx.sh.run(["faas-cli", "invoke", FUNCTION, "--gateway", gateway_url(lab)], input=data,
                          timeout=60).stdout
         return f"{FUNCTION}({data!r}) -> {out.rstrip(chr(10))!r}"

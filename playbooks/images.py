@@ -219,7 +219,6 @@ def _is_input(path: Path) -> bool:
 
 def _folder_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _is_input(p))
-    return digest.hexdigest()
 
 
 def reference(name: str) -> str:
@@ -473,6 +472,37 @@ def _image_step(lab: Lab, plan: _Plan, name: str, needs: tuple[str, ...], unavai
         return f"built {ref}"
 
     return Step(_image_step_name(name), check, build, needs=needs)
+
+
+def host_steps(lab: Lab, names: list[str], needs: tuple[str, ...] = ()) -> list[Step]:
+    """Each image in the host's Docker engine as built here: sent (`docker save | docker load`) only where
+    the host's copy lacks this image's inputs label; one not built here is to be built first."""
+    def step(name: str) -> Step:
+        ref = reference(name)
+
+        def check(ctx):
+            if present_inputs(ctx.sh, ref) == inputs_hash(name):
+                return ok(f"{ref} on {lab.host} (its inputs label as here)")
+            from .core.commands import LocalShell
+            if not current(LocalShell(lab.tools_dir), name):
+                raise StepFailed(f"{ref} is not built on this machine, so it cannot be sent to {lab.host}: run "
+                                 f"`invoke images.build --only {name}` here first (or `invoke setup` on {lab.host})")
+            return change(f"send {ref} to {lab.host} (docker save | docker load)")
+
+        def send(ctx):
+            import subprocess
+            save = subprocess.Popen(["docker", "image", "save", ref], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            try:
+                ctx.sh.run(["docker", "image", "load"], input=save.stdout, timeout=BUILD_TIMEOUT_S)
+            finally:
+                save.stdout.close()
+                save.wait()
+            return f"sent {ref} to {lab.host} (docker save | docker load)"
+
+        return Step(f"image {name} on {lab.host}", check, send, needs=needs)
+
+    return [step(name) for name in names]
 
 
 def _build_root(lab: Lab) -> Path:

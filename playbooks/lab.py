@@ -121,7 +121,10 @@ def down_steps(lab: Lab, parts: Sequence[Part], delete_cluster: bool) -> list[St
 
 def addresses_table(lab: Lab, parts: Sequence[Part]) -> Table:
     caption = ("simulated cluster: the objects exist, but no container serves these addresses"
-               if not lab.can.runs_containers else None)
+               if not lab.can.runs_containers else
+               f"these addresses are on {lab.host}: the tasks that use them (nginx.verify, faas.invoke, "
+               f"monitoring.dashboards, ray.dashboard) forward them here over SSH; `invoke forward` keeps the "
+               "node ports and the API server forwarded here until Ctrl-C" if lab.host else None)
     table = Table("part", "address", "how", title="the lab", title_justify="left", caption=caption)
     for part in parts:
         for row in part.addresses(lab):
@@ -129,14 +132,42 @@ def addresses_table(lab: Lab, parts: Sequence[Part]) -> Table:
     return table
 
 
+def forward(lab: Lab, registry: Sequence[Part], out, stop=None) -> None:
+    """A lab on a host brought here until Ctrl-C (or `stop`): its API server through the SSH tunnel (the
+    lab's context in your kubeconfig then answers kubectl here) and the node ports kind maps there."""
+    import threading
+
+    from . import providers
+    from .core.commands import make_shell
+    from .core.kubeconfig import tunnel
+
+    if not lab.host:
+        raise SettingsError("`forward` brings a lab on a host here: name it with --host (a lab on this machine "
+                            "is here already)")
+    sh = make_shell(lab)
+    try:
+        tunnel(lab, sh)
+        out(f"context {lab.context}: its API server through SSH (kubectl --context '{lab.context}' works here)")
+        for mapping in providers.of(lab).port_mappings(registry):
+            url = f"http://{mapping['listenAddress']}:{mapping['hostPort']}"
+            out(f"{mapping['what']:<28} {sh.reach(url)}  ({lab.host}'s {url})")
+        out("forwarding until Ctrl-C")
+        try:
+            (stop or threading.Event()).wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        sh.close()
+
+
 def status_table(lab: Lab, kube, shell, registry: Sequence[Part] | None = None) -> Table:
     """One table for the lab: cluster and nodes, releases, then each part: Ready pods and its own rows."""
     registry = list(REGISTRY.values()) if registry is None else list(registry)
     table = Table("what", "state", title=f"kindlab status: {lab.context} ({lab.provider})", title_justify="left")
-    for what, state in cluster.status_rows(lab, kube, registry):
+    for what, state in cluster.status_rows(lab, kube, registry, shell):
         table.add_row(what, state)
-    out = shell.run(["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context,
-                     "list", "-A", "-a", "-o", "json"], check=False).stdout
+    out = shell.run(["helm", *lab.cluster_flags("--kube-context"), "list", "-A", "-a", "-o", "json"],
+                    check=False).stdout
     for rel in sorted(json.loads(out or "[]"), key=lambda r: r["name"]):
         table.add_row(f"release {rel['name']}", f"{rel['status']}, chart {rel['chart']}, ns {rel['namespace']}")
     from .core.kube import pod_state  # the kubernetes client is slow to import: only when used

@@ -243,7 +243,7 @@ def serving_step(lab: Lab, rel: Release) -> Step:
     made_by_the_operator = ("prometheuses", "alertmanagers") if enabled(rel, "alertmanager") else ("prometheuses",)
 
     def check(ctx):
-        reason = providers.of(lab).operator_unavailable("prometheus-operator")
+        reason = providers.of(lab).operator_unavailable("prometheus-operator", ctx.sh)
         if reason:
             return skip(reason)
         missing = [s for s in services if not ctx.kube.ready_endpoints(namespace, s)]
@@ -480,8 +480,8 @@ def dashboard_forwards(lab: Lab, namespace: str = NAMESPACE, grafana_port: int =
                        prometheus_port: int = LOCAL_PROMETHEUS_PORT,
                        services: tuple[str, ...] = (GRAFANA_SERVICE, PROMETHEUS_SERVICE)) -> list[Forward]:
     def argv(service: str, local: int, remote: int) -> list[str]:
-        return ["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", namespace,
-                "port-forward", "--address", "127.0.0.1", f"svc/{service}", f"{local}:{remote}"]
+        return ["kubectl", *lab.cluster_flags(), "-n", namespace, "port-forward", "--address", "127.0.0.1",
+                f"svc/{service}", f"{local}:{remote}"]
 
     forwards = {GRAFANA_SERVICE: Forward("Grafana", argv(GRAFANA_SERVICE, grafana_port, GRAFANA_PORT), grafana_port),
                 PROMETHEUS_SERVICE: Forward("Prometheus", argv(PROMETHEUS_SERVICE, prometheus_port, PROMETHEUS_PORT),
@@ -499,11 +499,14 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
     if not lab.can.runs_containers:
         raise StepFailed(NO_CONTAINERS.replace("these checks need", "dashboards need"))
     services = served(release(lab))
-    _require_services(lab, kube, services)
     own_shell = shell is None
     if own_shell:
         from .core.commands import make_shell
-        shell = make_shell(lab.tools_dir, verbose=lab.verbose)
+        shell = make_shell(lab)
+    if kube is None and lab.host:  # the client runs here: the host's API server through the SSH tunnel
+        from .core.kubeconfig import tunnel
+        tunnel(lab, shell)
+    _require_services(lab, kube, services)
     supervisor = Supervisor(shell, dashboard_forwards(lab, grafana_port=grafana_port,
                                                       prometheus_port=prometheus_port, services=services), out)
     try:
@@ -513,7 +516,8 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
                 "`invoke monitoring.password`)")
         else:
             out(f"no Grafana to forward: {grafana_off_reason(lab)}")
-        out(f"Prometheus  http://127.0.0.1:{prometheus_port}")
+        out(f"Prometheus  http://127.0.0.1:{prometheus_port}"
+            f"{getattr(shell, 'note', lambda url: '')(f'http://127.0.0.1:{prometheus_port}')}")
         out("graphs of this lab (Prometheus' web UI):")
         links = graph_links(f"http://127.0.0.1:{prometheus_port}")
         for title, url in links:

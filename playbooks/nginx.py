@@ -71,8 +71,8 @@ def scale_steps(lab: Lab, replicas: int) -> list[Step]:
         return change(f"scale nginx {dep.spec.replicas} -> {replicas}{warning}")
 
     def scale(ctx):
-        ctx.sh.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,
-                    "-n", NAMESPACE, "scale", "deployment", "nginx", f"--replicas={replicas}"])
+        ctx.sh.run(["kubectl", *lab.cluster_flags(), "-n", NAMESPACE, "scale", "deployment", "nginx",
+                    f"--replicas={replicas}"])
 
     return [Step(f"nginx scaled to {replicas}", check, scale, wait=_wait_rollout(lab))]
 
@@ -101,7 +101,7 @@ def verify_steps(lab: Lab) -> list[Step]:
         text = body.decode("utf-8", "replace")
         if status != 200 or not probes.nginx_welcome_ok(text):
             raise StepFailed(f"{where} answered {status} without the nginx welcome page")
-        return f"{where} serves the nginx welcome page ({want} replicas)"
+        return f"{where} serves the nginx welcome page ({want} replicas){ctx.sh.note(where)}"
 
     return [action("nginx answers", verify)]
 

@@ -280,7 +280,7 @@ def install_steps(lab: Lab, parts: Sequence[Part] = ()) -> list[Step]:
     load_ray = provider.images_steps("ray", [ray_ref]) if ray_ref else []
 
     def check_operator(ctx):
-        reason = provider.operator_unavailable("ray-operator")
+        reason = provider.operator_unavailable("ray-operator", ctx.sh)
         if reason:
             return skip(reason)
         from .core.kube import condition_ready
@@ -471,14 +471,14 @@ def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
 
     if not lab.can.runs_containers:
         raise StepFailed(NO_CONTAINERS.replace("no Ray job can run there", "there is no dashboard"))
-    argv = ["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context, "-n", NAMESPACE,
-            "port-forward", "--address", "127.0.0.1", f"svc/{HEAD_SERVICE}", f"{local_port}:{DASHBOARD_PORT}"]
-    shell = make_shell(lab.tools_dir, verbose=lab.verbose)
+    argv = ["kubectl", *lab.cluster_flags(), "-n", NAMESPACE, "port-forward", "--address", "127.0.0.1",
+            f"svc/{HEAD_SERVICE}", f"{local_port}:{DASHBOARD_PORT}"]
+    shell = make_shell(lab)
     supervisor = Supervisor(shell, [Forward("Ray dashboard", argv, local_port)], out)
     try:
         supervisor.start()
         out(f"Ray dashboard  http://127.0.0.1:{local_port}  (Jobs API too: invoke ray.crawl --address "
-            f"http://127.0.0.1:{local_port})")
+            f"http://127.0.0.1:{local_port}){shell.note(f'http://127.0.0.1:{local_port}')}")
         out("forwarding until Ctrl-C")
         supervisor.run(threading.Event())
     finally:

@@ -65,6 +65,74 @@ def _tool_step(lab: Lab, name: str, source: str, optional: bool = False) -> Step
     return Step(f"{name} {pinned}", check, apply)
 
 
+# --- a host's tools (`invoke setup --host`) ----------------------------------------
+def host_platform(sh) -> str:
+    """The host's platform as Go names it (linux/amd64), from `uname`."""
+    system, machine = sh.run(["uname", "-sm"], timeout=30).stdout.split()[:2]
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine.lower(), machine)
+    return f"{system.lower()}/{arch}"
+
+
+def host_steps(lab: Lab, names: list[str], source: str, optional: bool = False) -> list[Step]:
+    """Each tool in the host's tool cache at the pinned version: where the host's platform is this machine's,
+    copied from this machine's cache (installed here first as `tools.install` does, if it is not), only when
+    the host's copy differs from it (sha256)."""
+    here = toolchain.current_platform()
+
+    def platform_check(ctx):
+        there = host_platform(ctx.sh)
+        if there != here:
+            raise StepFailed(f"{lab.host} is {there} and this machine {here}: kindlab's tool cache here cannot "
+                             f"serve it; run `invoke setup` on {lab.host} itself")
+        return ok(f"{lab.host} is {there}, as this machine: its tools are copied from this machine's cache")
+
+    def step(name: str) -> Step:
+        pinned = toolchain.TOOLS[name].version
+        local = toolchain.tool_path(name, lab.tools_dir)
+        there = lab.machine.bin_dir / local.name
+
+        def same(ctx) -> bool:
+            found = ctx.sh.run(["sha256sum", there], check=False, timeout=60).stdout.split()
+            return bool(found) and found[0] == _sha256(local)
+
+        def check(ctx):
+            if toolchain.installed_version(name, lab.tools_dir) != pinned:
+                return change(f"install {name} {pinned} here, then copy it to {lab.host}")
+            if same(ctx):
+                return ok(f"{name} {pinned} on {lab.host}, as in this machine's cache")
+            return change(f"copy {name} {pinned} to {lab.host}")
+
+        def apply(ctx):
+            how = "this machine's cache"
+            if toolchain.installed_version(name, lab.tools_dir) != pinned:
+                try:
+                    how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say,
+                                            sources=lab.source_folders) + " here"
+                except toolchain.ArchiveMissing as exc:
+                    if optional:
+                        raise Skipped(f"not installed: {exc}") from None
+                    raise StepFailed(str(exc)) from None
+                except toolchain.ToolInstallError as exc:
+                    raise StepFailed(str(exc)) from None
+            ctx.sh.put(local, to=there)
+            return (f"copied {name} {pinned} to {there} on {lab.host} from {how} (same platform {here}; "
+                    f"{local.stat().st_size / 1e6:.0f} MB)")
+
+        return Step(f"{name} {pinned} on {lab.host}", check, apply, needs=(platform,))
+
+    platform = f"platform of {lab.host}"
+    return [Step(platform, platform_check, needs=()), *[step(name) for name in names]]
+
+
+def _sha256(path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def table(lab: Lab) -> Table:
     """The pinned tools, their versions and what is installed (`invoke tools.list`)."""
     table = Table("tool", "pinned", "installed", "part of", caption=f"cache: {lab.tools_dir}")

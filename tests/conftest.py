@@ -17,6 +17,8 @@ from playbooks.core.cli import make_context
 from playbooks.core.runner import PlayFailed, Reporter, run_play
 from playbooks.core.settings import KwokSettings, Lab
 
+from .sshd import ssh_host  # noqa: F401 (the SSH test host: one per session, for tests/ssh and tests/kind)
+
 # One testbed per checkout, so test runs in two checkouts side by side never
 # delete each other's cluster (a rerun in the same checkout replaces its own).
 TESTBED_NAME = os.environ.get("KINDLAB_TESTBED_NAME") or \

@@ -26,6 +26,8 @@ COMMON_HELP = {
     "verbose": "stream the tools' own output",
     "timeout": "seconds a wait may take before it fails with its reason (default 300, at most a day)",
     "offline": "no container registry: use the images `invoke images.build` made (kind: its node image)",
+    "host": "run the lab on this host over SSH: user@box[:port] or a Host alias of ~/.ssh/config "
+            "(default kindlab.host; the last cluster.create's)",
 }
 console = Console(highlight=False)
 
@@ -54,20 +56,23 @@ def user_errors(body: Callable) -> Callable:
 
 
 def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:
-    shell = make_shell(lab.tools_dir, verbose=lab.verbose)
+    shell = make_shell(lab)
     # kindlab made the cluster, so it can start what died in it; an existing cluster is the user's
     fix = "`invoke cluster.create` restarts it" if lab.can.creates_clusters else ""
 
     def kube():
         from .kube import Kube  # the kubernetes client is slow to import (half a second): only a step that uses it
 
+        if lab.host:  # the client runs here: the host's API server comes through kindlab's SSH tunnel
+            from .kubeconfig import tunnel
+            tunnel(lab, shell)
         return Kube(lab.kubeconfig, lab.context, fix=fix, fixed_nodes=lab.can.fixed_nodes)
 
     return StepContext(lab, shell, kube, reporter)
 
 
 def lock_path(lab: Lab) -> Path:
-    return lab.home / "locks" / f"{lab.context or 'none'}.lock"
+    return lab.home / "locks" / f"{(lab.context or 'none').replace('/', '_').replace(':', '_')}.lock"
 
 
 @contextlib.contextmanager
@@ -89,7 +94,8 @@ def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Ste
     """Run a play for a task: header, lock, steps, recap; a failure becomes a non-zero exit."""
     mode = " (check mode: nothing will change)" if lab.check_mode else ""
     where = f" on [cyan]{lab.context}[/cyan] ({lab.provider})" if lock else ""
-    console.print(f"[bold]{title}[/bold]{where}{mode}")
+    over = f" on host [cyan]{lab.host}[/cyan] over SSH" if lab.host and not lock else ""
+    console.print(f"[bold]{title}[/bold]{where}{over}{mode}")
     ctx = make_context(lab, Reporter(console))
     guard = cluster_lock(lab) if lock and not lab.check_mode else contextlib.nullcontext()
     try:
@@ -100,6 +106,10 @@ def play(lab: Lab, title: str, steps: Sequence[Step] | Callable[[], Sequence[Ste
     except KeyboardInterrupt:
         raise Exit(code=130) from None
     finally:
+        if lab.host:
+            sent = ctx.sh.uploaded
+            console.print(f"[dim]{lab.host}: uploaded {sent['bytes']} bytes in {sent['files']} file(s), "
+                          f"{sent['unchanged']} upload(s) unchanged; {ctx.sh.connections} SSH connection(s)[/dim]")
         ctx.sh.close()
     if after and not lab.check_mode:
         after(lab)

@@ -1,6 +1,15 @@
 """Running the external tools: argument lists only, never a shell.
 
-`LocalShell` runs on this machine with kindlab's tool cache first on PATH.
+The connection layer: every command a step runs goes through `ctx.sh`, one
+connection object. `LocalShell` runs on this machine with kindlab's tool cache
+first on PATH; with a host (`--host`, kindlab.host) `make_shell` gives the SSH
+connection instead (core/ssh.py), which answers the same calls there. Besides
+`run`, `which` and `spawn`, both answer the few file, port and process questions
+a step asks of the machine its commands run on: `put` (a file of this machine
+where the commands run: here the same path), `read_text`, `write_text`,
+`exists`, `remove`, `mtime`, `forward`/`reach` (a port or URL of that machine,
+reached from here), `port_free`, `free_port`, and the processes of
+core/daemons.py (`proc_args`, `signal`, `start_detached`).
 Secrets travel through stdin or the environment and are masked in every
 message kindlab prints.
 """
@@ -82,6 +91,10 @@ def _tail(text: str, lines: int = 40) -> str:
 
 class LocalShell:
     """Runs tools on this machine, the tool cache first on PATH."""
+
+    host = ""  # this machine
+    python = sys.executable  # for core/daemons.py's supervisor
+    uploaded = {"bytes": 0, "files": 0, "unchanged": 0}  # nothing is ever sent anywhere
 
     def __init__(self, bin_dir: Path | None = None, *, verbose: bool = False,
                  echo: Callable[[str], None] | None = None):
@@ -209,6 +222,101 @@ class LocalShell:
                 proc.kill()
 
 
+    # --- the machine's files, ports and processes: here, as they are ----------------------------
+    def far(self, path) -> str:
+        """A path of the machine the commands run on, as a string (here: as it is)."""
+        return str(path)
+
+    def put(self, path, to=None) -> str:
+        if to is not None and Path(to) != Path(path):
+            Path(to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, to)
+            return str(to)
+        return str(Path(path).expanduser())
+
+    def get(self, path, local: Path) -> None:
+        if Path(path) != local:
+            shutil.copyfile(path, local)
+
+    def read_text(self, path) -> str | None:
+        try:
+            return Path(path).read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, path, text: str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".kindlab-tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def exists(self, path) -> bool:
+        return Path(path).exists()
+
+    def mkdir(self, path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def mtime(self, path) -> float | None:
+        try:
+            return Path(path).stat().st_mtime
+        except OSError:
+            return None
+
+    def remove(self, path) -> None:
+        path = Path(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def forward(self, port: int, far_host: str = "127.0.0.1", local_port: int | None = None) -> int:
+        return port
+
+    def reach(self, url: str) -> str:
+        return url
+
+    def note(self, url: str) -> str:
+        return ""
+
+    def free_port(self) -> int:
+        from .portforward import free_port
+        return free_port()
+
+    def port_free(self, port: int, address: str = "127.0.0.1") -> bool:
+        from .portforward import port_free
+        return port_free(port, address)
+
+    def proc_args(self, pid: int) -> list[str] | None:
+        from .daemons import alive
+        if not alive(pid):
+            return None
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            return [] if sys.platform != "linux" else None
+
+    def signal(self, pid: int, name: str) -> None:
+        import signal as signals
+        try:
+            os.kill(pid, getattr(signals, f"SIG{name}"))
+        except (ProcessLookupError, AttributeError):
+            pass
+
+    def start_detached(self, argv: Sequence[str], log, env: dict | None = None, header: str = "") -> int:
+        """Start `argv` in its own session, `header` then its output appended to `log`; its pid."""
+        log = Path(log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        kwargs = ({"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
+                  if sys.platform == "win32" else {"start_new_session": True})
+        with open(log, "ab") as out:
+            out.write(header.encode())
+            out.flush()
+            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, **kwargs)
+        return proc.pid
+
+
 def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
     while proc.poll() is None:
         if stop.wait(0.2):
@@ -216,7 +324,11 @@ def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
             return
 
 
-def make_shell(bin_dir: Path | None, *, verbose: bool = False) -> LocalShell:
-    """The shell the plays run their tools through, kindlab's tool cache first on PATH."""
-    return LocalShell(bin_dir, verbose=verbose)
+def make_shell(lab) -> "LocalShell":
+    """The connection the lab's commands go through: this machine (kindlab's tool cache first on PATH), or
+    with a host the SSH connection to it (core/ssh.py), connected now so a wrong host stops the task at once."""
+    if lab.host:
+        from .ssh import SshShell
+        return SshShell(lab, verbose=lab.verbose).open()
+    return LocalShell(lab.tools_dir, verbose=lab.verbose)
 

@@ -1,4 +1,5 @@
-"""Long-lived local processes that outlive the kindlab run that started them.
+"""Long-lived processes that outlive the kindlab run that started them, on the machine the lab's
+commands run on (through the connection, `sh`: this machine by default, or a host over SSH).
 
 The simulated cluster's operators run beside its control plane: started by
 `cluster.create`, stopped by `cluster.delete`, each with a pid file and a log
@@ -37,92 +38,74 @@ class Daemon:
     needs_crds: tuple[str, ...] = ()  # with restart: start only once these are Established
     kubectl: str = "kubectl"          # reads them (KUBECONFIG from env)
 
-    @property
-    def command(self) -> list[str]:
-        """What is started: the program, or the supervisor running it."""
+    def command(self, sh=None) -> list[str]:
+        """What is started: the program, or the supervisor (this file, run by that machine's Python) running it."""
         argv = [str(a) for a in self.argv]
         if not self.restart:
             return argv
+        sh = sh or _here()
         needs = ["--needs-crds", ",".join(self.needs_crds), "--kubectl", self.kubectl] if self.needs_crds else []
-        return [sys.executable, str(Path(__file__).resolve()), *needs, "--", *argv]
+        return [sh.python, sh.put(Path(__file__).resolve()), *needs, "--", *argv]
 
     @property
-    def pid_file(self) -> Path:
+    def pid_file(self):
         return self.home / f"{self.name}.pid"
 
     @property
-    def log_file(self) -> Path:
+    def log_file(self):
         return self.home / f"{self.name}.log"
 
 
-def running_pid(daemon: Daemon) -> int | None:
+def _here():
+    from .commands import LocalShell
+    return LocalShell()
+
+
+def running_pid(daemon: Daemon, sh=None) -> int | None:
     """The daemon's pid while that process runs its program, else None."""
+    sh = sh or _here()
     try:
-        pid = int(daemon.pid_file.read_text().strip())
-    except (OSError, ValueError):
+        pid = int((sh.read_text(daemon.pid_file) or "").strip())
+    except ValueError:
         return None
-    if not alive(pid):
+    args = sh.proc_args(pid)
+    if args is None:
         return None
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():  # Linux: make sure the pid was not handed to another program
-        command = daemon.command
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-            # Right after exec the command line can read empty; comm has the name's first 15 characters.
-            same = cmdline == command if cmdline else \
-                (proc / "comm").read_text().strip() == Path(command[0]).name[:15]
-        except OSError:
-            return None
-        if not same:
-            return None
+    # The pid may have been handed to another program since (right after exec its command line can read empty).
+    return pid if not args or args == daemon.command(sh) else None
+
+
+def start(daemon: Daemon, sh=None) -> int:
+    """Start the daemon detached (its own session, output to its log); returns its pid."""
+    sh = sh or _here()
+    sh.mkdir(daemon.home)
+    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(map(str, daemon.argv))}\n"
+    pid = sh.start_detached(daemon.command(sh), daemon.log_file, env=daemon.env, header=header)
+    sh.write_text(daemon.pid_file, str(pid))
     return pid
 
 
-def start(daemon: Daemon) -> int:
-    """Start the daemon detached (its own session, output to its log); returns its pid."""
-    daemon.home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **daemon.env}
-    with open(daemon.log_file, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(map(str, daemon.argv))}\n".encode())
-        log.flush()
-        kwargs = ({"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
-                  if sys.platform == "win32" else {"start_new_session": True})
-        proc = subprocess.Popen(daemon.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, **kwargs)
-    tmp = daemon.pid_file.with_suffix(".pid.tmp")
-    tmp.write_text(str(proc.pid))
-    os.replace(tmp, daemon.pid_file)
-    return proc.pid
-
-
-def stop(daemon: Daemon, timeout: float = 5.0) -> bool:
+def stop(daemon: Daemon, timeout: float = 5.0, sh=None) -> bool:
     """Stop the daemon if it runs (SIGTERM, then SIGKILL); True when one was stopped."""
-    pid = running_pid(daemon)
-    daemon.pid_file.unlink(missing_ok=True)
+    sh = sh or _here()
+    pid = running_pid(daemon, sh)
+    sh.remove(daemon.pid_file)
     if pid is None:
         return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
+    sh.signal(pid, "TERM")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if sh.proc_args(pid) is None:
             return True
         time.sleep(0.05)
-    if hasattr(signal, "SIGKILL"):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    sh.signal(pid, "KILL")
     return True
 
 
-def last_lines(daemon: Daemon, lines: int = 3) -> str:
+def last_lines(daemon: Daemon, lines: int = 3, sh=None) -> str:
     """The end of the daemon's log, for a message about why it stopped."""
-    try:
-        text = daemon.log_file.read_text(errors="replace")
-    except OSError:
+    text = (sh or _here()).read_text(daemon.log_file)
+    if text is None:
         return "no log"
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept) or "empty log"

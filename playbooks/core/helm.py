@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import tarfile
 import threading
 import time
@@ -97,8 +98,8 @@ def is_local_chart(chart: str) -> bool:
 
 
 def helm(lab: Lab, *args: str) -> list[str]:
-    """A helm argument list that always names the lab's kubeconfig and context."""
-    return ["helm", "--kubeconfig", str(lab.kubeconfig), "--kube-context", lab.context, *args]
+    """A helm argument list that always names the lab's kubeconfig and context (where helm runs)."""
+    return ["helm", *lab.cluster_flags("--kube-context"), *args]
 
 
 # --- values ---------------------------------------------------------------
@@ -288,7 +289,8 @@ def chart_defaults(path: Path) -> dict:
 
 
 def chart_source(ctx, lab: Lab, release: Release) -> list[str]:
-    """The chart argument for helm: a local path, the cached archive of a pinned repo chart, or repo/chart."""
+    """The chart argument for helm: a local path, the cached archive of a pinned repo chart, or repo/chart
+    (a path of this machine; `chart_there` gives it to helm where helm runs)."""
     if release.is_local:
         return [str(Path(release.chart).expanduser())]
     if not release.version:
@@ -301,7 +303,12 @@ def chart_source(ctx, lab: Lab, release: Release) -> list[str]:
         tmp = cached.parent / f".pull-{os.getpid()}-{name}"
         tmp.mkdir(parents=True, exist_ok=True)
         try:
-            ctx.sh.run(helm(lab, "pull", release.chart, "--version", release.version, "--destination", str(tmp)))
+            there = lab.machine.home / "charts" / f".pull-{os.getpid()}-{name}" if lab.host else tmp
+            ctx.sh.run(helm(lab, "pull", release.chart, "--version", release.version, "--destination", there))
+            if lab.host:  # pulled where helm runs: kept here too, so every later run needs no network
+                ctx.sh.get(posixpath.join(ctx.sh.far(there), f"{name}-{release.version}.tgz"),
+                           tmp / f"{name}-{release.version}.tgz")
+                ctx.sh.remove(there)
             pulled = next(tmp.glob("*.tgz"), None)
             if pulled is None:
                 raise StepFailed(f"helm pull {release.chart} {release.version} wrote no archive")
@@ -311,6 +318,12 @@ def chart_source(ctx, lab: Lab, release: Release) -> list[str]:
                 leftover.unlink()
             tmp.rmdir()
     return [str(cached)]
+
+
+def chart_there(ctx, source: list[str]) -> list[str]:
+    """A chart of this machine (a directory or archive) uploaded where helm runs, if it changed; a
+    repository chart's name as it is."""
+    return [ctx.sh.put(source[0]) if is_local_chart(source[0]) else source[0], *source[1:]]
 
 
 # --- reading what is installed -------------------------------------------
@@ -365,11 +378,8 @@ def repo_step(lab: Lab, release: Release) -> Step:
 
     def index_age(ctx) -> float | None:
         cache = ctx.sh.run(helm(lab, "env", "HELM_REPOSITORY_CACHE")).stdout.strip()
-        index = Path(cache) / f"{name}-index.yaml"
-        try:
-            return max(0.0, time.time() - index.stat().st_mtime)
-        except OSError:
-            return None
+        changed = ctx.sh.mtime(posixpath.join(cache, f"{name}-index.yaml"))
+        return None if changed is None else max(0.0, time.time() - changed)
 
     def check(ctx):
         current = repos(ctx).get(name)
@@ -472,7 +482,7 @@ def crds_step(lab: Lab, release: Release) -> Step:
                 # files whose text does not begin with `---` would read as one document.
                 texts = list(crd_files(chart_files(source[0])).values())
             else:
-                texts = [ctx.sh.run(helm(lab, "show", "crds", *source)).stdout]
+                texts = [ctx.sh.run(helm(lab, "show", "crds", *chart_there(ctx, source))).stdout]
             digest = hashlib.sha256("\n---\n".join(texts).encode()).hexdigest()
             crds = [obj for text in texts for obj in kyaml.objects(text)]
             for crd in crds:
@@ -675,7 +685,7 @@ def upgrade(ctx, lab: Lab, release: Release, previous: dict | None) -> str:
     complete ends helm at once and is named, instead of a timeout later.
     """
     values = load_values(release)
-    argv = helm(lab, "upgrade", "--install", release.name, *chart_source(ctx, lab, release),
+    argv = helm(lab, "upgrade", "--install", release.name, *chart_there(ctx, chart_source(ctx, lab, release)),
                 "-n", release.namespace, "--reset-values", "-f", "-", "--timeout", ctx.deadline.flag())
     if release.crds_from_chart:
         argv.append("--skip-crds")

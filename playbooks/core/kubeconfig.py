@@ -84,6 +84,48 @@ def context_entries(source_text: str, context: str) -> dict:
     }
 
 
+def through_tunnel(lab, sh, entries: dict) -> dict:
+    """A host's cluster as this machine reaches it: its API server through kindlab's SSH tunnel (on the
+    port the user's kubeconfig already names for it, where free), every name the lab's context (which says
+    the host)."""
+    from urllib.parse import urlsplit
+
+    cluster = dict(entries["clusters"][0]["cluster"])
+    server = urlsplit(cluster["server"])
+    far_host = server.hostname or "127.0.0.1"
+    known = _server_port(_load(lab.kubeconfig), lab.context) if lab.kubeconfig.exists() else None
+    here = sh.forward(server.port or 443, far_host, local_port=known)
+    cluster["server"] = f"https://127.0.0.1:{here}"
+    if far_host not in ("127.0.0.1", "localhost"):
+        cluster["tls-server-name"] = far_host  # its certificate names the host's address, not ours
+    name = lab.context
+    user = dict(entries["users"][0]["user"]) if entries["users"] else {}
+    return {"clusters": [{"name": name, "cluster": cluster}], "users": [{"name": name, "user": user}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}]}
+
+
+def _server_port(data: dict, context: str) -> int | None:
+    from urllib.parse import urlsplit
+
+    ctx = next((c for c in data["contexts"] if c.get("name") == context), None)
+    entry = ctx and next((c for c in data["clusters"] if c.get("name") == ctx["context"].get("cluster")), None)
+    return urlsplit(entry["cluster"]["server"]).port if entry else None
+
+
+def tunnel(lab, sh) -> None:
+    """Open the SSH tunnel to a host's API server for the Kubernetes client (the lab's context names its
+    port here); where that port was taken meanwhile, the context is written again with the new one."""
+    text = sh.read_text(lab.tool_kubeconfig)
+    if not text:
+        return  # no cluster there yet: the client says the context is missing
+    try:
+        entries = through_tunnel(lab, sh, context_entries(text, lab.host_context))
+    except ValueError:
+        return
+    if not has_entries(lab.kubeconfig, entries):
+        merge(lab.kubeconfig, entries)
+
+
 def has_entries(dest: Path, entries: dict) -> bool:
     """True when `dest` already holds exactly these entries."""
     data = _load(dest)

@@ -30,25 +30,26 @@ def _accepts(port: int) -> bool:
 @contextlib.contextmanager
 def forwarded(ctx, namespace: str, target: str, remote_port: int, local_port: int | None = None,
               timeout: float = 30.0) -> Iterator[str]:
-    """Forward 127.0.0.1:local_port to `target` (e.g. svc/raylab-head-svc); yields the URL base."""
+    """Forward a port here to `target` (e.g. svc/raylab-head-svc) for as long as the block runs; yields the
+    URL base. kubectl runs where the lab's commands run; on a host its port is forwarded here over SSH."""
     lab = ctx.lab
-    local_port = local_port or free_port()
-    if not port_free(local_port):
-        raise StepFailed(f"local port {local_port} is already in use: stop what listens there "
+    there = local_port or ctx.sh.free_port()
+    if not ctx.sh.port_free(there):
+        raise StepFailed(f"local port {there} is already in use: stop what listens there "
                          "(another port-forward?) or choose another port")
-    proc = ctx.sh.spawn(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context,
-                         "-n", namespace, "port-forward", "--address", "127.0.0.1", target,
-                         f"{local_port}:{remote_port}"])
+    proc = ctx.sh.spawn(["kubectl", *lab.cluster_flags(), "-n", namespace, "port-forward", "--address", "127.0.0.1",
+                         target, f"{there}:{remote_port}"])
+    listening = threading.Event()  # kubectl says "Forwarding from 127.0.0.1:PORT" once it listens
+    threading.Thread(target=_watch_for, args=(proc.stdout, "Forwarding from", listening), daemon=True).start()
     try:
         deadline = time.monotonic() + timeout
-        while not _accepts(local_port):
+        while not listening.wait(0.1):
             if proc.poll() is not None:
                 raise StepFailed(f"port-forward to {namespace}/{target}:{remote_port} exited: "
                                  f"{(proc.stderr.read() or '').strip()[-300:]}")
             if time.monotonic() > deadline:
                 raise StepFailed(f"port-forward to {namespace}/{target} not open after {timeout:.0f}s")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{local_port}"
+        yield f"http://127.0.0.1:{ctx.sh.forward(there)}"
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -56,6 +57,16 @@ def forwarded(ctx, namespace: str, target: str, remote_port: int, local_port: in
                 proc.wait(timeout=5)
             except Exception:
                 proc.kill()
+
+
+def _watch_for(stream, marker: str, seen: threading.Event) -> None:
+    """Read a child's output to its end (so it never blocks on a full pipe), noting `marker`."""
+    try:
+        for line in stream:
+            if marker in line:
+                seen.set()
+    except (OSError, ValueError):
+        pass
 
 
 # --- kept alive until Ctrl-C -----------------------------------------------------
@@ -81,9 +92,15 @@ class Forward:
     started: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
+    far_port: int = 0  # on a host: where kubectl listens there
     output: deque = field(default_factory=lambda: deque(maxlen=20))
 
     def spawn(self, shell, now: float) -> None:
+        if getattr(shell, "host", ""):  # kubectl listens on a free port of the host, forwarded here to local_port over SSH
+            if not self.far_port:
+                self.far_port = shell.free_port()
+                self.argv = [*self.argv[:-1], f"{self.far_port}:{self.argv[-1].rpartition(':')[2]}"]
+            shell.forward(self.far_port, local_port=self.local_port)
         self.proc = shell.spawn(self.argv)
         self.started = now
         # kubectl prints a line per connection: drain its pipes so it never blocks on a full one

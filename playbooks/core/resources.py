@@ -30,7 +30,7 @@ def _items(text: str) -> list[dict]:
 
 
 def _kubectl(lab) -> list[str]:
-    return ["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context]
+    return ["kubectl", *lab.cluster_flags()]
 
 
 def differences(live: list[dict], wanted: list[dict]) -> list[str]:

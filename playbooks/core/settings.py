@@ -19,13 +19,15 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 # kind accepts cluster names that are lowercase DNS labels (its own validation
 # rejects anything else only after it has started work).
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# user@box[:port], box or an ssh config alias (IPv6 in brackets: user@[::1]:2222)
+_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
 class SettingsError(ValueError):
@@ -91,6 +93,10 @@ SCHEMA: dict[str, Any] = {
     "debian_mirror": Setting(DEBIAN_MIRROR, str),
     "retries": {"attempts": Setting(5, int, 1, 20), "initial": Setting(1.0, float, 0.01, 60),
                 "max": Setting(20.0, float, 0.01, 600)},
+    # where the lab runs: empty for this machine, else user@box[:port] or a Host alias of the ssh config
+    "host": Setting("", str),
+    "ssh": {"config": Setting("", str),                # empty: ~/.ssh/config
+            "accept_new_host_key": Setting(False, bool)},  # an unknown host key is refused unless this is true
 }
 
 
@@ -253,6 +259,25 @@ class KwokSettings:
 
 
 @dataclass(frozen=True)
+class Machine:
+    """Where the lab's commands run and its cluster lives: this machine, or a host reached over SSH.
+
+    Its paths are as that machine sees them: on a host, under its user's home (`~`, which the SSH
+    connection expands there), laid out as kindlab lays them out here.
+    """
+
+    host: str            # "" for this machine
+    home: PurePath       # kindlab's state there (cluster configurations, kubeconfigs, operators' files)
+    bin_dir: PurePath    # kindlab's tools there
+    user_home: PurePath  # that user's home (kwokctl keeps its clusters under it)
+
+    @classmethod
+    def remote(cls, host: str) -> "Machine":
+        home = PurePosixPath("~")
+        return cls(host, home / ".cache" / "kindlab", home / ".cache" / "kindlab" / "bin", home)
+
+
+@dataclass(frozen=True)
 class Lab:
     """Everything a play needs to know about the lab it works on (defaults: SCHEMA's)."""
 
@@ -285,15 +310,46 @@ class Lab:
     # source archive group (openfaas, monitoring) -> the folder holding its archives
     sources: tuple[tuple[str, str], ...] = ()
     debian_mirror: str = DEFAULTS["debian_mirror"]  # where `invoke images.build` gets Debian
+    host: str = ""  # where the lab runs: "" this machine, else user@box[:port] or an ssh config alias
+    ssh_config: str = ""  # the ssh config file read for the host (empty: ~/.ssh/config)
+    accept_new_host_key: bool = False  # add an unknown host key to known_hosts instead of refusing it
     check_mode: bool = False
     verbose: bool = False
 
     @property
     def context(self) -> str:
-        """The kubeconfig context every command targets, always explicitly."""
+        """The context of the lab's cluster in the user's kubeconfig here (the Kubernetes client's); on a
+        host, its name says which host (its API server comes through kindlab's SSH tunnel)."""
+        return self.host_context + (f"@{self.host}" if self.host else "")
+
+    @property
+    def host_context(self) -> str:
+        """The context's name where the cluster lives (kind's and kwokctl's own name for it)."""
         if not self.can.creates_clusters:
             return self.existing_context
         return f"{self.provider}-{self.cluster}"
+
+    @property
+    def machine(self) -> Machine:
+        """Where the commands run: this machine (kindlab's home and tool cache), or the host."""
+        if self.host:
+            return Machine.remote(self.host)
+        return Machine("", self.home, self.tools_dir, Path.home())
+
+    @property
+    def tool_kubeconfig(self) -> PurePath:
+        """The kubeconfig kubectl and helm read where they run: here the user's; on a host the one kind or
+        kwokctl wrote there (an existing cluster: that user's own)."""
+        if not self.host:
+            return self.kubeconfig
+        if not self.can.creates_clusters:
+            return self.machine.user_home / ".kube" / "config"
+        return self.machine.home / "kubeconfigs" / f"{self.host_context}.yaml"
+
+    def cluster_flags(self, context_flag: str = "--context") -> list[str]:
+        """kubectl's (helm: --kube-context) flags naming the lab's cluster, always explicitly."""
+        return ["--kubeconfig", str(self.tool_kubeconfig), context_flag, self.host_context if self.host
+                else self.context]
 
     @property
     def can(self) -> Provider:
@@ -337,6 +393,9 @@ class Lab:
             raise SettingsError(
                 f"provider {self.provider!r} needs a kubeconfig context: pass --context NAME "
                 "(see `kubectl config get-contexts`)")
+        if self.host and not _HOST.fullmatch(self.host):
+            raise SettingsError(f"invalid host {self.host!r}: use user@box, user@box:port, box or a Host alias "
+                                "of your ssh config")
         if self.can.creates_clusters and not _CLUSTER_NAME.fullmatch(self.cluster or ""):
             raise SettingsError(
                 f"invalid cluster name {self.cluster!r}: use lowercase letters, digits and '-', "
@@ -354,7 +413,7 @@ def remember_lab(lab: Lab) -> None:
     path = _state_file(lab.home)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provider": lab.provider, "cluster": lab.cluster,
-                                "context": lab.existing_context, "offline": lab.offline}))
+                                "context": lab.existing_context, "offline": lab.offline, "host": lab.host}))
 
 
 def forget_lab(lab: Lab) -> None:
@@ -393,12 +452,15 @@ def lab_from_config(config: Mapping | None, schema: Mapping = SCHEMA, **flags: A
     cluster = flags.get("name") or cfg["cluster"]
     context = flags.get("context") or cfg["context"]
     offline = bool(flags.get("offline") or cfg["offline"])
+    host = (flags.get("host") or cfg["host"] or "").strip()
     if not provider:
         provider = remembered.get("provider") or "kind"
         if not cluster and remembered.get("provider") == provider:
             cluster = remembered.get("cluster") or ""
             context = context or remembered.get("context") or ""
-    if remembered.get("provider") == provider and remembered.get("cluster") == (cluster or "cloud-hw"):
+            host = host or remembered.get("host") or ""  # and one made on a host lives there
+    if (remembered.get("provider"), remembered.get("cluster"), remembered.get("host") or "") == \
+            (provider, cluster or "cloud-hw", host or ""):
         # a cluster made offline runs kindlab's images: so do the parts installed on it, whether the
         # lab is named by the remembered record or by the configuration
         offline = offline or bool(remembered.get("offline"))
@@ -426,6 +488,9 @@ def lab_from_config(config: Mapping | None, schema: Mapping = SCHEMA, **flags: A
         images=tuple(sorted(cfg["images"].items())),
         sources=tuple(sorted((k, v) for k, v in cfg["sources"].items() if v)),
         debian_mirror=cfg["debian_mirror"] or DEBIAN_MIRROR,
+        host=host,
+        ssh_config=cfg["ssh"]["config"],
+        accept_new_host_key=bool(flags.get("accept_new_host_key") or cfg["ssh"]["accept_new_host_key"]),
         check_mode=bool(flags.get("check")),
         verbose=bool(flags.get("verbose")),
     )
@@ -456,7 +521,7 @@ def check_config_files(paths: list[Path], schema: Mapping = SCHEMA) -> None:
             validated(data["kindlab"], schema, where=f"{path.name}: kindlab")
 
 
-__all__ = ["Lab", "KwokSettings", "Provider", "PROVIDERS", "SCHEMA", "DEFAULTS", "SettingsError", "Setting",
+__all__ = ["Lab", "Machine", "KwokSettings", "Provider", "PROVIDERS", "SCHEMA", "DEFAULTS", "SettingsError", "Setting",
            "schema_with",
            "lab_from_config", "parse_count", "parse_seconds", "remember_lab", "forget_lab", "kindlab_home",
            "default_bin_dir", "check_config_files", "MAX_REPLICAS"]

@@ -9,7 +9,6 @@ provider flags: a part may ask whether containers run, not who runs them.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -79,7 +78,7 @@ class Provider:
         with forwarded(ctx, namespace, f"svc/{service}", service_port) as base:
             yield base
 
-    def operator_unavailable(self, tool: str) -> str | None:
+    def operator_unavailable(self, tool: str, sh=None) -> str | None:
         """Why no operator of this kind can turn a part's custom resources into pods, or None."""
         return None
 
@@ -96,14 +95,16 @@ class Provider:
         """The tools its steps run (doctor checks them)."""
         return ("kubectl",)
 
-    def doctor(self, parts: Sequence[Part]) -> list[Finding]:
+    def doctor(self, parts: Sequence[Part], sh=None) -> list[Finding]:
         """Its own preflight checks (Docker, ports, the testbed...), each with its fix."""
         return []
 
-    def status_rows(self, kube, parts: Sequence[Part]) -> list[tuple[str, str]]:
-        """(what, state) lines for `cluster.status` and `status`."""
+    def status_rows(self, kube, parts: Sequence[Part], sh=None) -> list[tuple[str, str]]:
+        """(what, state) lines for `cluster.status` and `status` (`sh`: the connection to where it runs)."""
         lab = self.lab
         rows = [("provider", lab.provider), ("context", f"{lab.context} (in {lab.kubeconfig})")]
+        if lab.host:
+            rows.append(("host", f"{lab.host}: its API server through kindlab's SSH tunnel at {kube.host}"))
         version = kube.api.call_api("/version", "GET", response_type="object", auth_settings=["BearerToken"],
                                     _return_http_data_only=True)
         rows.append(("server version", version.get("gitVersion", "?")))
@@ -119,16 +120,24 @@ class Provider:
 
 
 # --- the files and steps kind and kwok share ----------------------------------------------
-def own_kubeconfig(lab: Lab) -> Path:
-    """A kubeconfig only kind/kwokctl write to, so they never touch the user's current context."""
-    path = lab.home / "kubeconfigs" / f"{lab.context}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def own_kubeconfig(lab: Lab):
+    """A kubeconfig only kind/kwokctl write to, so they never touch the user's current context (on the
+    machine where they run: lab.machine; on a host, kubectl and helm read it there)."""
+    return lab.machine.home / "kubeconfigs" / f"{lab.host_context}.yaml"
 
 
 def config_file(lab: Lab) -> Path:
-    """The kind or kwokctl configuration kindlab renders for the cluster."""
-    return lab.home / lab.provider / f"{lab.cluster}.yaml"
+    """The kind or kwokctl configuration kindlab renders for the cluster (here; a host gets it by ctx.sh.put)."""
+    return lab.home / lab.provider / (f"{lab.cluster}@{lab.host}.yaml" if lab.host else f"{lab.cluster}.yaml")
+
+
+def rendered(ctx, lab: Lab, text: str) -> str:
+    """The cluster's configuration written here and put where the tool reads it; its path there."""
+    path = config_file(lab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    ctx.sh.mkdir(own_kubeconfig(lab).parent)  # where kind/kwokctl write the cluster's kubeconfig
+    return ctx.sh.put(path)
 
 
 def clusters(ctx, tool: str) -> list[str]:
@@ -151,7 +160,9 @@ def context_step(lab: Lab, read_source: Callable, require: Callable | None = Non
     `require(ctx)` raises MissingPrerequisite while the cluster is not there (a dry run).
     """
     def entries(ctx):
-        return kubeconfig.context_entries(read_source(ctx), lab.context)
+        found = kubeconfig.context_entries(read_source(ctx), lab.host_context)
+        # on a host: its API server through kindlab's SSH tunnel, under a context that names the host
+        return kubeconfig.through_tunnel(lab, ctx.sh, found) if lab.host else found
 
     def check(ctx):
         if require is not None:
@@ -195,18 +206,23 @@ def nodes_ready_step(lab: Lab, want: int, system_pods: bool) -> Step:
     return Step(f"nodes of {lab.context} Ready", check, wait=wait)
 
 
-def files_absent_step(lab: Lab, paths: Sequence[Path]) -> Step:
-    """Every file kindlab wrote for the cluster (its kubeconfig, its configuration, operators' files)."""
-    def left():
-        return [path for path in paths if path.exists()]
+def files_absent_step(lab: Lab, paths: Sequence) -> Step:
+    """Every file kindlab wrote for the cluster where its commands run (its kubeconfig, operators' files)
+    and its configuration rendered here."""
+    def left(ctx):
+        return [path for path in paths if ctx.sh.exists(path)] + ([config_file(lab)] if config_file(lab).exists()
+                                                                   else [])
 
     def check(ctx):
-        found = left()
+        found = left(ctx)
         return change(f"remove {', '.join(map(str, found))}") if found else ok(f"no file of {lab.cluster} left")
 
     def remove(ctx):
-        for path in left():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in left(ctx):
+            if path == config_file(lab):
+                path.unlink()
+            else:
+                ctx.sh.remove(path)
 
     return Step(f"files of {lab.cluster} absent", check, remove)
 
@@ -221,5 +237,5 @@ def context_absent_step(lab: Lab) -> Step:
                 lambda ctx: kubeconfig.remove_context(lab.kubeconfig, lab.context) and None)
 
 
-__all__ = ["LOCAL_REGISTRY", "Provider", "Finding", "own_kubeconfig", "config_file", "clusters", "exists_check", "context_step",
+__all__ = ["LOCAL_REGISTRY", "Provider", "Finding", "own_kubeconfig", "config_file", "rendered", "clusters", "exists_check", "context_step",
            "nodes_ready_step", "files_absent_step", "context_absent_step"]

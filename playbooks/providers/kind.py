@@ -26,12 +26,11 @@ from ..core import kyaml
 from ..core.commands import CommandError, LocalShell
 from ..core.deadline import Longer
 from ..core.part import NodePort, Part
-from ..core.portforward import port_free
 from ..core.resources import applied
 from ..core.settings import Lab
 from ..core.steps import MissingPrerequisite, Step, StepFailed, change, ok, skip
-from .base import (LOCAL_REGISTRY, Finding, Provider, clusters, config_file, context_absent_step, context_step, files_absent_step,
-                   nodes_ready_step, own_kubeconfig)
+from .base import (LOCAL_REGISTRY, Finding, Provider, clusters, context_absent_step, context_step, files_absent_step,
+                   nodes_ready_step, own_kubeconfig, rendered)
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_CONFIG = ROOT / "manifests" / "kind-cluster.yaml"
@@ -75,7 +74,7 @@ class KindProvider(Provider):
             ctx.reset_kube()
 
         return [Step(f"kind cluster {lab.cluster} absent", check, delete), context_absent_step(lab),
-                files_absent_step(lab, [own_kubeconfig(lab), config_file(lab)]), self._leftovers_step()]
+                files_absent_step(lab, [own_kubeconfig(lab)]), self._leftovers_step()]
 
     def nodes(self, ctx) -> list[str]:
         return sorted(self._node_states(ctx))
@@ -97,8 +96,9 @@ class KindProvider(Provider):
     @contextlib.contextmanager
     def reached(self, ctx, part: Part, port: NodePort, namespace: str, service: str,
                 service_port: int) -> Iterator[str]:
-        """The host port kind maps to the node port (what a user opens in a browser)."""
-        yield f"http://{self.lab.listen_address}:{part.host_port(self.lab, port.name)}"
+        """The host port kind maps to the node port (what a user opens in a browser); on a host, that port
+        forwarded here over SSH."""
+        yield ctx.sh.reach(f"http://{self.lab.listen_address}:{part.host_port(self.lab, port.name)}")
 
     def render_config(self, parts: Sequence[Part]) -> dict:
         """The kind Cluster config: the port mappings under the control-plane node, the workers.
@@ -168,14 +168,13 @@ class KindProvider(Provider):
                              "(or leave offline mode for kind's own image)")
         config = self.render_config(parts)
         busy = [f"{m['listenAddress']}:{m['hostPort']}" for m in config["nodes"][0]["extraPortMappings"]
-                if not port_free(m["hostPort"], m["listenAddress"])]
+                if not ctx.sh.port_free(m["hostPort"], m["listenAddress"])]
         if busy:
-            raise StepFailed(f"host port {', '.join(busy)} already in use: stop what listens there "
+            on = f" on {lab.host}" if lab.host else ""
+            raise StepFailed(f"host port {', '.join(busy)}{on} already in use: stop what listens there "
                              "or choose other ports in invoke.yaml (kindlab.ports)")
-        path = config_file(lab)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", str(path),
+        path = rendered(ctx, lab, yaml.safe_dump(config, sort_keys=False))
+        argv = ["kind", "create", "cluster", "--name", lab.cluster, "--config", path,
                 "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "0s"]
         try:
             ctx.sh.run(argv + (["--image", image] if image else []))
@@ -401,19 +400,20 @@ class KindProvider(Provider):
     def tools(self) -> tuple[str, ...]:
         return ("kind", "kubectl")
 
-    def doctor(self, parts: Sequence[Part]) -> list[Finding]:
-        docker = self._docker()
+    def doctor(self, parts: Sequence[Part], sh=None) -> list[Finding]:
+        """Docker, privileged containers, the host ports and inotify, where the lab's commands run (`sh`)."""
+        sh = sh or LocalShell(self.lab.tools_dir)
+        docker = self._docker(sh)
         found = [docker]
         if docker.status == "ok":
-            problem = engine.privileged_problem(LocalShell(self.lab.tools_dir))
+            problem = engine.privileged_problem(sh)
             found.append(Finding("docker --privileged", problem[0], problem[1], engine.CAPS_FIX) if problem else
                          Finding("docker --privileged", "ok", "privileged containers start"))
             if self.lab.offline:
-                found += self._node_image_found()
-        return [*found, *self._ports(parts), *self._inotify()]
+                found += self._node_image_found(sh)
+        return [*found, *self._ports(parts, sh), *self._inotify(sh)]
 
-    def _docker(self) -> Finding:
-        shell = LocalShell(self.lab.tools_dir)
+    def _docker(self, shell) -> Finding:
         if shell.which("docker") is None:
             return Finding("docker", "fail", "docker CLI not found", "install Docker (Desktop or Engine)")
         try:
@@ -424,8 +424,7 @@ class KindProvider(Provider):
                            "or rehearse without it: --provider kwok")
         return Finding("docker", "ok", "daemon reachable")
 
-    def _node_image_found(self) -> list[Finding]:
-        shell = LocalShell(self.lab.tools_dir)
+    def _node_image_found(self, shell) -> list[Finding]:
         found = []
         for name in CLUSTER_IMAGES:
             built = images.current(shell, name)
@@ -434,33 +433,33 @@ class KindProvider(Provider):
                                  "" if built else f"invoke images.build --only {name}"))
         return found
 
-    def _ports(self, parts: Sequence[Part]) -> list[Finding]:
+    def _ports(self, parts: Sequence[Part], shell) -> list[Finding]:
         found = []
         for m in self.port_mappings(parts):
             where = f"{m['listenAddress']}:{m['hostPort']}"
-            if not port_free(m["hostPort"], m["listenAddress"]):
+            if not shell.port_free(m["hostPort"], m["listenAddress"]):
                 found.append(Finding(f"port {where}", "warn", f"in use (fine if it is this lab's cluster): {m['what']}",
                                      "stop what listens there, or change kindlab.ports in invoke.yaml"))
             else:
                 found.append(Finding(f"port {where}", "ok", f"free: {m['what']}"))
         return found
 
-    def _inotify(self) -> list[Finding]:
-        if not sys.platform.startswith("linux"):
+    def _inotify(self, shell) -> list[Finding]:
+        if not sys.platform.startswith("linux") and not shell.host:
             return []
         found = []
         for key, minimum in INOTIFY.items():
             try:
-                value = int(Path(f"/proc/sys/fs/inotify/{key}").read_text())
-            except (OSError, ValueError):
+                value = int((shell.read_text(f"/proc/sys/fs/inotify/{key}") or "").strip())
+            except ValueError:
                 continue
             status = "ok" if value >= minimum else "fail"
             found.append(Finding(f"inotify {key}", status, f"{value} (kind wants >= {minimum})",
                                  "" if status == "ok" else f"sudo sysctl fs.inotify.{key}={minimum}"))
         return found
 
-    def status_rows(self, kube, parts: Sequence[Part]) -> list[tuple[str, str]]:
-        rows = super().status_rows(kube, parts)
+    def status_rows(self, kube, parts: Sequence[Part], sh=None) -> list[tuple[str, str]]:
+        rows = super().status_rows(kube, parts, sh)
         for m in self.port_mappings(parts):
             rows.append(("port mapping", f"{m['listenAddress']}:{m['hostPort']} -> node:{m['containerPort']} "
                                          f"({m['what']})"))

@@ -16,13 +16,13 @@ import yaml
 
 from .. import toolchain
 from ..core import daemons as daemons_, kyaml
-from ..core.commands import CommandError
+from ..core.commands import CommandError, LocalShell
 from ..core.daemons import Daemon
 from ..core.part import Part
 from ..core.settings import Lab
 from ..core.steps import MissingPrerequisite, Step, StepFailed, change, ok
-from .base import (Finding, Provider, clusters, config_file, context_absent_step, context_step, exists_check,
-                   files_absent_step, nodes_ready_step, own_kubeconfig)
+from .base import (Finding, Provider, clusters, context_absent_step, context_step, exists_check,
+                   files_absent_step, nodes_ready_step, own_kubeconfig, rendered)
 
 ROOT = Path(__file__).resolve().parents[2]
 KWOK_STAGES = ROOT / "manifests" / "kwok" / "stages.yaml"
@@ -56,27 +56,28 @@ class KwokProvider(Provider):
 
         return [kwok_operators_stopped_step(lab), Step(f"kwok cluster {lab.cluster} absent", check, delete),
                 context_absent_step(lab),
-                files_absent_step(lab, [own_kubeconfig(lab), config_file(lab), lab.home / "kwok" / lab.cluster])]
+                files_absent_step(lab, [own_kubeconfig(lab), operators_home(lab)])]
 
-    def operator_unavailable(self, tool: str) -> str | None:
-        """Only the simulated cluster knows beforehand: its operators are local binaries."""
+    def operator_unavailable(self, tool: str, sh=None) -> str | None:
+        """Only the simulated cluster knows beforehand: its operators are binaries beside its control plane."""
         lab = self.lab
-        if (lab.tools_dir / tool).exists():
+        if (sh or LocalShell(lab.tools_dir)).exists(lab.machine.bin_dir / tool):
             return None
-        return (f"{tool} is not installed in {lab.tools_dir}, so on the simulated cluster nothing turns this "
+        return (f"{tool} is not installed in {lab.machine.bin_dir}, so on the simulated cluster nothing turns this "
                 f"part's custom resources into pods: `invoke tools.install --testbed --only {tool}`, "
                 "then `invoke cluster.create --provider kwok` starts it")
 
     def tools(self) -> tuple[str, ...]:
         return ("kubectl", *toolchain.TESTBED_TOOLS)
 
-    def status_rows(self, kube, parts: Sequence[Part]) -> list[tuple[str, str]]:
-        rows = super().status_rows(kube, parts)
-        for daemon in kwok_operators(self.lab):
-            pid = daemons_.running_pid(daemon)
+    def status_rows(self, kube, parts: Sequence[Part], sh=None) -> list[tuple[str, str]]:
+        rows = super().status_rows(kube, parts, sh)
+        sh = sh or LocalShell(self.lab.tools_dir)
+        for daemon in kwok_operators(self.lab, sh):
+            pid = daemons_.running_pid(daemon, sh)
             rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
                          f"not running: `invoke cluster.create --provider kwok` starts it "
-                         f"({daemons_.last_lines(daemon, 1)})"))
+                         f"({daemons_.last_lines(daemon, 1, sh)})"))
         return rows
 
 
@@ -86,8 +87,14 @@ def _require_cluster(ctx, lab: Lab) -> None:
         raise MissingPrerequisite(f"kwok cluster {lab.cluster}")
 
 
-def kwok_dir(lab: Lab) -> Path:
-    return Path.home() / ".kwok" / "clusters" / lab.cluster
+def kwok_dir(lab: Lab):
+    """kwokctl's own folder for the cluster, where its commands run."""
+    return lab.machine.user_home / ".kwok" / "clusters" / lab.cluster
+
+
+def operators_home(lab: Lab):
+    """The operators' pid and log files, where they run."""
+    return lab.machine.home / "kwok" / lab.cluster
 
 
 def render_kwok_config(lab: Lab) -> str:
@@ -113,7 +120,7 @@ OPERATOR_CRDS = {
 }
 
 
-def kwok_operators(lab: Lab) -> list[Daemon]:
+def kwok_operators(lab: Lab, sh=None) -> list[Daemon]:
     """The operators that turn the charts' custom resources into pods, run here as local processes.
 
     On kind they run in the cluster, installed by their charts; a simulated
@@ -123,24 +130,26 @@ def kwok_operators(lab: Lab) -> list[Daemon]:
     Each runs under a supervisor that starts it again when it exits, as a
     kubelet would: prometheus-operator exits until its CRDs are installed.
     """
-    home = lab.home / "kwok" / lab.cluster
+    sh = sh or LocalShell(lab.tools_dir)
+    home, bin_dir = operators_home(lab), lab.machine.bin_dir
     kubeconfig_path = kwok_dir(lab) / "kubeconfig.yaml"
-    common = {"env": {"KUBECONFIG": str(kubeconfig_path)}, "restart": True,
-              "kubectl": str(lab.tools_dir / "kubectl")}
-    ray = Daemon("ray-operator", [str(lab.tools_dir / "ray-operator"), "--metrics-addr=0",
+    common = {"env": {"KUBECONFIG": sh.far(kubeconfig_path)}, "restart": True,
+              "kubectl": sh.far(bin_dir / "kubectl")}
+    ray = Daemon("ray-operator", [sh.far(bin_dir / "ray-operator"), "--metrics-addr=0",
                                   "--health-probe-bind-address=0", "--enable-leader-election=false",
                                   "--log-stdout-encoder=console"],
                  home, needs_crds=OPERATOR_CRDS["ray-operator"], **common)
-    argv = [str(lab.tools_dir / "prometheus-operator"), "--web.listen-address=127.0.0.1:0", "--log-level=info"]
-    if kubeconfig_path.exists():
-        argv += _client_flags(kubeconfig_path)
+    argv = [sh.far(bin_dir / "prometheus-operator"), "--web.listen-address=127.0.0.1:0", "--log-level=info"]
+    kubeconfig_text = sh.read_text(kubeconfig_path)
+    if kubeconfig_text:
+        argv += _client_flags(kubeconfig_text)
     return [ray, Daemon("prometheus-operator", argv, home, needs_crds=OPERATOR_CRDS["prometheus-operator"],
                         **common)]
 
 
-def _client_flags(kubeconfig_path: Path) -> list[str]:
+def _client_flags(kubeconfig_text: str) -> list[str]:
     """prometheus-operator reads no kubeconfig: the API server and client certificate as its flags."""
-    config = kyaml.load(kubeconfig_path.read_text())
+    config = kyaml.load(kubeconfig_text)
     current = config.get("current-context") or config["contexts"][0]["name"]
     context = next(c["context"] for c in config["contexts"] if c["name"] == current)
     cluster_entry = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
@@ -154,25 +163,25 @@ def _client_flags(kubeconfig_path: Path) -> list[str]:
 
 
 def kwok_operators_step(lab: Lab) -> Step:
-    def installed(daemons):
-        return [d for d in daemons if Path(d.argv[0]).exists()]
+    def installed(ctx, daemons):
+        return [d for d in daemons if ctx.sh.exists(d.argv[0])]
 
     def check(ctx):
-        daemons = kwok_operators(lab)
-        missing = [d.name for d in daemons if d not in installed(daemons)]
+        daemons = kwok_operators(lab, ctx.sh)
+        missing = [d.name for d in daemons if d not in installed(ctx, daemons)]
         note = f" ({', '.join(missing)} not installed: `invoke tools.install --testbed`)" if missing else ""
-        stopped = [d.name for d in installed(daemons) if daemons_.running_pid(d) is None]
+        stopped = [d.name for d in installed(ctx, daemons) if daemons_.running_pid(d, ctx.sh) is None]
         if stopped:
             return change(f"start {', '.join(stopped)}{note}")
-        return ok(f"{', '.join(d.name for d in installed(daemons)) or 'no operator'} running{note}")
+        return ok(f"{', '.join(d.name for d in installed(ctx, daemons)) or 'no operator'} running{note}")
 
     def apply(ctx):
         started = []
-        for daemon in installed(kwok_operators(lab)):
-            if daemons_.running_pid(daemon) is None:
-                daemons_.start(daemon)
+        for daemon in installed(ctx, kwok_operators(lab, ctx.sh)):
+            if daemons_.running_pid(daemon, ctx.sh) is None:
+                daemons_.start(daemon, ctx.sh)
                 started.append(daemon.name)
-        return f"started {', '.join(started)} (logs in {lab.home / 'kwok' / lab.cluster})"
+        return f"started {', '.join(started)} (logs in {operators_home(lab)})"
 
     return Step(f"operators of {lab.cluster} running", check, apply)
 
@@ -181,31 +190,46 @@ def kwok_components(ctx, lab: Lab) -> dict[str, int | None]:
     """Each process kwokctl runs for the cluster (etcd, kube-apiserver, kube-controller-manager,
     kube-scheduler, kwok-controller) -> its pid while it runs, else None."""
     names = ctx.sh.run(["kwokctl", "get", "components", "--name", lab.cluster]).stdout.split()
-    return {name: _component_pid(lab, name) for name in names}
+    return {name: _component_pid(ctx.sh, lab, name) for name in names}
 
 
-def _component_pid(lab: Lab, name: str) -> int | None:
+def _component_pid(sh, lab: Lab, name: str) -> int | None:
     try:
-        pid = int((kwok_dir(lab) / "pids" / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
+        pid = int((sh.read_text(kwok_dir(lab) / "pids" / f"{name}.pid") or "").strip())
+    except ValueError:
         return None
-    if not daemons_.alive(pid):  # an exited process not yet reaped counts as dead here, not for kwokctl
+    # an exited process not yet reaped counts as dead here, not for kwokctl; and the pid may have been
+    # handed to another program since
+    args = sh.proc_args(pid)
+    if args is None:
         return None
-    try:  # Linux: the pid may have been handed to another program since
-        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        program = ""
-    return None if program and Path(program).name != name else pid
+    return None if args and args[0] and Path(args[0]).name != name else pid
 
 
-def _component_log(lab: Lab, name: str) -> str:
+def _component_log(sh, lab: Lab, name: str) -> str:
     """The last line of a component's log, which says why it exited."""
-    try:
-        lines = [line for line in (kwok_dir(lab) / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
-                 if line.strip()]
-    except OSError:
+    text = sh.read_text(kwok_dir(lab) / "logs" / f"{name}.log")
+    if text is None:
         return "no log"
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:200] if lines else "an empty log"
+
+
+def _kwokctl_kubeconfig(ctx, lab: Lab) -> Path:
+    """kwokctl's own kubeconfig, as the client here reads it (the user's may not have the context yet); on a
+    host, a copy whose API server comes through kindlab's SSH tunnel."""
+    path = kwok_dir(lab) / "kubeconfig.yaml"
+    if not lab.host:
+        return Path(path)
+    from ..core import kubeconfig
+
+    entries = kubeconfig.through_tunnel(lab, ctx.sh, kubeconfig.context_entries(ctx.sh.read_text(path) or "",
+                                                                                 lab.host_context))
+    here = lab.home / "tunnels" / f"{lab.context.replace(':', '_')}.yaml"
+    here.parent.mkdir(parents=True, exist_ok=True)
+    here.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", **entries}))
+    here.chmod(0o600)
+    return here
 
 
 def kwok_control_plane_step(lab: Lab) -> Step:
@@ -222,7 +246,7 @@ def kwok_control_plane_step(lab: Lab) -> Step:
         if stopped:
             return change(f"restart {', '.join(stopped)} of kwok cluster {lab.cluster} (not running)")
         try:
-            ctx.sh.run(["kubectl", "--kubeconfig", str(kwok_dir(lab) / "kubeconfig.yaml"),
+            ctx.sh.run(["kubectl", "--kubeconfig", kwok_dir(lab) / "kubeconfig.yaml",
                         "get", "--raw", "/readyz"], timeout=10)
         except CommandError:
             return change(f"restart kwok cluster {lab.cluster} (its API server is not ready)")
@@ -231,7 +255,7 @@ def kwok_control_plane_step(lab: Lab) -> Step:
     def start(ctx):
         stopped = dead(ctx)
         for name in stopped:  # kwokctl skips a component whose pid file names a live (or unreaped) pid
-            (kwok_dir(lab) / "pids" / f"{name}.pid").unlink(missing_ok=True)
+            ctx.sh.remove(kwok_dir(lab) / "pids" / f"{name}.pid")
         restarted["at"] = time.time()
         # kwokctl would wait two minutes for an API server that exits at once; the wait below says why
         ctx.sh.run(["kwokctl", "start", "cluster", "--name", lab.cluster, "--timeout", "20s"])
@@ -243,14 +267,14 @@ def kwok_control_plane_step(lab: Lab) -> Step:
 
         since = restarted.get("at")
         # kwokctl's own kubeconfig: the user's may not have the context yet
-        kube = Kube(kwok_dir(lab) / "kubeconfig.yaml", lab.context, fix="`invoke cluster.create` restarts it")
+        kube = Kube(_kwokctl_kubeconfig(ctx, lab), lab.context, fix="`invoke cluster.create` restarts it")
 
         def evaluate() -> Verdict:
             stopped = dead(ctx)
             if stopped:  # it exited at once: a port another program took, a bad flag; its log says
                 return Verdict(False, f"{', '.join(stopped)} exited", failure=(
                     "; ".join(f"{name} of kwok cluster {lab.cluster} exited after starting; its log ends: "
-                              f"{_component_log(lab, name)}" for name in stopped)
+                              f"{_component_log(ctx.sh, lab, name)}" for name in stopped)
                     + "; fix what the log says (a port in use: stop what listens there, or "
                       "`invoke cluster.delete` and `invoke cluster.create` for new ports), then run "
                       "`invoke cluster.create` again"))
@@ -275,19 +299,19 @@ def kwok_control_plane_step(lab: Lab) -> Step:
 
 
 def kwok_create_steps(lab: Lab) -> list[Step]:
-    config_path = config_file(lab)
+    bin_dir = lab.machine.bin_dir
 
     def create(ctx):
-        missing = [name for name in KWOK_BINARIES.values() if not (lab.tools_dir / name).exists()]
+        missing = [name for name in KWOK_BINARIES.values() if not ctx.sh.exists(bin_dir / name)]
         if missing or ctx.sh.which("kwokctl") is None or ctx.sh.which("kubectl") is None:
+            on = f" on {lab.host} (`invoke setup --host {lab.host}`)" if lab.host else ""
             raise StepFailed(f"the kwok testbed needs {', '.join(missing or ['kwokctl', 'kubectl'])} "
-                             f"in {lab.tools_dir}: run `invoke tools.install --testbed`")
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(render_kwok_config(lab))
+                             f"in {bin_dir}{on}: run `invoke tools.install --testbed`")
+        config_path = rendered(ctx, lab, render_kwok_config(lab))
         argv = ["kwokctl", "create", "cluster", "--name", lab.cluster, "--runtime", "binary",
-                "--config", str(config_path), "--kubeconfig", str(own_kubeconfig(lab)), "--wait", "60s"]
+                "--config", config_path, "--kubeconfig", own_kubeconfig(lab), "--wait", "60s"]
         for flag, name in KWOK_BINARIES.items():
-            argv += [flag, str(lab.tools_dir / name)]
+            argv += [flag, ctx.sh.far(bin_dir / name)]
         try:
             ctx.sh.run(argv)
         except CommandError:
@@ -312,7 +336,7 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
                     "--param", f'.allocatable.pods="{lab.kwok.pods}"'])
 
     def read_kubeconfig(ctx):
-        return (kwok_dir(lab) / "kubeconfig.yaml").read_text()
+        return ctx.sh.read_text(kwok_dir(lab) / "kubeconfig.yaml") or ""
 
     return [
         Step(f"kwok cluster {lab.cluster}", exists_check(lab, "kwokctl"), create),
@@ -326,12 +350,12 @@ def kwok_create_steps(lab: Lab) -> list[Step]:
 
 def kwok_operators_stopped_step(lab: Lab) -> Step:
     def check(ctx):
-        running = [d.name for d in kwok_operators(lab) if daemons_.running_pid(d) is not None]
+        running = [d.name for d in kwok_operators(lab, ctx.sh) if daemons_.running_pid(d, ctx.sh) is not None]
         return change(f"stop {', '.join(running)}") if running else ok("no operator running")
 
     def apply(ctx):
-        for daemon in kwok_operators(lab):
-            daemons_.stop(daemon)
+        for daemon in kwok_operators(lab, ctx.sh):
+            daemons_.stop(daemon, sh=ctx.sh)
 
     return Step(f"operators of {lab.cluster} stopped", check, apply)
 

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow  # a pip install of the project: several seconds
 def installed(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")
     shutil.copy(REPO / "pyproject.toml", source)
-    shutil.copytree(REPO / "crawler", source / "crawler", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("crawler", "playbooks"):  # what pyproject's packages name (playbooks: the kindlab command)
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",

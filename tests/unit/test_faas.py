@@ -135,7 +135,7 @@ def test_the_licence_note_is_a_step_that_check_mode_leaves_unwritten(tmp_path):
 
     lab = Lab(provider="kwok", home=tmp_path)
     licence = [s for s in faas.install_steps(lab) if s.name == "OpenFaaS CE licence"]
-    ctx = StepContext(lab, None, reporter=Reporter(Console(file=io.StringIO()), live=False))
+    ctx = StepContext(lab, LocalShell(lab.tools_dir), reporter=Reporter(Console(file=io.StringIO()), live=False))
     dry = run_play("t", licence, ctx, check_mode=True)
     assert dry[0].status == "changed" and dry[0].detail.startswith("would change: note: OpenFaaS CE")
     assert not (tmp_path / "openfaas-license-noted").exists()  # --check changed nothing
@@ -195,13 +195,13 @@ def test_offline_invoke_posts_to_the_functions_own_port_and_prints_its_answer(tm
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         lab = Lab(provider="kind", home=tmp_path, offline=True, ports=(("gateway", server.server_address[1]),))
-        detail = faas.invoke_steps(lab, "Hello World")[0].apply(None)
+        detail = faas.invoke_steps(lab, "Hello World")[0].apply(SimpleNamespace(sh=LocalShell()))
         assert "'dlroW olleH'" in detail and "no gateway offline" in detail
     finally:
         server.shutdown()
         server.server_close()
     with pytest.raises(faas.StepFailed, match="did not answer at http://127.0.0.1:"):
-        faas.invoke_steps(lab, "Hello World")[0].apply(None)  # nothing listens there now
+        faas.invoke_steps(lab, "Hello World")[0].apply(SimpleNamespace(sh=LocalShell()))  # nothing listens there now
 
 
 def test_offline_without_faas_cli_or_the_template_archive_the_build_says_what_to_do(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from playbooks.core import helm as helm_mod
-from playbooks.core.commands import CommandError, Result
+from playbooks.core.commands import LocalShell, CommandError, Result
 from playbooks.core.helm import (Release, deep_merge, describe_drift, last_deployed_revision, load_values,
                                  normalise, release_step, release_steps, repo_step, secret_strings,
                                  uninstall_steps, values_diff)
@@ -19,8 +19,8 @@ from playbooks.core.steps import StepFailed
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "charts" / "demo"
 
 
-class FakeHelm:
-    """Answers helm argument lists from a little state; records every call."""
+class FakeHelm(LocalShell):
+    """Answers helm argument lists from a little state; records every call (files: this machine's)."""
 
     def __init__(self, releases=None, values=None, repos=None, cache_dir="", fail_upgrade="", history=()):
         self.releases = releases or []

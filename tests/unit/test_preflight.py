@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from playbooks import cluster, doctor, parts
-from playbooks.core.commands import Result
+from playbooks.core.commands import LocalShell, Result
 from playbooks.core.runner import StepContext
 from playbooks.core.settings import Lab, SettingsError
 from playbooks.core.steps import StepFailed
@@ -14,8 +14,11 @@ from playbooks.providers import KindProvider
 from playbooks.parts import REGISTRY
 
 
-class RecordingShell:
+class RecordingShell(LocalShell):
+    """Records commands instead of running them; this machine's ports and files as they are."""
+
     def __init__(self):
+        super().__init__()
         self.calls = []
 
     def run(self, argv, **kwargs):
@@ -62,7 +65,7 @@ def test_doctor_asks_only_for_the_tools_of_the_chosen_parts(tmp_path):
 
 
 def test_doctor_counts_the_clusters_memory_whatever_parts_are_chosen(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "_memory_mib", lambda: 2100)  # room for the cluster and nginx, nothing more
+    monkeypatch.setattr(doctor, "_memory_mib", lambda sh: 2100)  # room for the cluster and nginx, nothing more
     lab = Lab(provider="kwok", home=tmp_path)
     memory = {f.check: f for f in doctor.findings(lab, parts.choose("nginx"))}["memory"]
     assert memory.status == "fail" and "need about 2176 MiB" in memory.detail  # 2048 cluster + 128 nginx

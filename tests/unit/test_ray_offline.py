@@ -131,7 +131,7 @@ def test_the_crawl_site_beside_the_ray_pods_is_not_taken_for_one_of_them():
         return NS(items=[p for p in pods if not label_selector or label_selector in p.metadata.labels])
 
     ready = step(ray.install_steps(Lab(provider="kind", offline=True, charts=CHARTS)), "ray head and worker pods Ready")
-    ctx = NS(kube=NS(core=NS(list_namespaced_pod=list_namespaced_pod)))
+    ctx = NS(kube=NS(core=NS(list_namespaced_pod=list_namespaced_pod)), sh=None)  # kind: no operator to look for
     assert ready.check(ctx).state == "unknown"
     pods.append(ready_pod(**{"ray.io/node-type": "worker"}))
     assert ready.check(ctx).state == "ok"

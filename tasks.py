@@ -72,7 +72,7 @@ def h(names=PLAY_FLAGS, **extra):
 def creating(lab):
     """The lab a task that makes the cluster works on: offline where no container registry answers (asked
     where the lab runs)."""
-    from playbooks.core.commands import make_shell
+    from playbooks.core.cli import make_shell
     sh = make_shell(lab)
     try:
         return cluster_play.offline_without_registry(lab, sh, console.print)
@@ -390,7 +390,7 @@ def tools_list(c):
 @user_errors
 def doctor(c, provider=None, parts="", offline=False, host=None):
     """Preflight: tools, Docker, free ports, memory and CPU, inotify limits; a fix for each."""
-    from playbooks.core.commands import make_shell
+    from playbooks.core.cli import make_shell
 
     lab = lab_for(c, provider=provider, offline=offline, host=host)
     sh = make_shell(lab)

@@ -138,7 +138,7 @@ def forward(lab: Lab, registry: Sequence[Part], out, stop=None) -> None:
     import threading
 
     from . import providers
-    from .core.commands import make_shell
+    from .core.cli import make_shell
     from .core.kubeconfig import tunnel
 
     if not lab.host:

@@ -501,7 +501,7 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
     services = served(release(lab))
     own_shell = shell is None
     if own_shell:
-        from .core.commands import make_shell
+        from .core.cli import make_shell
         shell = make_shell(lab)
     if kube is None and lab.host:  # the client runs here: the host's API server through the SSH tunnel
         from .core.kubeconfig import tunnel
@@ -534,9 +534,9 @@ def dashboards(lab: Lab, *, shell=None, kube=None, out: Callable[[str], None] = 
 def graphs() -> tuple[tuple[str, str], ...]:
     """(title, PromQL) of what a user of this lab looks at first: the nodes (node-exporter) and the pods
     (kube-state-metrics), nginx's and Ray's among them, found by their parts' namespaces."""
-    from .parts import REGISTRY  # noqa: PLC0415 (the registry imports this module)
+    from . import nginx as nginx_part, ray as ray_part
 
-    (nginx,), ray = REGISTRY["nginx"].namespaces, "|".join(REGISTRY["ray"].namespaces)
+    (nginx,), ray = nginx_part.PART.namespaces, "|".join(ray_part.PART.namespaces)
     return (
         ("node CPU busy (cores)", 'sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[2m]))'),
         ("node memory used", "node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes"),

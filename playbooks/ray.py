@@ -466,7 +466,7 @@ def dashboard(lab: Lab, out=print, local_port: int = DASHBOARD_PORT) -> None:
     """Forward the Ray dashboard (and Jobs API) to 127.0.0.1:8265 until Ctrl-C."""
     import threading
 
-    from .core.commands import make_shell
+    from .core.cli import make_shell
     from .core.portforward import Forward, Supervisor
 
     if not lab.can.runs_containers:

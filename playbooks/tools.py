@@ -35,6 +35,19 @@ def selected(testbed: bool, everything: bool, only: str) -> list[str]:
     return names
 
 
+def install_here(lab, name: str, source: str, say, optional: bool) -> str:
+    """Install tool `name` into this machine's cache; how it came. A missing source archive skips the
+    step where the tool is optional; any other failure fails it."""
+    try:
+        return toolchain.install(name, lab.tools_dir, source=source, log=say, sources=lab.source_folders)
+    except toolchain.ArchiveMissing as exc:
+        if optional:
+            raise Skipped(f"not installed: {exc}") from None
+        raise StepFailed(str(exc)) from None
+    except toolchain.ToolInstallError as exc:
+        raise StepFailed(str(exc)) from None
+
+
 def install_steps(lab: Lab, names: list[str], source: str, optional: bool = False) -> list[Step]:
     """optional (`invoke setup`): a tool whose source archive is not at hand is skipped with the reason."""
     if source not in toolchain.SOURCES:
@@ -52,14 +65,7 @@ def _tool_step(lab: Lab, name: str, source: str, optional: bool = False) -> Step
         return change(f"install {name} {pinned}" + (f" (found {have})" if have else ""))
 
     def apply(ctx):
-        try:
-            how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say, sources=lab.source_folders)
-        except toolchain.ArchiveMissing as exc:
-            if optional:
-                raise Skipped(f"not installed: {exc}") from None
-            raise StepFailed(str(exc)) from None
-        except toolchain.ToolInstallError as exc:
-            raise StepFailed(str(exc)) from None
+        how = install_here(lab, name, source, ctx.say, optional)
         return f"installed {name} {pinned} in {lab.tools_dir}: {how}"
 
     return Step(f"{name} {pinned}", check, apply)
@@ -105,15 +111,7 @@ def host_steps(lab: Lab, names: list[str], source: str, optional: bool = False) 
         def apply(ctx):
             how = "this machine's cache"
             if toolchain.installed_version(name, lab.tools_dir) != pinned:
-                try:
-                    how = toolchain.install(name, lab.tools_dir, source=source, log=ctx.say,
-                                            sources=lab.source_folders) + " here"
-                except toolchain.ArchiveMissing as exc:
-                    if optional:
-                        raise Skipped(f"not installed: {exc}") from None
-                    raise StepFailed(str(exc)) from None
-                except toolchain.ToolInstallError as exc:
-                    raise StepFailed(str(exc)) from None
+                how = install_here(lab, name, source, ctx.say, optional) + " here"
             ctx.sh.put(local, to=there)
             return (f"copied {name} {pinned} to {there} on {lab.host} from {how} (same platform {here}; "
                     f"{local.stat().st_size / 1e6:.0f} MB)")

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from .commands import make_shell
+from .commands import LocalShell
 from .filelock import LockBusy, locked
 from .runner import PlayFailed, Reporter, StepContext, run_play
 from .settings import SCHEMA, Lab, SettingsError, lab_from_config
@@ -53,6 +53,15 @@ def user_errors(body: Callable) -> Callable:
         except (StepFailed, Unreachable) as exc:
             raise Exit(f"error: {exc}", code=1) from None
     return run
+
+
+def make_shell(lab: Lab) -> LocalShell:
+    """The connection the lab's commands go through: this machine (kindlab's tool cache first on PATH), or
+    with a host the SSH connection to it (core/ssh.py), connected now so a wrong host stops the task at once."""
+    if lab.host:
+        from .ssh import SshShell
+        return SshShell(lab, verbose=lab.verbose).open()
+    return LocalShell(lab.tools_dir, verbose=lab.verbose)
 
 
 def make_context(lab: Lab, reporter: Reporter | None = None) -> StepContext:

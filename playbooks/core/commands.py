@@ -2,7 +2,7 @@
 
 The connection layer: every command a step runs goes through `ctx.sh`, one
 connection object. `LocalShell` runs on this machine with kindlab's tool cache
-first on PATH; with a host (`--host`, kindlab.host) `make_shell` gives the SSH
+first on PATH; with a host (`--host`, kindlab.host) `make_shell` (core/cli.py) gives the SSH
 connection instead (core/ssh.py), which answers the same calls there. Besides
 `run`, `which` and `spawn`, both answer the few file, port and process questions
 a step asks of the machine its commands run on: `put` (a file of this machine
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -280,15 +281,14 @@ class LocalShell:
         return ""
 
     def free_port(self) -> int:
-        from .portforward import free_port
         return free_port()
 
     def port_free(self, port: int, address: str = "127.0.0.1") -> bool:
-        from .portforward import port_free
         return port_free(port, address)
 
     def proc_args(self, pid: int) -> list[str] | None:
-        from .daemons import alive
+        from .daemons import alive  # daemons.py runs alone too (the supervisor): it imports nothing of kindlab
+
         if not alive(pid):
             return None
         try:
@@ -324,11 +324,19 @@ def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
             return
 
 
-def make_shell(lab) -> "LocalShell":
-    """The connection the lab's commands go through: this machine (kindlab's tool cache first on PATH), or
-    with a host the SSH connection to it (core/ssh.py), connected now so a wrong host stops the task at once."""
-    if lab.host:
-        from .ssh import SshShell
-        return SshShell(lab, verbose=lab.verbose).open()
-    return LocalShell(lab.tools_dir, verbose=lab.verbose)
+# --- this machine's ports -----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+def port_free(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether kubectl could listen there (it sets SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True

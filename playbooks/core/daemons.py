@@ -38,12 +38,11 @@ class Daemon:
     needs_crds: tuple[str, ...] = ()  # with restart: start only once these are Established
     kubectl: str = "kubectl"          # reads them (KUBECONFIG from env)
 
-    def command(self, sh=None) -> list[str]:
+    def command(self, sh) -> list[str]:
         """What is started: the program, or the supervisor (this file, run by that machine's Python) running it."""
         argv = [str(a) for a in self.argv]
         if not self.restart:
             return argv
-        sh = sh or _here()
         needs = ["--needs-crds", ",".join(self.needs_crds), "--kubectl", self.kubectl] if self.needs_crds else []
         return [sh.python, sh.put(Path(__file__).resolve()), *needs, "--", *argv]
 
@@ -56,14 +55,8 @@ class Daemon:
         return self.home / f"{self.name}.log"
 
 
-def _here():
-    from .commands import LocalShell
-    return LocalShell()
-
-
-def running_pid(daemon: Daemon, sh=None) -> int | None:
+def running_pid(daemon: Daemon, sh) -> int | None:
     """The daemon's pid while that process runs its program, else None."""
-    sh = sh or _here()
     try:
         pid = int((sh.read_text(daemon.pid_file) or "").strip())
     except ValueError:
@@ -75,9 +68,8 @@ def running_pid(daemon: Daemon, sh=None) -> int | None:
     return pid if not args or args == daemon.command(sh) else None
 
 
-def start(daemon: Daemon, sh=None) -> int:
+def start(daemon: Daemon, sh) -> int:
     """Start the daemon detached (its own session, output to its log); returns its pid."""
-    sh = sh or _here()
     sh.mkdir(daemon.home)
     header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(map(str, daemon.argv))}\n"
     pid = sh.start_detached(daemon.command(sh), daemon.log_file, env=daemon.env, header=header)
@@ -85,9 +77,8 @@ def start(daemon: Daemon, sh=None) -> int:
     return pid
 
 
-def stop(daemon: Daemon, timeout: float = 5.0, sh=None) -> bool:
+def stop(daemon: Daemon, sh, timeout: float = 5.0) -> bool:
     """Stop the daemon if it runs (SIGTERM, then SIGKILL); True when one was stopped."""
-    sh = sh or _here()
     pid = running_pid(daemon, sh)
     sh.remove(daemon.pid_file)
     if pid is None:
@@ -102,13 +93,31 @@ def stop(daemon: Daemon, timeout: float = 5.0, sh=None) -> bool:
     return True
 
 
-def last_lines(daemon: Daemon, lines: int = 3, sh=None) -> str:
+def last_lines(daemon: Daemon, sh, lines: int = 3) -> str:
     """The end of the daemon's log, for a message about why it stopped."""
-    text = (sh or _here()).read_text(daemon.log_file)
+    text = sh.read_text(daemon.log_file)
     if text is None:
         return "no log"
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept) or "empty log"
+
+
+
+
+def crds_established(kubectl: str, names: Sequence[str]) -> bool:
+    """Whether every named CRD exists and is Established (asked with kubectl, as the supervisor has no client)."""
+    import json
+    try:
+        out = subprocess.run([kubectl, "get", "crd", *names, "-o", "json"], capture_output=True, text=True,
+                             timeout=20, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if out.returncode != 0:  # one is missing
+        return False
+    items = json.loads(out.stdout).get("items") or []
+    return len(items) == len(names) and all(
+        any(c.get("type") == "Established" and c.get("status") == "True"
+            for c in (i.get("status") or {}).get("conditions") or []) for i in items)
 
 
 def alive(pid: int) -> bool:
@@ -139,22 +148,6 @@ def alive(pid: int) -> bool:
         except (OSError, IndexError):
             continue  # that thread is gone
     return False
-
-
-def crds_established(kubectl: str, names: Sequence[str]) -> bool:
-    """Whether every named CRD exists and is Established (asked with kubectl, as the supervisor has no client)."""
-    import json
-    try:
-        out = subprocess.run([kubectl, "get", "crd", *names, "-o", "json"], capture_output=True, text=True,
-                             timeout=20, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if out.returncode != 0:  # one is missing
-        return False
-    items = json.loads(out.stdout).get("items") or []
-    return len(items) == len(names) and all(
-        any(c.get("type") == "Established" and c.get("status") == "True"
-            for c in (i.get("status") or {}).get("conditions") or []) for i in items)
 
 
 def supervise(argv: list[str], restart_max: float = RESTART_MAX_S, needs_crds: Sequence[str] = (),

@@ -10,13 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from .commands import free_port, port_free  # noqa: F401 (free_port: for callers of this module)
 from .steps import StepFailed
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -70,17 +65,6 @@ def _watch_for(stream, marker: str, seen: threading.Event) -> None:
 
 
 # --- kept alive until Ctrl-C -----------------------------------------------------
-def port_free(port: int, address: str = "127.0.0.1") -> bool:
-    """Whether kubectl could listen there (it sets SO_REUSEADDR too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 @dataclass
 class Forward:
     """One `kubectl port-forward` the supervisor keeps running."""

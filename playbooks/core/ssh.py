@@ -48,6 +48,11 @@ class HostError(SettingsError):
     """The host cannot be used as named (refused, unknown, wrong user or key, host key): exit 2."""
 
 
+def _no_such_file(exc: OSError) -> bool:
+    """SFTP's answer for a path that is not there (paramiko raises FileNotFoundError, or an IOError saying so)."""
+    return isinstance(exc, FileNotFoundError) or "no such file" in str(exc).lower()
+
+
 def quote(arg: str | PurePath) -> str:
     """An argument for the host's shell: quoted, a leading `~/` expanded there (to $HOME)."""
     text = str(arg)
@@ -316,10 +321,8 @@ class SshShell:
         try:
             with self._sftp().open(self.far(path), "r") as handle:
                 return handle.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
         except OSError as exc:
-            if "no such file" in str(exc).lower():
+            if _no_such_file(exc):
                 return None
             raise
 
@@ -335,10 +338,8 @@ class SshShell:
         try:
             self._sftp().stat(self.far(path))
             return True
-        except FileNotFoundError:
-            return False
         except OSError as exc:
-            if "no such file" in str(exc).lower():
+            if _no_such_file(exc):
                 return False
             raise
 

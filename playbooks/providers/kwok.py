@@ -77,7 +77,7 @@ class KwokProvider(Provider):
             pid = daemons_.running_pid(daemon, sh)
             rows.append((f"operator {daemon.name}", f"running (pid {pid}), log {daemon.log_file}" if pid else
                          f"not running: `invoke cluster.create --provider kwok` starts it "
-                         f"({daemons_.last_lines(daemon, 1, sh)})"))
+                         f"({daemons_.last_lines(daemon, sh, 1)})"))
         return rows
 
 
@@ -355,7 +355,7 @@ def kwok_operators_stopped_step(lab: Lab) -> Step:
 
     def apply(ctx):
         for daemon in kwok_operators(lab, ctx.sh):
-            daemons_.stop(daemon, sh=ctx.sh)
+            daemons_.stop(daemon, ctx.sh)
 
     return Step(f"operators of {lab.cluster} stopped", check, apply)
 

@@ -45,7 +45,7 @@ def test_kind_and_nginx_on_the_host_answer_here_over_the_forwarded_port(far_kind
     assert [c["name"] for c in config["contexts"]] == [f"kind-{lab.cluster}@{sshd.ALIAS}"]
 
     # a real HTTP request from here, through SSH, to the node port kind maps on the host
-    from playbooks.core.commands import make_shell
+    from playbooks.core.cli import make_shell
     sh = make_shell(lab)
     try:
         url = sh.reach(nginx.url(lab))

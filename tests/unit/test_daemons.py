@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from playbooks.core import daemons
+from playbooks.core.commands import LocalShell
 from playbooks.core.daemons import Daemon, alive
+
+HERE = LocalShell()  # the daemons of these tests run on this machine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses sleep(1) and /proc")
 
@@ -19,17 +22,17 @@ def sleeper(tmp_path, name="sleeper"):
 
 def test_start_finds_and_stops_a_daemon(tmp_path):
     daemon = sleeper(tmp_path)
-    assert daemons.running_pid(daemon) is None
-    pid = daemons.start(daemon)
+    assert daemons.running_pid(daemon, HERE) is None
+    pid = daemons.start(daemon, HERE)
     try:
-        assert daemons.running_pid(daemon) == pid
+        assert daemons.running_pid(daemon, HERE) == pid
         assert os.getsid(pid) == pid  # its own session: Ctrl-C in the terminal does not reach it
         assert "starting sleep 60" in daemon.log_file.read_text()
     finally:
-        assert daemons.stop(daemon) is True
-    assert daemons.running_pid(daemon) is None
+        assert daemons.stop(daemon, HERE) is True
+    assert daemons.running_pid(daemon, HERE) is None
     assert not daemon.pid_file.exists()
-    assert daemons.stop(daemon) is False  # stopping what does not run is fine
+    assert daemons.stop(daemon, HERE) is False  # stopping what does not run is fine
 
 
 def test_a_pid_file_naming_another_program_is_not_trusted_or_killed(tmp_path):
@@ -38,8 +41,8 @@ def test_a_pid_file_naming_another_program_is_not_trusted_or_killed(tmp_path):
         daemon = Daemon("operator", ["ray-operator", "--flag"], tmp_path)
         tmp_path.mkdir(exist_ok=True)
         daemon.pid_file.write_text(str(other.pid))  # a recycled pid now running `sleep`
-        assert daemons.running_pid(daemon) is None
-        assert daemons.stop(daemon) is False
+        assert daemons.running_pid(daemon, HERE) is None
+        assert daemons.stop(daemon, HERE) is False
         assert other.poll() is None  # still running: never killed by mistake
     finally:
         other.kill()
@@ -48,27 +51,27 @@ def test_a_pid_file_naming_another_program_is_not_trusted_or_killed(tmp_path):
 
 def test_a_daemon_that_exits_is_not_running_and_its_last_words_are_kept(tmp_path):
     daemon = Daemon("failing", ["sh", "-c", "echo unrecognized feature gate: X >&2; exit 1"], tmp_path / "d")
-    daemons.start(daemon)
+    daemons.start(daemon, HERE)
     deadline = time.monotonic() + 5
-    while daemons.running_pid(daemon) is not None and time.monotonic() < deadline:
+    while daemons.running_pid(daemon, HERE) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert daemons.running_pid(daemon) is None
-    assert "unrecognized feature gate: X" in daemons.last_lines(daemon)
+    assert daemons.running_pid(daemon, HERE) is None
+    assert "unrecognized feature gate: X" in daemons.last_lines(daemon, HERE)
 
 
 def test_a_supervised_program_that_exits_is_started_again_and_stops_with_its_supervisor(tmp_path):
     marker = tmp_path / "runs"
     daemon = Daemon("flaky", ["sh", "-c", f"echo run >> {marker}; sleep 0.2; exit 3"], tmp_path / "d", restart=True)
-    daemons.start(daemon)
+    daemons.start(daemon, HERE)
     try:
         deadline = time.monotonic() + 10
         while (not marker.exists() or marker.read_text().count("run") < 3) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.read_text().count("run") >= 3  # a kubelet-like restart, again and again
         assert "sh exited with code 3; starting it again" in daemon.log_file.read_text()
-        assert daemons.running_pid(daemon) is not None  # the supervisor itself keeps running
+        assert daemons.running_pid(daemon, HERE) is not None  # the supervisor itself keeps running
     finally:
-        assert daemons.stop(daemon) is True
+        assert daemons.stop(daemon, HERE) is True
     runs = marker.read_text().count("run")
     time.sleep(1.5)
     assert marker.read_text().count("run") == runs  # nothing starts it after stop
@@ -81,7 +84,7 @@ def test_a_supervisor_waits_for_its_crds_before_starting_the_program(tmp_path):
     marker = tmp_path / "ran"
     daemon = Daemon("op", ["sh", "-c", f"touch {marker}; sleep 60"], tmp_path / "d", restart=True,
                     needs_crds=("widgets.example.com",), kubectl=str(fake_kubectl))
-    daemons.start(daemon)
+    daemons.start(daemon, HERE)
     try:
         deadline = time.monotonic() + 5
         while "waiting for CRDs" not in daemon.log_file.read_text() and time.monotonic() < deadline:
@@ -95,7 +98,7 @@ def test_a_supervisor_waits_for_its_crds_before_starting_the_program(tmp_path):
             time.sleep(0.1)
         assert marker.exists()  # started once the CRD is Established
     finally:
-        daemons.stop(daemon)
+        daemons.stop(daemon, HERE)
 
 
 @pytest.mark.parametrize("waiting_for_crds", [False, True])
@@ -110,12 +113,12 @@ def test_a_supervisor_ends_with_its_program_once_its_clusters_kubeconfig_is_gone
     program = tmp_path / "program.pid"
     daemon = Daemon("op", ["sh", "-c", f"echo $$ > {program}; exec sleep 60"], tmp_path / "d",
                     env={"KUBECONFIG": str(kubeconfig)}, restart=True, **crds)
-    pid = daemons.start(daemon)
+    pid = daemons.start(daemon, HERE)
     try:
         deadline = time.monotonic() + 30
         while not waiting_for_crds and not program.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert daemons.running_pid(daemon) == pid
+        assert daemons.running_pid(daemon, HERE) == pid
         kubeconfig.unlink()
         while alive(pid) and time.monotonic() < deadline + 30:
             time.sleep(0.1)
@@ -123,7 +126,7 @@ def test_a_supervisor_ends_with_its_program_once_its_clusters_kubeconfig_is_gone
         if not waiting_for_crds:
             assert not alive(int(program.read_text())), "its program outlived the cluster"
     finally:
-        daemons.stop(daemon)
+        daemons.stop(daemon, HERE)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads are read from Linux's /proc")

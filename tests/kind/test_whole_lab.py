@@ -77,6 +77,12 @@ def invoke_all(config: Path) -> tuple[subprocess.CompletedProcess, float]:
     return proc, time.monotonic() - start
 
 
+def failures(out: str) -> str:
+    """Each failed step's line and its detail (the recap at the end of the output names them only)."""
+    lines = out.splitlines()
+    return "\n".join("\n".join(lines[i:i + 4]) for i, line in enumerate(lines) if line.startswith("failed "))
+
+
 def _env():
     import os
     return dict(os.environ)
@@ -87,7 +93,7 @@ def test_all_with_no_flags_runs_the_whole_lab_offline_on_three_nodes_with_the_re
     proc, took = invoke_all(config)
     out = proc.stdout + proc.stderr
     figure(f"invoke all (no flags, offline, three nodes, the real charts), first run: {took:.0f} s")
-    assert proc.returncode == 0, out[-6000:]
+    assert proc.returncode == 0, failures(out) + "\n...\n" + out[-6000:]
     said = [line for line in out.splitlines() if line.startswith("offline: no container registry answers")]
     assert len(said) == 1, out[:2000]
     assert "failed=0" in out and "OpenFaaS CE refuses to start without internet" in out
@@ -124,7 +130,7 @@ def test_all_with_no_flags_runs_the_whole_lab_offline_on_three_nodes_with_the_re
     proc, took = invoke_all(config)
     out = proc.stdout + proc.stderr
     figure(f"invoke all rerun: {took:.0f} s")
-    assert proc.returncode == 0, out[-6000:]
+    assert proc.returncode == 0, failures(out) + "\n...\n" + out[-6000:]
     recap = re.search(r"ok=\d+\s+changed=(\d+)(?: \((\d+) actions?\))?", out)
     assert recap and recap.group(1) == (recap.group(2) or "0"), out[-4000:]  # only the actions ran again
 

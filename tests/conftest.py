@@ -50,6 +50,13 @@ def testbed_required() -> bool:
     return bool(os.environ.get("CI"))
 
 
+def unavailable(message: str, required: bool):
+    """A prerequisite is missing: where it is required (CI) the test fails, elsewhere it skips, naming the fix."""
+    if required:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 class PlayRun:
     """Runs a play against a lab and keeps what it printed."""
 
@@ -75,9 +82,7 @@ def testbed_lab(tmp_path_factory) -> Lab:
     if missing:
         message = (f"kwok testbed binaries missing or not at the pinned version in {bin_dir}: "
                    f"{', '.join(missing)}; run `invoke tools.install --testbed`")
-        if testbed_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, testbed_required())
     home = tmp_path_factory.mktemp("kindlab-home")
     return Lab(provider="kwok", cluster=TESTBED_NAME, kubeconfig=home / "kubeconfig", home=home,
                bin_dir=bin_dir, timeout=60, retry_attempts=3, retry_initial=0.5,

@@ -82,9 +82,7 @@ def watchdog_run(ready_path: str) -> dict:
     watchdog = toolchain.component_dir(toolchain.default_bin_dir()) / "fwatchdog"
     if not watchdog.exists():
         message = f"fwatchdog not built in {watchdog.parent}: run `invoke setup` (or `invoke images.build --only of-watchdog`)"
-        if conftest.testbed_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        conftest.unavailable(message, conftest.testbed_required())
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         pytest.skip("a network namespace of its own needs root, unshare and ip")
     proc = subprocess.run(["unshare", "-n", sys.executable, "-c", PROBE, str(watchdog), str(UPSTREAM_DELAY_S),

@@ -22,7 +22,7 @@ from playbooks import browser, engine, images, sources, toolchain
 from playbooks.core.commands import LocalShell
 from playbooks.core.settings import Lab
 
-from ..conftest import source_folders
+from ..conftest import source_folders, unavailable
 
 # One set of clusters per checkout (as the kwok testbed's name): test runs in two checkouts side by side
 # never delete each other's clusters.
@@ -83,9 +83,7 @@ def real_lab(tmp_path_factory) -> Lab:
     problem = missing_prerequisites(sh)
     if problem:
         message = f"real kind cluster tests: {problem}"
-        if real_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, real_required())
     home = tmp_path_factory.mktemp("kindlab-real")
     nginx_port, http_port, gateway_port = free_ports(3)
     return Lab(provider="kind", cluster=REAL_CLUSTER, home=home, kubeconfig=home / "kubeconfig",
@@ -100,9 +98,7 @@ def chromium() -> str:
     found = browser.find()
     if found is None:
         message = f"no chromium to render the Prometheus UI with: install it with {browser.INSTALL}"
-        if real_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, real_required())
     return found
 
 

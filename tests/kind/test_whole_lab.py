@@ -27,7 +27,7 @@ from playbooks.core.kube import condition_ready
 from playbooks.core.settings import Lab
 from playbooks.providers import KindProvider
 
-from ..conftest import SHARED_SOURCES, PlayRun
+from ..conftest import SHARED_SOURCES, PlayRun, unavailable
 from .conftest import CHECKOUT, free_ports, kind_containers, real_required
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +47,7 @@ def lab(real_lab, tmp_path_factory):
     missing = [str(path) for path in charts.values() if not path.is_file()]
     if missing:
         message = f"the real charts are not at hand: {', '.join(missing)}"
-        if real_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, real_required())
     sh = LocalShell(real_lab.tools_dir)
     if KindProvider(real_lab).no_registry(sh) is None:
         pytest.skip("a container registry answers here: this test is of a machine that reaches none")

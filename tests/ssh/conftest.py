@@ -7,7 +7,7 @@ from playbooks import toolchain, tools
 from playbooks.core.settings import KwokSettings, Lab
 
 from .. import sshd
-from ..conftest import PlayRun, testbed_required
+from ..conftest import PlayRun, testbed_required, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +17,7 @@ def far_lab(ssh_host, tmp_path_factory) -> Lab:
     missing = [n for n in (*toolchain.TESTBED_TOOLS, "kubectl") if not toolchain.is_current(n, bin_dir)]
     if missing:
         message = f"the kwok testbed is not installed here ({', '.join(missing)}): run `invoke tools.install --testbed`"
-        if testbed_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, testbed_required())
     home = tmp_path_factory.mktemp("kindlab-here")
     lab = Lab(provider="kwok", cluster="kindlab-ssh", host=sshd.ALIAS, ssh_config=str(ssh_host.ssh_config),
               kubeconfig=home / "kubeconfig", home=home, bin_dir=bin_dir, timeout=60, retry_attempts=4,

@@ -223,15 +223,13 @@ def real_faas_cli():
     """The faas-cli `invoke setup` built (from its source archive here); CI must have it."""
     from playbooks import toolchain
 
-    from ..conftest import source_folders
+    from ..conftest import source_folders, unavailable
 
     bin_dir = toolchain.default_bin_dir()
     folders = source_folders()
     if not toolchain.is_current("faas-cli", bin_dir) or "openfaas" not in folders:
         message = "the real faas-cli or the OpenFaaS source archives are missing: run `invoke setup`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message, bool(os.environ.get("CI")))
     return bin_dir, folders
 
 

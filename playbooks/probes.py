@@ -150,8 +150,8 @@ def http_get(
     """GET `url` (POST `data`, where given) and return (status, body).
 
     Retries up to `attempts` times, waiting `backoff`, 2*`backoff`,
-    4*`backoff`... between tries, when the connection is refused, reset or
-    times out, or the server answers 5xx: what a starting pod or a fresh
+    4*`backoff`... between tries, when the connection is refused, reset, closed
+    before the request was written or times out, or the server answers 5xx: what a starting pod or a fresh
     port-forward looks like. A 4xx answer is returned at once, not retried:
     asking again would not change it. Raises HttpGetError naming the URL and
     the last error when no usable answer came.
@@ -197,10 +197,10 @@ def _is_transient(err: BaseException) -> bool:
         return True
     if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
         err = err.reason
-    # ConnectionResetError covers http.client.RemoteDisconnected too.
-    return isinstance(
-        err, (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-    )
+    # ConnectionError: refused, reset (http.client.RemoteDisconnected too), aborted, and a broken pipe:
+    # the far end closed the connection before the request was written, as kind's port mapping does
+    # while a Service's old pod is going.
+    return isinstance(err, (ConnectionError, TimeoutError))
 
 
 def _describe(err: BaseException, timeout: float) -> str:
@@ -210,6 +210,8 @@ def _describe(err: BaseException, timeout: float) -> str:
         return "connection refused (nothing is listening there yet)"
     if isinstance(err, ConnectionResetError):
         return "connection reset by the server"
+    if isinstance(err, BrokenPipeError):
+        return "the server closed the connection before the request was written"
     if isinstance(err, TimeoutError):
         return f"no answer within {timeout:g}s"
     if isinstance(err, urllib.error.URLError):

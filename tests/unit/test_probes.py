@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from playbooks import probes
 from playbooks.probes import (
     HttpGetError,
     grafana_health_problems,
@@ -260,3 +261,71 @@ def test_malformed_url_raises_http_get_error_at_once():
 def test_attempts_must_be_positive():
     with pytest.raises(ValueError):
         http_get("http://127.0.0.1:1/", attempts=0)
+
+
+class DroppingProxy:
+    """What kind's port mapping does while a Service's old pod is going: docker's proxy takes the
+    connection, finds no backend, and closes it. The first `drops` connections are closed at once;
+    later ones are answered 200 with the body posted, reversed."""
+
+    def __init__(self, drops):
+        self.drops = drops
+        self.connections = 0
+        self.closed = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d/" % self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                if self.connections <= self.drops:
+                    conn.close()
+                    self.closed.set()
+                    continue
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body[::-1]))
+
+
+def test_a_connection_closed_before_the_request_was_written_is_tried_again(monkeypatch):
+    """The real case (CI, the function's node port just after a redeploy): the headers went out on a
+    connection the far end had closed, and writing the body failed with Broken pipe. The client here
+    waits until the proxy has closed each dropped connection before it writes, so that is what it gets."""
+    proxy = DroppingProxy(drops=2)
+    real_connect = socket.create_connection
+    errors = []
+
+    def connect_after_the_close(*args, **kwargs):
+        sock = real_connect(*args, **kwargs)
+        if proxy.closed.wait(0.3):  # a dropped one: its FIN is in before the request is written
+            proxy.closed.clear()
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", connect_after_the_close)
+    real_once = probes._get_once
+
+    def noting(*args):
+        try:
+            return real_once(*args)
+        except Exception as err:
+            errors.append(type(getattr(err, "reason", err)).__name__)
+            raise
+
+    monkeypatch.setattr(probes, "_get_once", noting)
+    assert http_get(proxy.url, timeout=2, attempts=4, backoff=0.01, data=b"Hello World") == (200, b"dlroW olleH")
+    assert proxy.connections == 3
+    assert "BrokenPipeError" in errors, errors  # the case itself, not only resets
+    proxy.sock.close()

@@ -42,6 +42,50 @@ def source_folders() -> dict[str, str]:
     return found
 
 
+# Two lanes side by side (pytest-xdist: `-n 2` in pyproject.toml): the real clusters (tests/kind, tests/ssh,
+# tests/e2e: Docker, kind, the SSH host) in one worker, everything else (unit tests, the kwok testbed) in the
+# other. Each lane's session fixtures (the SSH host, the kwok testbed) start once, in its own worker, and no
+# test of one lane touches the other's. The clusters' lane waits on image loads and pods far more than it
+# computes, so the whole run takes about as long as that lane alone. (A scheduler of our own, not
+# `--dist loadgroup`: pytest 9 ignores the test id xdist 3.8's groups are written into.)
+CLUSTER_LANE = ("kind", "ssh", "e2e")
+
+
+def lane(nodeid: str) -> str:
+    """The lane of a test, from its id (tests/<folder>/...)."""
+    parts = nodeid.replace("\\", "/").split("/")
+    return "clusters" if len(parts) > 1 and parts[1] in CLUSTER_LANE else "testbed"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        """Each lane one unit of work, run in order on one worker."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid)
+
+    return Lanes(config, log)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line in the log saying whether the real-cluster tests ran, so CI's log shows it (here, not in
+    tests/kind's conftest: with pytest-xdist the controller that prints the summary collects nothing)."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "nodeid", "").replace("\\", "/").startswith("tests/kind/") and \
+                    getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+        terminalreporter.write_line(f"real kind cluster tests (tests/kind): {summary}")
+
+
 def testbed_required() -> bool:
     """In CI the testbed must run: a missing binary fails instead of skipping."""
     flag = os.environ.get("KINDLAB_REQUIRE_TESTBED")
@@ -119,3 +163,4 @@ def play(testbed) -> PlayRun:
 @pytest.fixture
 def kube(testbed):
     return make_context(testbed).kube
+

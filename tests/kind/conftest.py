@@ -115,17 +115,3 @@ def group(pgid: int) -> list[tuple[int, str]]:
     rows = [line.split(None, 3) for line in out.splitlines()]
     return [(int(r[0]), r[3]) for r in rows if len(r) == 4 and r[1] == str(pgid) and not r[2].startswith("Z")]
 
-
-def pytest_terminal_summary(terminalreporter):
-    """One line in the log saying whether the real-cluster tests ran, so CI's log shows it."""
-    counts: dict[str, int] = {}
-    for outcome in ("passed", "failed", "skipped", "error"):
-        for report in terminalreporter.stats.get(outcome, []):
-            if getattr(report, "nodeid", "").replace("\\", "/").startswith("tests/kind/") and \
-                    getattr(report, "when", "call") in ("call", "setup"):
-                if outcome == "passed" and report.when != "call":
-                    continue
-                counts[outcome] = counts.get(outcome, 0) + 1
-    if counts:
-        summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
-        terminalreporter.write_line(f"real kind cluster tests (tests/kind): {summary}")

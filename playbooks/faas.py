@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -255,7 +256,7 @@ def deploy_steps(lab: Lab) -> list[Step]:
         return f"deployed {image}"
 
     def wait(ctx):
-        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
+        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say, drained=True)
 
     return [*login_steps(lab), Step(f"function {FUNCTION} deployed", check, deploy, wait=wait, budget=BUILD_BUDGET)]
 
@@ -345,7 +346,8 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
         return f"built and pushed {image}"
 
     def wait(ctx):
-        return ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say)
+        rolled = ctx.kube.wait_deployment(FN_NAMESPACE, FUNCTION, say=ctx.say, drained=True)
+        return f"{rolled}; {answers_at(ctx, ctx.sh.reach(function_url(lab)))}"
 
     deployed = applied(f"function {FUNCTION} deployed", lab, lambda: function_documents(image), wait=wait)
 
@@ -356,6 +358,28 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
 
     return [Step(f"function {FUNCTION} image", check_image, build_and_push, budget=BUILD_BUDGET),
             Step(deployed.name, check_deployed, deployed.apply, wait=wait)]
+
+
+def answers_at(ctx, url: str) -> str:
+    """Until the function answers at its node port (a GET: the handler's answer to an empty body), with the
+    old pod gone. Only the new pod can answer then, so a call right after the deploy gets the new code's
+    answer. Measured on kind: for a few seconds after the rollout, kube-proxy can still send the node port
+    to the old pod's address: its answer (old code, while of-watchdog drains), a closed connection, or,
+    with the pod gone, whatever the node's default route reaches (an HTTP 403 from outside the lab)."""
+    started, seen = time.monotonic(), ""
+    while True:
+        try:
+            status, _ = probes.http_get(url, timeout=min(5.0, max(1.0, ctx.deadline.left())), attempts=1)
+            if status == 200:
+                return f"answers at {url} ({time.monotonic() - started:.1f} s after the rollout)"
+            seen = f"HTTP {status}"
+        except probes.HttpGetError as exc:
+            seen = str(exc)
+        if ctx.deadline.left() <= 0.5 or ctx.cancelled.is_set():
+            raise StepFailed(f"the function's pod is Ready, but {url} does not answer it ({seen}): the node's "
+                             f"kube-proxy may not route its node port yet; `invoke status` shows the lab")
+        ctx.say(f"{url}: {seen}; kube-proxy may still route to the old pod")
+        ctx.cancelled.wait(0.5)
 
 
 def function_url(lab: Lab) -> str:

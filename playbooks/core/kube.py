@@ -486,8 +486,10 @@ class Kube:
 
     # --- workloads --------------------------------------------------------
     def wait_deployment(self, namespace: str, name: str, *, timeout: float | None = None,
-                        say: Callable[[str], None] = lambda m: None) -> str:
-        """Until the rollout is complete and every wanted replica is Ready."""
+                        say: Callable[[str], None] = lambda m: None, drained: bool = False) -> str:
+        """Until the rollout is complete and every wanted replica is Ready; `drained`: and the old pods
+        are gone, not only stopping (a stopping pod can still answer: of-watchdog serves 10 s after
+        SIGTERM while kube-proxy catches up), so whatever is called next reaches the new ones."""
         what = f"deployment {namespace}/{name}"
 
         def evaluate() -> Verdict:
@@ -504,6 +506,9 @@ class Kube:
             rolled = ((st.observed_generation or 0) >= (dep.metadata.generation or 0)
                       and (st.updated_replicas or 0) == want and (st.ready_replicas or 0) == want
                       and (st.available_replicas or 0) == want and (st.replicas or 0) == want)
+            stopping = [p.metadata.name for p in pods if p.metadata.deletion_timestamp]
+            if rolled and drained and stopping:
+                return Verdict(False, f"{name}: {want}/{want} pods Ready; old pod(s) {', '.join(stopping)} still stopping")
             if rolled:
                 return Verdict(True, f"{name}: {want}/{want} pods Ready")
             if not failure:
@@ -675,13 +680,15 @@ class Kube:
         unseen = (dep.status.observed_generation or 0) < (dep.metadata.generation or 0)
         if len(live) >= want and not unplaced and not unseen:
             # every pod is there: a status that still lags behind them is the controller-manager's to write
-            lags = (dep.status.updated_replicas or 0) < want or (dep.status.replicas or 0) < want
+            st = dep.status  # the Ready counts too: a controller-manager gone after counting the pods stops there
+            lags = min(st.updated_replicas or 0, st.replicas or 0, st.ready_replicas or 0, st.available_replicas or 0) < want
             return self.leaders_down().get("kube-controller-manager", "") if lags else ""
         down = self.leaders_down()
         if (len(live) < want or unseen) and "kube-controller-manager" in down:
             return down["kube-controller-manager"]
-        if unplaced and "kube-scheduler" in down:
-            return down["kube-scheduler"]
+        if unplaced and "kube-scheduler" in down:  # and a controller-manager gone too: both, one restart
+            also = down.get("kube-controller-manager")
+            return down["kube-scheduler"] + (f"; also {also}" if also else "")
         if len(live) >= want:
             return ""
         missing = f"{want - len(live)} pod(s) not created"

@@ -196,6 +196,12 @@ def test_the_local_registry_from_kindlabs_image_serves_images_to_the_nodes(play,
 
 
 # --- the function, for real ------------------------------------------------------------
+def function_pods(lab) -> list[tuple[str, object]]:
+    """(image, deletion timestamp) of each of the function's pods."""
+    pods = make_context(lab).kube.core.list_namespaced_pod("openfaas-fn", label_selector="faas_function=reverse").items
+    return [(p.spec.containers[0].image, p.metadata.deletion_timestamp) for p in pods]
+
+
 def post(lab, data: bytes) -> tuple[int, str]:
     status, body = faas.call(faas.function_url(lab), data, timeout=10)
     return status, body.decode("utf-8", "replace")
@@ -238,11 +244,13 @@ def test_an_edited_handler_is_rebuilt_redeployed_and_serves_the_new_answer(lab, 
            f"(image {result['function reverse image'].seconds:.1f} s: the template's layers cached)")
     assert result["function reverse image"].status == "changed" and new_image in result["function reverse image"].detail
     assert result["function reverse deployed"].status == "changed", play.output
+    assert function_pods(lab) == [(new_image, None)]  # the old one gone, not only stopping (of-watchdog serves 10 s more)
     assert post(lab, b"Hello World") == (200, "dlroW olleH!")
 
     monkeypatch.undo()  # the handler as committed: its image is still in the registry, so nothing is built
     back = {o.step: o for o in play(faas.deploy_steps(lab))}
     assert back["function reverse image"].status == "ok" and back["function reverse deployed"].status == "changed"
+    assert function_pods(lab) == [(faas.function_image(lab, faas.function_hash(offline=True)), None)]
     assert post(lab, b"Hello World") == (200, "dlroW olleH")
 
 

@@ -250,3 +250,41 @@ def test_offline_the_real_faas_cli_builds_the_archived_template_with_kindlabs_ba
     assert froms == [images.reference("of-watchdog"), images.reference("python")]
     assert (context / "function" / "handler.py").read_text() == (faas.FUNCTIONS / "reverse" / "handler.py").read_text()
     assert (context / "index.py").is_file()  # the template's own server, unchanged
+
+
+def test_after_a_redeploy_the_wait_ends_once_the_node_port_answers_not_before(tmp_path):
+    """What kind showed after a redeploy: the node port still led to the old pod's address for a moment
+    (an HTTP 403 from outside the lab once that pod was gone). The wait goes on until the function itself
+    answers 200 there, and past its deadline it names what it got."""
+    import http.server
+    import threading
+
+    from playbooks.core.deadline import Deadline
+
+    answers = [403, 403, 200]
+
+    class Function(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0) if len(answers) > 1 else answers[0]
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Function)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    said = []
+    ctx = SimpleNamespace(deadline=Deadline.after(30), cancelled=threading.Event(), say=said.append)
+    try:
+        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
+        assert [m for m in said if "HTTP 403" in m] and len(said) == 2
+        answers[:] = [403]
+        ctx.deadline = Deadline.after(1.5)
+        with pytest.raises(faas.StepFailed, match=r"pod is Ready, but .* does not answer it \(HTTP 403\)"):
+            faas.answers_at(ctx, url)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -206,3 +206,53 @@ def test_a_container_that_exits_saying_it_refuses_fails_the_wait_with_its_reason
     running = pod("gateway-7d9f", waiting="ContainerCreating")
     running.metadata.uid, running.metadata.namespace = "uid-2", "openfaas"
     assert kube.refused([running], faas.RELEASE.refusals) is None and len(reads) == 1
+
+
+def test_pods_ready_but_a_status_not_counting_them_ready_blames_a_controller_manager_that_is_down():
+    """Seen under load (the kwok fault test, beside the kind tests): the controller-manager counted the new
+    pod (updated 2, replicas 2) and lost its lease before it saw it Ready; the pods are Ready, the status
+    never says so. That lag is the controller-manager's too."""
+    from kubernetes.client import (V1Deployment, V1DeploymentSpec, V1DeploymentStatus, V1LabelSelector,
+                                   V1PodTemplateSpec)
+
+    from playbooks.core.kube import Kube
+
+    down = "the controller-manager is not running (its lease kube-system/kube-controller-manager ...)"
+    kube = Kube.__new__(Kube)
+    kube.leaders_down = lambda: {"kube-controller-manager": down}
+    dep = V1Deployment(metadata=V1ObjectMeta(name="nginx", generation=3),
+                       spec=V1DeploymentSpec(replicas=2, selector=V1LabelSelector(match_labels={"app": "nginx"}),
+                                             template=V1PodTemplateSpec()),
+                       status=V1DeploymentStatus(observed_generation=3, updated_replicas=2, replicas=2,
+                                                 ready_replicas=1, available_replicas=1))
+    pods = [pod("a", ready=True), pod("b", ready=True)]
+    for p in pods:
+        p.spec.node_name = "kwok-node-0"
+    assert kube.why_not_rolled_out(dep, pods) == down
+    dep.status.ready_replicas = dep.status.available_replicas = 2
+    assert kube.why_not_rolled_out(dep, pods) == ""  # nothing lags: nothing to blame
+
+
+def test_an_unplaced_pod_names_the_scheduler_and_a_controller_manager_gone_with_it():
+    """Seen under load: the controller-manager made the pod before the stall, then both leaders lost their
+    leases. The pod waits on the scheduler, and the controller-manager is named too: both are down."""
+    from kubernetes.client import (V1Deployment, V1DeploymentSpec, V1DeploymentStatus, V1LabelSelector,
+                                   V1PodTemplateSpec)
+
+    from playbooks.core.kube import Kube
+
+    down = {"kube-scheduler": "the scheduler is not running (...), so no pod is being placed on a node",
+            "kube-controller-manager": "the controller-manager is not running (...)"}
+    kube = Kube.__new__(Kube)
+    kube.leaders_down = lambda: dict(down)
+    dep = V1Deployment(metadata=V1ObjectMeta(name="nginx", generation=3),
+                       spec=V1DeploymentSpec(replicas=2, selector=V1LabelSelector(match_labels={"app": "nginx"}),
+                                             template=V1PodTemplateSpec()),
+                       status=V1DeploymentStatus(observed_generation=3, updated_replicas=2, replicas=2,
+                                                 ready_replicas=1, available_replicas=1))
+    placed, waiting = pod("a", ready=True), pod("b", phase="Pending")
+    placed.spec.node_name = "kwok-node-0"
+    assert kube.why_not_rolled_out(dep, [placed, waiting]) == \
+        f"{down['kube-scheduler']}; also {down['kube-controller-manager']}"
+    del down["kube-controller-manager"]
+    assert kube.why_not_rolled_out(dep, [placed, waiting]) == down["kube-scheduler"]

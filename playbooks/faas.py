@@ -375,7 +375,9 @@ def answers_at(ctx, url: str) -> str:
             seen = f"HTTP {status}"
         except probes.HttpGetError as exc:
             seen = str(exc)
-        if ctx.deadline.left() <= 0.5 or ctx.cancelled.is_set():
+        if ctx.cancelled.is_set():
+            raise StepFailed(f"{url}: interrupted (Ctrl-C) while waiting for the function to answer there")
+        if ctx.deadline.left() <= 0.5:
             raise StepFailed(f"the function's pod is Ready, but {url} does not answer it ({seen}): the node's "
                              f"kube-proxy may not route its node port yet; `invoke status` shows the lab")
         ctx.say(f"{url}: {seen}; kube-proxy may still route to the old pod")

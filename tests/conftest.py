@@ -163,4 +163,3 @@ def play(testbed) -> PlayRun:
 @pytest.fixture
 def kube(testbed):
     return make_context(testbed).kube
-

@@ -681,7 +681,8 @@ class Kube:
         if len(live) >= want and not unplaced and not unseen:
             # every pod is there: a status that still lags behind them is the controller-manager's to write
             st = dep.status  # the Ready counts too: a controller-manager gone after counting the pods stops there
-            lags = min(st.updated_replicas or 0, st.replicas or 0, st.ready_replicas or 0, st.available_replicas or 0) < want
+            counted = (st.updated_replicas, st.replicas, st.ready_replicas, st.available_replicas)
+            lags = min(n or 0 for n in counted) < want
             return self.leaders_down().get("kube-controller-manager", "") if lags else ""
         down = self.leaders_down()
         if (len(live) < want or unseen) and "kube-controller-manager" in down:

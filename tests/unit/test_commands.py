@@ -64,3 +64,20 @@ def test_verbose_streams_lines_live_and_keeps_output(tmp_path):
     res = shell.run([sys.executable, "-c", "print('hello'); print('pw=s3cret')"], secrets=["s3cret"])
     assert res.stdout.splitlines() == ["hello", "pw=s3cret"]
     assert any("hello" in l for l in lines) and not any("s3cret" in l for l in lines)
+
+
+def test_a_picked_port_taken_before_it_was_checked_is_passed_over():
+    """CI, with the kwok lane beside the kind lane: a port the kernel called free was taken (its range is
+    also the one outgoing connections get) before kubectl could listen on it. The pick passes it over."""
+    import socket
+    from types import SimpleNamespace
+
+    from playbooks.core.commands import free_port, port_free
+    from playbooks.core.portforward import picked_port
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        offered = [busy, busy, free_port()]
+        sh = SimpleNamespace(free_port=lambda: offered.pop(0), port_free=port_free)
+        port = picked_port(sh)
+        assert port != busy and port_free(port) and offered == []

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", help="Ray cluster to join in --ray mode (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--fetchers", type=_positive_int, default=2,
                         help="Ray fetcher actors in --ray mode, each with its share of --concurrency (default 2)")
+    parser.add_argument("--no-head-start", action="store_true",
+                        help="in --ray mode, every request waits for a fetcher actor (by default the driver fetches "
+                             "the first URLs itself while Ray starts the actors' worker processes)")
     parser.add_argument("--emit-result", action="store_true",
                         help="print the result on stdout in marked lines, for crawler.jobs to read from a Ray job log")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -102,7 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ray:
         from .executors import RayExecutor
 
-        executor = RayExecutor(fetchers=args.fetchers, address=args.ray_address)
+        executor = RayExecutor(fetchers=args.fetchers, address=args.ray_address,
+                               head_start=False if args.no_head_start else None)
     else:
         from .executors import AsyncExecutor
 
@@ -117,13 +121,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     marks.update(executor.marks, closed=time.time())
     result["config"]["mode"] = "ray" if args.ray else "local"
     result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
+    if args.ray:
+        result["stats"]["fetched_in_driver"] = executor.fetched_in_driver
     result["timing"] = {name: round(moment, 3) for name, moment in marks.items()}
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=1)
-    if args.emit_result:
+    print(summarize(result), file=sys.stderr, flush=True)
+    if args.emit_result:  # last: a job's client has the whole crawl once these lines are in the log
         for line in result_lines(result):
             print(line, flush=True)
-    print(summarize(result), file=sys.stderr)
     return 0

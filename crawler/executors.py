@@ -199,14 +199,24 @@ class RayExecutor:
     URLs started while every actor's call is out wait in the driver and go
     with the next call that comes back (within a few milliseconds when the
     actors are busy). The actors are I/O bound: each asks for a fraction of a
-    CPU, and SPREAD puts them on different nodes of a cluster. The crawl starts
-    as soon as one actor answers (each is a new Ray worker process: a second or
-    more on a busy node); the others take URLs once they answer. An actor that
-    dies takes its URLs in flight with it: they are reported failed and the
-    others carry on.
+    CPU, and SPREAD puts them on different nodes of a cluster. Each actor is a
+    new Ray worker process, a second or more before it answers on a busy node:
+    meanwhile the driver fetches the first URLs itself, in an event loop of its
+    own (the head start; `fetched_in_driver` counts them), so a crawl does not
+    wait for Ray's workers to start, and a small one may end before any does.
+    From the first actor's answer on, every new URL goes to the actors; the
+    others take URLs once they answer. An actor that dies takes its URLs in
+    flight with it: they are reported failed and the others carry on. With
+    head_start=False every URL waits for an actor.
     """
 
-    def __init__(self, fetchers: int = 2, address: Optional[str] = None, num_cpus: float = 0.5) -> None:
+    # While the driver fetches and no actor has answered yet, how often the driver looks for both.
+    HEAD_START_POLL_S = 0.02
+
+    def __init__(self, fetchers: int = 2, address: Optional[str] = None, num_cpus: float = 0.5,
+                 head_start: Optional[Callable[[], "AsyncExecutor"]] = None) -> None:
+        """head_start makes the driver's own executor for the URLs started before an actor answers
+        (default: an AsyncExecutor); pass False to send every URL to an actor."""
         import ray  # only Ray mode needs Ray installed
 
         self._ray = ray
@@ -229,44 +239,63 @@ class RayExecutor:
         self._options: Optional[FetchOptions] = None
         self._options_sent: set[int] = set()
         self._lost: set[int] = set()
-        while not self._usable:  # the first actor to answer is enough to begin
-            if not self._starting:
-                raise RuntimeError(_ALL_LOST)
-            first, _ = ray.wait(list(self._starting), num_returns=1)
-            self._answered(first[0])
-        self.marks["fetchers_ready"] = time.time()
+        self._make_driver = AsyncExecutor if head_start is None else head_start
+        self._driver = None  # the head start's executor, made on first use
+        self._driver_pending = 0  # URLs the driver fetches that have not come back
+        self.fetched_in_driver = 0
+        if not self._make_driver:
+            while not self._usable:  # the first actor to answer is enough to begin
+                if not self._starting:
+                    raise RuntimeError(_ALL_LOST)
+                first, _ = ray.wait(list(self._starting), num_returns=1)
+                self._answered(first[0])
 
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
             self.marks["first_request"] = time.time()
         self._options = options
+        if self._make_driver and not self._usable and self._starting:  # no actor has answered: the driver fetches
+            if self._driver is None:
+                self._driver = self._make_driver()
+            self._driver.start(urls, options)
+            self._driver_pending += len(urls)
+            self.fetched_in_driver += len(urls)
+            return
         self._waiting += urls
         self._send()
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            done = self._from_driver(0)
             self._send(collect=True)
             refs = [*self._calls, *self._starting]
             if not refs:
-                return []
+                if done or not self._driver_pending:
+                    return done
+                return self._from_driver(timeout if deadline is None else max(0.0, deadline - time.monotonic()))
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._driver_pending:  # the driver's fetches come back on their own: look at both often
+                left = self.HEAD_START_POLL_S if left is None else min(left, self.HEAD_START_POLL_S)
             ready, rest = self._ray.wait(refs, num_returns=1, timeout=left)
             if rest and ready:
                 more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
                 ready += more
-            done: list[FetchResult] = []
             for ref in ready:
                 if ref in self._starting:  # an actor answering ready(): it takes URLs from now on
                     self._answered(ref)
                 else:
                     done += self._results_of(ref, self._calls.pop(ref))
             self._send()
-            if done or not ready:  # results, or the timeout passed
+            done += self._from_driver(0)
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if done or (not ready and (out_of_time or not self._driver_pending)):  # results, or the timeout passed
                 return done
 
     def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
         for actor in self._actors:
             self._ray.kill(actor)
         if self._started_ray:
@@ -300,8 +329,19 @@ class RayExecutor:
         try:
             self._ray.get(ref)
             self._usable.add(index)
+            self.marks.setdefault("fetchers_ready", time.time())
         except self._ray.exceptions.RayError:  # it died starting: the others carry the crawl
             self._lost.add(index)
+            if not self._starting and not self._usable:
+                raise RuntimeError(_ALL_LOST)
+
+    def _from_driver(self, timeout: Optional[float]) -> list[FetchResult]:
+        """What the driver's own fetches (the head start) have brought back."""
+        if not self._driver_pending:
+            return []
+        done = self._driver.finished(timeout)
+        self._driver_pending -= len(done)
+        return done
 
     def _results_of(self, ref, index: int) -> list[FetchResult]:
         try:
@@ -349,7 +389,26 @@ def _join_or_start(ray, address: Optional[str]) -> Optional[str]:
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = before
+    _stop_autoscaler_monitor(ray)
     return folder
+
+
+def _stop_autoscaler_monitor(ray) -> None:
+    """Stop the autoscaler monitor of the one-node Ray this process started: a crawl never scales it.
+
+    ray.init has no option to leave it out. Left running, it costs CPU while the fetchers start, and
+    ray.shutdown() stops it last of all, after the GCS: its SIGTERM handler then reports to the GCS
+    that is gone, and shutdown waits out its one-second grace before killing it (measured, Ray 2.52:
+    1.0 s of a 1.2 s shutdown). Ray keeps its processes on a private object; where that changes, the
+    monitor simply stays.
+    """
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    kill = getattr(node, "kill_monitor", None)
+    if kill is not None:
+        try:
+            kill(check_alive=False)
+        except Exception:  # noqa: BLE001 - a monitor that will not stop costs a second, not the crawl
+            pass
 
 
 def _workers_runtime_env() -> Optional[dict]:

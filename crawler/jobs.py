@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .joblog import ResultMissing, is_result_line, parse_result
+from .joblog import MARKER, ResultMissing, is_result_line, parse_result
 from .report import summarize
 
 __all__ = ["CrawlJobError", "crawl_runtime_env", "follow_command", "submit_crawl", "summarize"]
@@ -183,6 +183,16 @@ def submit_crawl(
     return result
 
 
+def _result_complete(log: str) -> bool:
+    if MARKER not in log:
+        return False
+    try:
+        parse_result(log.splitlines())
+        return True
+    except (ResultMissing, ValueError):  # lines still coming: a chunk cut short fails to decode
+        return False
+
+
 def _follow(client: JobsAPI, job_id: str, on_log: Callable[[str], None], timeout_s: float):
     """Stream the job's new log lines to on_log until it ends; return the whole log and the job's info."""
     began = time.monotonic()
@@ -202,6 +212,10 @@ def _follow(client: JobsAPI, job_id: str, on_log: Callable[[str], None], timeout
                 on_log(line)
         seen = max(seen, len(complete))
         lines = text.splitlines()
+        if not terminal and _result_complete(complete):
+            # the driver prints its result last: the crawl is in hand, and waiting for the job's status to
+            # say SUCCEEDED (its process ending, the supervisor noticing) only costs the caller time
+            return lines, info
         if terminal:
             if status != "SUCCEEDED":
                 tail = [line for line in lines if not is_result_line(line)][-_TAIL_LINES:]

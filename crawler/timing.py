@@ -1,8 +1,10 @@
 """Where a crawl's seconds go: the moments a crawl marks, and the phases between them.
 
 The driver marks moments on its own clock (epoch seconds): its process start,
-`import ray` done, `ray.init` done, its fetchers ready, the first request, the
-crawl done and the fetchers closed. A Ray job adds the client's moments (the
+`import ray` done, `ray.init` done, the first request, the crawl done and the
+fetchers closed; beside them, when the first fetcher actor answered (with the
+driver's head start, see crawler.executors, usually after the first request:
+it is told aside, not a phase). A Ray job adds the client's moments (the
 submission) and the job's start as the cluster records it. Every phase is the
 difference of two moments on one clock, so a client and a cluster whose clocks
 disagree still get true figures; the last phase (the job's end, as the client
@@ -19,8 +21,7 @@ from typing import Optional
 DRIVER_PHASES = (
     ("driver start", "process", "ray_imported"),  # Python, the crawler's imports, `import ray`
     ("ray.init", "ray_imported", "ray_connected"),
-    ("fetchers ready", "ray_connected", "fetchers_ready"),  # the Ray actors created and answering
-    ("first request", "fetchers_ready", "first_request"),  # robots.txt read, the first URLs sent
+    ("first request", "ray_connected", "first_request"),  # the actors created, robots.txt read, first URLs sent
     ("crawl", "first_request", "crawl_done"),
     ("fetchers closed", "crawl_done", "closed"),
 )
@@ -72,6 +73,19 @@ def job_phases(result: dict, forward_s: Optional[float] = None) -> list[tuple[st
     return phases
 
 
+def fetchers_aside(result: dict) -> str:
+    """When the first fetcher actor answered, and how many URLs the driver fetched before (its head start)."""
+    marks, stats = result.get("timing") or {}, result.get("stats") or {}
+    driver = stats.get("fetched_in_driver", 0)
+    if "ray_connected" not in marks:
+        return ""
+    if "fetchers_ready" not in marks:
+        return f"no fetcher actor had answered when the crawl ended: the driver fetched all {driver} URL(s)"
+    answered = marks["fetchers_ready"] - marks["ray_connected"]
+    return (f"the first fetcher actor answered {answered:.2f} s after ray.init; the driver fetched {driver} "
+            f"URL(s) before it")
+
+
 def format_phases(phases: list[tuple[str, float]], title: str = "where the seconds went") -> str:
     width = max((len(name) for name, _ in phases), default=0)
     lines = [f"{title}:"]
@@ -80,4 +94,4 @@ def format_phases(phases: list[tuple[str, float]], title: str = "where the secon
     return "\n".join(lines)
 
 
-__all__ = ["DRIVER_PHASES", "process_started", "driver_phases", "job_phases", "format_phases"]
+__all__ = ["DRIVER_PHASES", "process_started", "driver_phases", "job_phases", "fetchers_aside", "format_phases"]

@@ -415,8 +415,10 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                 show(Text(jobs.summarize(result)))
             if lab.verbose:
                 how = "the crawler shipped as working_dir" if ship_package else "the crawler from the Ray image"
+                aside = timing.fetchers_aside(result)
                 show(Text(timing.format_phases(timing.job_phases(result, forward_s),
-                                               f"where the crawl job's seconds went ({how})")))
+                                               f"where the crawl job's seconds went ({how})")
+                          + (f"\n  ({aside})" if aside else "")))
             stats = result.get("stats", {})
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")

@@ -1,6 +1,7 @@
 """`python -m crawler --ray` with no Ray to join: the crawler starts a Ray of its own, crawls, and takes it down.
 
-Run from a directory of its own, as a user would, with this checkout's crawler
+Every request goes through the fetcher actors (--no-head-start), so the
+workers are exercised. Run from a directory of its own, as a user would, with this checkout's crawler
 put on the path only for the driver: the Ray it starts must hand the same
 package to its workers (without a runtime environment to ship), and leave no
 process behind. The figures (start-up, the time after the last page) are
@@ -45,7 +46,7 @@ def test_a_local_ray_crawl_finds_every_page_once_and_leaves_no_ray_behind(tmp_pa
         began = time.time()
         proc = subprocess.Popen(
             [sys.executable, "-c", DRIVER, home, "--prefix", server.url("/docs/"), "--depth", "3",
-             "--concurrency", "64", "--per-host", "64", "--no-robots", "--ray", "--quiet", "--json", str(out)],
+             "--concurrency", "64", "--per-host", "64", "--no-robots", "--ray", "--no-head-start", "--quiet", "--json", str(out)],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         try:
@@ -62,10 +63,13 @@ def test_a_local_ray_crawl_finds_every_page_once_and_leaves_no_ray_behind(tmp_pa
     result = json.loads(out.read_text())
     assert {page["final_url"][len(server.origin):] for page in result["pages"]} == set(site.depth_of)
     assert max(requests.values()) == 1 and result["config"]["mode"] == "ray"
+    assert result["stats"]["fetched_in_driver"] == 0  # every page through the actors, in the workers Ray started
     assert "FutureWarning" not in stderr  # Ray's warning about GPU variables is no crawl's business
     assert left == []  # the Ray it started went with it
     marks = result["timing"]
+    ready = (f"the first fetcher actor {marks['fetchers_ready'] - marks['ray_connected']:.2f} s after it"
+             if "fetchers_ready" in marks else "no fetcher actor answered before the crawl ended")
     print(f"\nFIGURE local --ray: first request {marks['first_request'] - began:.2f} s after launch "
-          f"(ray.init {marks['ray_connected'] - marks['ray_imported']:.2f} s, fetchers ready "
-          f"{marks['fetchers_ready'] - marks['ray_connected']:.2f} s), process ended {ended - marks['crawl_done']:.2f} s "
-          f"after the last page, {len(result['pages'])} pages")
+          f"(ray.init {marks['ray_connected'] - marks['ray_imported']:.2f} s, {ready}; "
+          f"{result['stats']['fetched_in_driver']} URLs fetched by the driver meanwhile), process ended "
+          f"{ended - marks['crawl_done']:.2f} s after the last page, {len(result['pages'])} pages")

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from crawler.executors import RayExecutor
+from crawler.executors import RayExecutor, ThreadExecutor
 from crawler.fetch import FetchOptions, FetchResult
 
 
@@ -99,7 +99,7 @@ def fake_ray(monkeypatch):
 
 def test_the_crawl_begins_on_the_first_actor_to_answer_and_the_slow_one_joins_later(fake_ray):
     world = fake_ray("slow", "quick")
-    executor = RayExecutor(fetchers=2)
+    executor = RayExecutor(fetchers=2, head_start=False)
     executor.start(["http://a.test/"], FetchOptions())
     assert [r.url for r in executor.finished(None)] == ["http://a.test/"]
     assert world.actors[0].sent == [] and world.actors[1].sent == ["http://a.test/"]  # not held by the slow one
@@ -117,7 +117,7 @@ def test_the_crawl_begins_on_the_first_actor_to_answer_and_the_slow_one_joins_la
 
 def test_an_actor_that_dies_starting_leaves_the_crawl_to_the_others_and_all_dead_is_an_error(fake_ray):
     world = fake_ray("dies", "quick")
-    executor = RayExecutor(fetchers=2)
+    executor = RayExecutor(fetchers=2, head_start=False)
     executor.start(["http://a.test/", "http://a.test/b"], FetchOptions())
     got = []
     while len(got) < 2:
@@ -125,4 +125,40 @@ def test_an_actor_that_dies_starting_leaves_the_crawl_to_the_others_and_all_dead
     assert world.actors[1].sent == ["http://a.test/", "http://a.test/b"]
     fake_ray("dies", "dies")
     with pytest.raises(RuntimeError, match="every Ray fetcher actor has died"):
-        RayExecutor(fetchers=2)
+        RayExecutor(fetchers=2, head_start=False)
+
+
+def driver_fetch(fetched):
+    """The head start's executor in these tests: threads over a fetch that notes each URL."""
+    def fetch(urls, options, threads):
+        fetched.extend(urls)
+        return [FetchResult(url, status=200, content_type="text/html") for url in urls]
+    return lambda: ThreadExecutor(4, fetch)
+
+
+def test_the_driver_fetches_while_no_actor_has_answered_and_the_actors_take_every_url_after(fake_ray):
+    world = fake_ray("slow", "slow")
+    in_driver = []
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
+    executor.start(["http://a.test/"], FetchOptions())  # no actor has answered: the driver fetches it
+    assert [r.url for r in executor.finished(None)] == ["http://a.test/"]
+    assert in_driver == ["http://a.test/"] and executor.fetched_in_driver == 1
+    got = []
+    while not executor._usable:  # the actors answer as time passes
+        got += executor.finished(0.01)
+    executor.start([f"http://a.test/{n}" for n in range(4)], FetchOptions())
+    while len(got) < 4:
+        got += executor.finished(None)
+    assert in_driver == ["http://a.test/"], "a URL went to the driver after an actor had answered"
+    assert sorted(world.actors[0].sent + world.actors[1].sent) == sorted(r.url for r in got)
+    assert executor.marks["fetchers_ready"] >= executor.marks["first_request"]
+    executor.close()
+
+
+def test_with_the_head_start_every_actor_dying_starting_is_still_an_error(fake_ray):
+    fake_ray("dies", "dies")
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch([]))
+    executor.start(["http://a.test/"], FetchOptions())
+    with pytest.raises(RuntimeError, match="every Ray fetcher actor has died"):
+        for _ in range(10):
+            executor.finished(None)

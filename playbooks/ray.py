@@ -384,8 +384,58 @@ def crawl_args(urls: list[str], prefix: str, depth: int, max_pages: int, concurr
     return args + (["--prefix", prefix] if prefix else [])
 
 
-def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> list[Step]:
-    """Submit the crawler as a Ray job (port-forwarding the head unless --address is given)."""
+KEPT_CRAWL = "kindlab-crawl"  # a ConfigMap in NAMESPACE: the last crawl `invoke all` ran, and what it crawled with
+
+
+def crawl_record(ctx, args: list[str]) -> tuple[str, dict | None]:
+    """What a crawl's result depends on, as a key: its arguments, the RayCluster (its uid) and the images of
+    the Ray pods and of the docs site (the crawler's and the site's content are in their tags); and the crawl
+    `invoke all` kept, when it was of that key. One kubectl call."""
+    import hashlib
+    import json
+
+    lab = ctx.lab
+    out = ctx.sh.run(["kubectl", *lab.cluster_flags(), "-n", NAMESPACE, "get",
+                      "rayclusters,pods,deployments,configmaps", "-o", "json"], check=False)
+    if out.returncode != 0:
+        return "", None
+    parts, kept = [], None
+    for item in json.loads(out.stdout or "{}").get("items", []):
+        kind, meta, spec = item.get("kind"), item.get("metadata", {}), item.get("spec", {})
+        if kind == "RayCluster":
+            parts.append(f"RayCluster {meta.get('name')} {meta.get('uid')}")
+        elif kind == "Pod" and RAY_PODS in (meta.get("labels") or {}):  # its images, not its name: a restart keeps it
+            parts.append("Pod " + " ".join(c.get("image", "") for c in spec.get("containers", [])))
+        elif kind == "Deployment" and meta.get("name") == SITE:
+            parts.append("Site " + " ".join(c.get("image", "") for c in spec["template"]["spec"]["containers"]))
+        elif kind == "ConfigMap" and meta.get("name") == KEPT_CRAWL:
+            try:
+                kept = json.loads((item.get("data") or {}).get("crawl", ""))
+            except ValueError:
+                kept = None
+    if not any(part.startswith("RayCluster ") for part in parts):
+        return "", None
+    key = hashlib.sha256(json.dumps([args, sorted(parts)]).encode()).hexdigest()[:16]
+    return key, (kept if kept and kept.get("key") == key else None)
+
+
+def keep_crawl(ctx, key: str, record: dict) -> None:
+    """Note the crawl just run as `invoke all`'s (a ConfigMap beside the RayCluster)."""
+    import json
+
+    body = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": KEPT_CRAWL, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "kindlab"}},
+            "data": {"crawl": json.dumps({**record, "key": key})}}
+    ctx.sh.run(["kubectl", *ctx.lab.cluster_flags(), "apply", "--server-side", "--force-conflicts",
+                "--field-manager=kindlab", "-f", "-"], input=json.dumps(body))
+
+
+def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print, keep: bool = False) -> list[Step]:
+    """Submit the crawler as a Ray job (port-forwarding the head unless --address is given).
+
+    With keep (`invoke all`), a crawl is a job done once: its summary is kept in a ConfigMap, and while
+    the arguments, the RayCluster and the images of its pods and of the docs site stay the same, a rerun
+    says what the kept crawl found instead of crawling again (`invoke ray.crawl` always crawls)."""
     from rich.text import Text
 
     from crawler import jobs, timing
@@ -393,6 +443,12 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
     def check(ctx):
         if not address and not lab.can.runs_containers:
             return skip(NO_CONTAINERS)
+        if keep:
+            _, kept = crawl_record(ctx, args)
+            if kept:
+                return ok(f"crawled before with this crawler, site and RayCluster (job {kept['job']}, "
+                          f"{kept['when']}): {kept['found']}; `invoke ray.crawl` crawls again")
+            return change(f"crawl {args[0]}: no crawl of it kept for this crawler, site and RayCluster")
         return ok()
 
     def submit(ctx):
@@ -423,9 +479,13 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
             if not stats.get("unique"):
                 raise StepFailed(f"the crawl fetched no page: {nothing_fetched(stats)}")
             cut = f"; cut by --max-pages, {stats['unfetched']} URLs left unfetched" if stats.get("truncated") else ""
-            return (f"job finished in {time.monotonic() - start:.1f}s: {stats.get('unique', '?')} pages, "
-                    f"{stats.get('failed', 0)} failed{cut}")
+            found = f"{stats.get('unique', '?')} pages, {stats.get('failed', 0)} failed{cut}"
+            if keep and key:
+                keep_crawl(ctx, key, {"job": result["job"]["id"], "found": found,
+                                      "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+            return f"job finished in {time.monotonic() - start:.1f}s: {found}"
 
+        key = crawl_record(ctx, args)[0] if keep else ""
         if address:  # a Ray of the user's: its image may have no crawler, or another
             return run(address, {})
         opening = time.monotonic()
@@ -437,6 +497,8 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print) -> lis
                                  "follow_note": "with `invoke ray.dashboard` running in another terminal"},
                            forward_s=time.monotonic() - opening, ship_package=not in_pods.result())
 
+    if keep:
+        return [Step("crawler job on Ray", check, submit, budget=CRAWL_BUDGET)]
     return [action("crawler job on Ray", submit, check=check, budget=CRAWL_BUDGET)]
 
 
@@ -492,7 +554,7 @@ PART = Part(
     name="ray", namespaces=(OPERATOR.namespace, NAMESPACE), install=install_steps, uninstall=uninstall_steps,
     help=("Install the KubeRay operator and a laptop-sized RayCluster; wait for its head and worker pods.",
           "Uninstall the RayCluster and the KubeRay operator."),
-    use=lambda lab, parts=(): crawl_steps(lab, target_args(default_crawl(lab))),
+    use=lambda lab, parts=(): crawl_steps(lab, target_args(default_crawl(lab)), keep=True),
     addresses=lambda lab: [("Ray dashboard", f"http://127.0.0.1:{DASHBOARD_PORT}", "invoke ray.dashboard")],
     status=lambda lab, kube: cluster_status(kube),
     memory_mib=3072, cpus=1.5, preflight=fits, images=("ray", "kuberay-operator", SITE),

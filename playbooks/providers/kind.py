@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -272,27 +273,36 @@ class KindProvider(Provider):
     def _loaded_step(self, what: str, refs: Sequence[str]) -> Step:
         lab = self.lab
 
-        def local_id(ctx, ref: str) -> str:
-            result = ctx.sh.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], check=False)
-            if result.returncode != 0:
-                build = (f"run `invoke images.build --only {ref.split('/', 1)[1].split(':')[0]}`"
-                         if ref.startswith(f"{images.REPOSITORY}/") else f"pull or build it (`docker image ls {ref}`)")
-                raise StepFailed(f"image {ref} is not in the local Docker engine, so it cannot be loaded into the "
-                                 f"kind nodes: {build}")
-            return result.stdout.strip()
+        def local_ids(ctx) -> dict[str, str]:
+            """Each image's ID in the local engine: one `docker image inspect` for all of them."""
+            result = ctx.sh.run(["docker", "image", "inspect", "--format", "{{.Id}}", *refs], check=False)
+            ids = result.stdout.split()
+            if result.returncode == 0 and len(ids) == len(refs):
+                return dict(zip(refs, ids))
+            for ref in refs:  # one is missing: name it
+                if ctx.sh.run(["docker", "image", "inspect", ref], check=False).returncode != 0:
+                    build = (f"run `invoke images.build --only {ref.split('/', 1)[1].split(':')[0]}`"
+                             if ref.startswith(f"{images.REPOSITORY}/") else f"pull or build it (`docker image ls {ref}`)")
+                    raise StepFailed(f"image {ref} is not in the local Docker engine, so it cannot be loaded into the "
+                                     f"kind nodes: {build}")
+            raise StepFailed(f"`docker image inspect` of {', '.join(refs)} answered: {result.stderr.strip()}")
 
-        def node_id(ctx, node: str, ref: str) -> str | None:
-            result = ctx.sh.run(["docker", "exec", node, "crictl", "inspecti", "-o", "json", ref], check=False)
+        def node_ids(ctx, node: str) -> dict[str, str]:
+            """The images in a node's containerd, by every name they carry (one `crictl images` per node)."""
+            result = ctx.sh.run(["docker", "exec", node, "crictl", "images", "-o", "json"], check=False)
             if result.returncode != 0:
-                return None
-            return (json.loads(result.stdout or "{}").get("status") or {}).get("id")
+                return {}
+            return {tag: image.get("id") for image in json.loads(result.stdout or "{}").get("images") or []
+                    for tag in image.get("repoTags") or []}
 
         def missing(ctx) -> dict[str, list[str]]:
             nodes = self.nodes(ctx)
             if not nodes:
                 raise StepFailed(f"kind cluster {lab.cluster} has no nodes: run `invoke cluster.create`")
-            return {ref: [n for n in nodes if node_id(ctx, n, ref) != wanted]
-                    for ref, wanted in ((ref, local_id(ctx, ref)) for ref in refs)}
+            wanted = local_ids(ctx)
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                found = dict(zip(nodes, pool.map(lambda node: node_ids(ctx, node), nodes)))
+            return {ref: [n for n in nodes if found[n].get(qualified(ref)) != wanted[ref]] for ref in refs}
 
         def check(ctx):
             todo = {ref: nodes for ref, nodes in missing(ctx).items() if nodes}
@@ -467,3 +477,12 @@ class KindProvider(Provider):
 
 
 __all__ = ["KindProvider", "REGISTRY", "KINDLAB_LABEL"]
+
+
+def qualified(ref: str) -> str:
+    """An image reference as containerd names it: a name with no registry is Docker Hub's (`nginx:1` is
+    `docker.io/library/nginx:1`)."""
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"

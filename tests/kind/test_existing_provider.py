@@ -84,6 +84,8 @@ def test_nginx_and_ray_run_on_a_cluster_kindlab_did_not_make(play, lab):
     assert crawl.status == "changed" and "job finished" in crawl.detail, play.output
     again = play(lab_play.all_steps(lab, parts.choose("nginx,ray")))
     assert [o.step for o in again if o.status == "changed" and not o.action] == [], play.output
+    kept = {o.step: o for o in again}["crawler job on Ray"]  # crawled once: the rerun names the kept crawl
+    assert kept.status == "ok" and kept.detail.startswith("crawled before with this crawler"), play.output
 
 
 def test_down_removes_the_parts_and_leaves_the_cluster_and_its_context(play, lab):

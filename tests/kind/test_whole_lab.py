@@ -131,6 +131,9 @@ def test_all_with_no_flags_runs_the_whole_lab_offline_on_three_nodes_with_the_re
     assert proc.returncode == 0, failures(out) + "\n...\n" + out[-6000:]
     recap = re.search(r"ok=\d+\s+changed=(\d+)(?: \((\d+) actions?\))?", out)
     assert recap and recap.group(1) == (recap.group(2) or "0"), out[-4000:]  # only the actions ran again
+    # the crawl is a job done once: the rerun says what the kept one found, nothing crawled again
+    assert re.search(rf"crawled before with this crawler, site and RayCluster \(job raysubmit_\w+, [^)]*\): "
+                     rf"{DOCS_PAGES} pages, 1 failed", " ".join(out.split())), out[-4000:]
 
 
 def test_compare_measures_the_function_pod_beside_a_ray_task_on_the_lab(lab):

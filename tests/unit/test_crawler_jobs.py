@@ -539,3 +539,55 @@ def test_a_jobs_api_that_refuses_the_job_is_named_with_its_answer():
 def test_without_the_package_to_ship_the_runtime_env_is_empty():
     assert crawl_runtime_env(ship_package=False, pip=[]) == {}
     assert crawl_runtime_env(ship_package=False, pip=["lxml==5.3.0"]) == {"pip": ["lxml==5.3.0"]}
+
+
+# -- `invoke all` crawls once: the kept crawl ---------------------------------------------------
+
+
+class RayNamespace:
+    """kubectl as the kept crawl asks it: the ray namespace's objects, and the ConfigMap it applies."""
+
+    def __init__(self, pod_image: str):
+        self.pod_image, self.configmap, self.calls = pod_image, None, []
+
+    def run(self, argv, check=True, input=None, **kwargs):
+        import json
+
+        from playbooks.core.commands import Result
+        self.calls.append(argv)
+        if "apply" in argv:
+            self.configmap = json.loads(input)
+            return Result(tuple(argv), 0, "configmap/kindlab-crawl serverside-applied", "")
+        items = [{"kind": "RayCluster", "metadata": {"name": "raylab", "uid": "u1"}, "spec": {}},
+                 {"kind": "Pod", "metadata": {"name": "raylab-head-x", "labels": {"ray.io/node-type": "head"}},
+                  "spec": {"containers": [{"image": self.pod_image}]}},
+                 {"kind": "Deployment", "metadata": {"name": "python-docs"},
+                  "spec": {"template": {"spec": {"containers": [{"image": "kindlab.local/python-docs:1"}]}}}}]
+        if self.configmap:
+            items.append(self.configmap)
+        return Result(tuple(argv), 0, json.dumps({"items": items}), "")
+
+
+def test_all_crawls_once_and_a_rerun_names_the_kept_crawl_until_the_crawler_changes(fake_jobs):
+    from types import SimpleNamespace
+
+    from playbooks.core.settings import Lab
+    from playbooks.ray import crawl_args, crawl_steps
+
+    lab = Lab(provider="kind", cluster="lab", offline=True)
+    sh = RayNamespace("kindlab.local/ray:aaa")
+    ctx = SimpleNamespace(sh=sh, lab=lab, say=lambda message: None, deadline=Deadline.after(60))
+    args = crawl_args(["http://a.test/"], "", 2, 10, 4)
+    step = crawl_steps(lab, args, address="http://127.0.0.1:8265", show=lambda text: None, keep=True)[0]
+    assert not step.action
+    first = step.check(ctx)
+    assert first.needs_change and "no crawl of it kept" in first.detail
+    fake_jobs([("SUCCEEDED", "\n".join(result_lines(RESULT)) + "\n")])
+    assert "job finished" in step.apply(ctx)
+    again = step.check(ctx)
+    assert not again.needs_change
+    assert again.detail.startswith("crawled before with this crawler, site and RayCluster (job raysubmit_fake, ")
+    assert again.detail.endswith("3 pages, 1 failed; `invoke ray.crawl` crawls again")
+    sh.pod_image = "kindlab.local/ray:bbb"  # a crawler edit: a new Ray image in the pods
+    assert step.check(ctx).needs_change
+    assert not crawl_steps(lab, args, address="http://127.0.0.1:8265")[0].check(ctx).needs_change  # ray.crawl: an action

@@ -261,3 +261,48 @@ def test_with_a_registry_or_when_told_nothing_changes_and_nothing_is_asked(monke
         assert cluster.offline_without_registry(told, Engine({}), print) is told
     assert len(asked) == 1
     assert cluster.offline_without_registry(Lab(provider="kwok"), Engine({}), print) == Lab(provider="kwok")
+
+
+# -- images in the kind nodes: one `docker image inspect` and one `crictl images` per node ----------------
+
+
+class NodeImages:
+    """docker and crictl as the images step asks them: the local engine's images and each node's."""
+
+    def __init__(self, local: dict, nodes: dict):
+        self.local, self.node_images, self.calls = local, nodes, []
+
+    def run(self, argv, check=True, **kwargs):
+        import json
+        self.calls.append(tuple(argv))
+        if argv[:2] == ["docker", "ps"]:
+            return Result(tuple(argv), 0, "".join(f"{n}\trunning\n" for n in self.node_images), "")
+        if argv[:3] == ["docker", "image", "inspect"]:
+            refs = [a for a in argv[3:] if not a.startswith("--") and a != "{{.Id}}"]
+            found = [self.local[r] for r in refs if r in self.local]
+            code = 0 if len(found) == len(refs) else 1
+            return Result(tuple(argv), code, "".join(f"{i}\n" for i in found), "" if code == 0 else "No such image")
+        if argv[:2] == ["docker", "exec"] and argv[3:5] == ["crictl", "images"]:
+            images = [{"id": i, "repoTags": [tag]} for tag, i in self.node_images[argv[2]].items()]
+            return Result(tuple(argv), 0, json.dumps({"images": images}), "")
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_images_in_the_kind_nodes_are_checked_with_one_call_per_node_and_a_short_name_is_docker_hubs(tmp_path):
+    from types import SimpleNamespace
+
+    lab = Lab(provider="kind", cluster="lab", home=tmp_path, kubeconfig=tmp_path / "kubeconfig", offline=True)
+    ours, hubs = f"{images.REPOSITORY}/nginx:abc", "busybox:1.36"
+    sh = NodeImages({ours: "sha256:1", hubs: "sha256:2"},
+                    {"lab-control-plane": {ours: "sha256:1", "docker.io/library/busybox:1.36": "sha256:2"},
+                     "lab-worker": {ours: "sha256:old", "docker.io/library/busybox:1.36": "sha256:2"}})
+    step = KindProvider(lab).images_steps("nginx", [ours, hubs])[0]
+    result = step.check(SimpleNamespace(sh=sh, lab=lab))
+    assert result.needs_change and result.detail == f"load {ours} into lab-worker"
+    assert sum(1 for c in sh.calls if c[:2] == ("docker", "exec")) == 2  # one per node, not per node and image
+    assert sum(1 for c in sh.calls if c[:3] == ("docker", "image", "inspect")) == 1
+    sh.node_images["lab-worker"][ours] = "sha256:1"
+    assert not step.check(SimpleNamespace(sh=sh, lab=lab)).needs_change
+    del sh.local[hubs]
+    with pytest.raises(StepFailed, match="image busybox:1.36 is not in the local Docker engine"):
+        step.check(SimpleNamespace(sh=sh, lab=lab))

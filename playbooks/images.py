@@ -314,6 +314,17 @@ def present_inputs(sh, ref: str) -> str | None:
     return (json.loads(result.stdout or "null") or {}).get(LABEL_INPUTS, "")
 
 
+def present_inputs_of(sh, refs: list[str]) -> dict[str, str | None]:
+    """present_inputs of several images, with one `docker image inspect` when all of them are there."""
+    if not refs:
+        return {}
+    result = sh.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", *refs], check=False)
+    lines = result.stdout.splitlines()
+    if result.returncode != 0 or len(lines) != len(refs):  # one is absent: ask each
+        return {ref: present_inputs(sh, ref) for ref in refs}
+    return {ref: (json.loads(line or "null") or {}).get(LABEL_INPUTS, "") for ref, line in zip(refs, lines)}
+
+
 def current(sh, name: str) -> bool:
     return present_inputs(sh, reference(name)) == inputs_hash(name)
 

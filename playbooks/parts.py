@@ -45,7 +45,8 @@ def offline_reason(sh, part: Part, lab: Lab) -> str | None:
     """The one rule for "can this part run offline here?": None when every image it declares is built
     (or, for an image reference, in the local engine), its charts are on this machine and its source
     archives where kindlab.sources says; else why not, with the fix."""
-    missing = [name for name in part.images if not _image_here(sh, name)]
+    found = images.present_inputs_of(sh, [images.reference(n) if n in images.CATALOG else n for n in part.images])
+    missing = [name for name in part.images if not _image_here(found, name)]
     if missing:
         ours = [name for name in missing if name in images.CATALOG]
         fix = (f"run `invoke images.build --only {','.join(ours)}`" if ours else
@@ -62,11 +63,12 @@ def offline_reason(sh, part: Part, lab: Lab) -> str | None:
     return None
 
 
-def _image_here(sh, name: str) -> bool:
-    """A catalog image built from its inputs as they are now, or any other image in the local engine."""
+def _image_here(found: dict[str, str | None], name: str) -> bool:
+    """A catalog image built from its inputs as they are now, or any other image in the local engine
+    (`found`: the inputs label of each, images.present_inputs_of)."""
     if name in images.CATALOG:
-        return images.current(sh, name)
-    return images.present_inputs(sh, name) is not None
+        return found[images.reference(name)] == images.inputs_hash(name)
+    return found[name] is not None
 
 
 __all__ = ["REGISTRY", "SCHEMA", "choose", "offline_reason", "Part"]

@@ -326,8 +326,8 @@ class Kube:
         stop = threading.Event()
         threads = [threading.Thread(target=self._pump, args=(fn, kw, events, stop), daemon=True)
                    for fn, kw in watches]
-        for t in threads:
-            t.start()
+        watching = False  # the watches start after a first look that is not done: on a converged lab most
+        # waits are over at once, and each watch would first list (and model) every object it covers
         start = time.monotonic()
         deadline = start + timeout
         answered = start  # when the API server last answered
@@ -352,6 +352,10 @@ class Kube:
                 if now >= deadline:
                     raise WaitTimeout(self._timeout_message(what, timeout, verdict, stalled, now - answered,
                                                             events_of))
+                if not watching:
+                    for t in threads:
+                        t.start()
+                    watching = True
                 say(f"the API server does not answer ({stalled}); waiting ({now - answered:.0f}s)" if stalled
                     else f"{verdict.progress} ({now - start:.0f}s)")
                 try:

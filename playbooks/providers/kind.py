@@ -288,12 +288,17 @@ class KindProvider(Provider):
             raise StepFailed(f"`docker image inspect` of {', '.join(refs)} answered: {result.stderr.strip()}")
 
         def node_ids(ctx, node: str) -> dict[str, str]:
-            """The images in a node's containerd, by every name they carry (one `crictl images` per node)."""
+            """The images in a node's containerd, by every name they carry: one `crictl images` per node and
+            run, shared by every part's step (ctx.shared) and asked again after a load into the node."""
+            memo = ctx.shared.setdefault("node images", {}) if hasattr(ctx, "shared") else {}
+            if node in memo:
+                return memo[node]
             result = ctx.sh.run(["docker", "exec", node, "crictl", "images", "-o", "json"], check=False)
             if result.returncode != 0:
                 return {}
-            return {tag: image.get("id") for image in json.loads(result.stdout or "{}").get("images") or []
-                    for tag in image.get("repoTags") or []}
+            memo[node] = {tag: image.get("id") for image in json.loads(result.stdout or "{}").get("images") or []
+                          for tag in image.get("repoTags") or []}
+            return memo[node]
 
         def missing(ctx) -> dict[str, list[str]]:
             nodes = self.nodes(ctx)
@@ -314,7 +319,11 @@ class KindProvider(Provider):
             for ref, nodes in missing(ctx).items():
                 if nodes:
                     ctx.say(f"kind load docker-image {ref}")
+                    for node in nodes:  # what they hold changes now
+                        ctx.shared.get("node images", {}).pop(node, None)
                     ctx.sh.run(["kind", "load", "docker-image", ref, "--name", lab.cluster, "--nodes", ",".join(nodes)])
+                    for node in nodes:
+                        ctx.shared.get("node images", {}).pop(node, None)
 
         return Step(f"{what} image(s) in the kind nodes", check, load)
 

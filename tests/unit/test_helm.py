@@ -70,9 +70,13 @@ class FakeKube:
         from types import SimpleNamespace as NS
         from playbooks.core.helm import DIGEST_LABEL, chart_digest
         labels = {"version": "1", DIGEST_LABEL: digest or chart_digest(Release("demo", "ns", str(DEMO)))}
-        secret = NS(metadata=NS(labels=labels))
-        self.core = NS(list_namespaced_secret=lambda ns, label_selector: NS(items=[secret]),
-                       list_namespaced_pod=lambda ns: NS(items=[]))
+        self.core = NS(list_namespaced_pod=lambda ns: NS(items=[]))
+        self.labels = labels
+
+    def get_json(self, path, accept="application/json", **query):
+        from playbooks.core.kube import METADATA_LIST
+        assert path.endswith("/secrets") and accept == METADATA_LIST  # the Secret's metadata, not its release
+        return {"items": [{"metadata": {"labels": self.labels}}]}
 
 
 def ctx_for(shell, lab=None, kube=None):
@@ -375,3 +379,23 @@ def test_crd_files_are_read_one_by_one_including_packaged_subcharts(tmp_path):
     assert sorted(names) == ["alphas.example.com", "betas.example.com", "deltas.example.com", "gammas.example.com"]
     # the joined stream loses a CRD: the trait this guards against
     assert len(kyaml.objects("".join(files.values()))) < 4
+
+
+def test_the_crd_documents_are_counted_without_parsing_as_parsing_counts_them(tmp_path):
+    """A rerun's CRD check counts the chart's CRD documents in the text (parsing kube-prometheus-stack's
+    4.4 MB took seconds): the count must equal what parsing finds, the real chart's CRDs included."""
+    from playbooks.core import kyaml
+    from playbooks.core.helm import CRD_DOCUMENT, chart_files, crd_files
+
+    from ..conftest import SHARED_SOURCES
+
+    nested = (_crd_text("alphas") + "  names:\n    kind: Alpha\n  versions:\n  - schema:\n      openAPIV3Schema:\n"
+              "        properties:\n          kind:\n            type: string\n")
+    texts = [nested, "---\n# a comment\n" + _crd_text("betas") + "---\n" + _crd_text("gammas").replace(
+        "kind: CustomResourceDefinition", 'kind: "CustomResourceDefinition"  # quoted')]
+    real = SHARED_SOURCES / "charts" / "kube-prometheus-stack-79.9.0.tgz"
+    if real.is_file():
+        texts += list(crd_files(chart_files(real)).values())
+    parsed = sum(1 for text in texts for obj in kyaml.objects(text) if obj.get("kind") == "CustomResourceDefinition")
+    assert sum(len(CRD_DOCUMENT.findall(text)) for text in texts) == parsed
+    assert parsed >= 3 + (10 if real.is_file() else 0)

@@ -87,6 +87,24 @@ def config_from_args(args: argparse.Namespace) -> CrawlConfig:
     )
 
 
+def report(args: argparse.Namespace, result: dict, executor, marks: dict) -> None:
+    """The result completed with the crawl's mode, start-up and moments: to --json, the summary to stderr,
+    and with --emit-result the marked lines a job's client reads, printed last."""
+    marks.update(executor.marks)
+    result["config"]["mode"] = "ray" if args.ray else "local"
+    result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
+    if args.ray:
+        result["stats"]["fetched_in_driver"] = executor.fetched_in_driver
+    result["timing"] = {name: round(moment, 3) for name, moment in marks.items()}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(result, out, indent=1)
+    print(summarize(result), file=sys.stderr, flush=True)
+    if args.emit_result:  # last: a job's client has the whole crawl once these lines are in the log
+        for line in result_lines(result):
+            print(line, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     marks = {"process": process_started() or time.time()}  # crawler.timing's moments, epoch seconds
     args = build_parser().parse_args(argv)
@@ -114,22 +132,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = crawl.run(executor)
         marks["crawl_done"] = time.time()
+        if progress is not None:
+            progress.finish()
+            progress = None
+        # The result goes out before the fetchers are closed: a job's client has it (and ends) while the
+        # driver still stops its actors (0.3 s measured with actors still starting), so "closed" is not in it.
+        report(args, result, executor, marks)
     finally:
         executor.close()
         if progress is not None:
             progress.finish()
-    marks.update(executor.marks, closed=time.time())
-    result["config"]["mode"] = "ray" if args.ray else "local"
-    result["stats"]["startup_s"] = round(executor.startup_s or 0.0, 3)
-    if args.ray:
-        result["stats"]["fetched_in_driver"] = executor.fetched_in_driver
-    result["timing"] = {name: round(moment, 3) for name, moment in marks.items()}
-
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=1)
-    print(summarize(result), file=sys.stderr, flush=True)
-    if args.emit_result:  # last: a job's client has the whole crawl once these lines are in the log
-        for line in result_lines(result):
-            print(line, flush=True)
     return 0

@@ -23,7 +23,7 @@ DRIVER_PHASES = (
     ("ray.init", "ray_imported", "ray_connected"),
     ("first request", "ray_connected", "first_request"),  # the actors created, robots.txt read, first URLs sent
     ("crawl", "first_request", "crawl_done"),
-    ("fetchers closed", "crawl_done", "closed"),
+    ("fetchers closed", "crawl_done", "closed"),  # only in a result written after closing (older crawlers)
 )
 
 
@@ -65,7 +65,9 @@ def job_phases(result: dict, forward_s: Optional[float] = None) -> list[tuple[st
     if "process" in marks and job.get("job_start"):
         # the job's start to its driver's start: the job supervisor and the runtime environment
         phases.append(("runtime environment", max(0.0, marks["process"] - job["job_start"])))
-        cluster_span = marks.get("closed", marks["process"]) - job["job_start"]
+        # the driver's last moment in the result: the crawl's end (its fetchers are closed after the result
+        # is out, in the job's end); "closed" in results of crawlers that closed first
+        cluster_span = marks.get("closed", marks.get("crawl_done", marks["process"])) - job["job_start"]
     else:
         cluster_span = sum(seconds for _, seconds in driver)
     phases += driver

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from .fetch import FetchOptions, FetchResult, PageFetcher, fetch_batch
 
@@ -214,48 +214,80 @@ class RayExecutor:
     HEAD_START_POLL_S = 0.02
 
     def __init__(self, fetchers: int = 2, address: Optional[str] = None, num_cpus: float = 0.5,
-                 head_start: Optional[Callable[[], "AsyncExecutor"]] = None) -> None:
+                 head_start: Union[Callable[[], "AsyncExecutor"], bool, None] = None) -> None:
         """head_start makes the driver's own executor for the URLs started before an actor answers
-        (default: an AsyncExecutor); pass False to send every URL to an actor."""
-        import ray  # only Ray mode needs Ray installed
+        (default: an AsyncExecutor); pass False to send every URL to an actor.
 
-        self._ray = ray
+        With the head start, a driver that joins a running Ray (a job's: RAY_ADDRESS is set; or
+        `address`) imports Ray and joins it in a thread while it already fetches: half a second of
+        a job's driver. A Ray this process starts itself is started first: the crawl could end
+        before it is up, and it cannot be stopped until it is.
+        """
         self._created = time.monotonic()
-        self.startup_s: Optional[float] = None  # from ray.init to the first request
-        self.marks: dict[str, float] = {"ray_imported": time.time()}  # moments for crawler.timing
+        self.startup_s: Optional[float] = None  # from here to the first request
+        self.marks: dict[str, float] = {}  # moments for crawler.timing (epoch seconds)
+        self._ray = None
         self._started_ray = False
         self._workers_path: Optional[str] = None
+        self._actors: list = []
+        self._in_flight: list[set[str]] = []  # per actor: sent to it, not yet back
+        self._calls: dict = {}  # ObjectRef of an exchange() call -> actor index
+        self._starting: dict = {}  # ready() calls of the actors that have not answered yet -> actor index
+        self._usable: set[int] = set()  # answered ready()
+        self._waiting: list[str] = []  # started, not yet sent: every usable actor had a call out
+        self._options: Optional[FetchOptions] = None
+        self._options_sent: set[int] = set()
+        self._lost: set[int] = set()
+        self._make_driver = AsyncExecutor if head_start is None or head_start is True else head_start
+        self._driver = None  # the head start's executor, made on first use
+        self._driver_pending = 0  # URLs the driver fetches that have not come back
+        self.fetched_in_driver = 0
+        self._joined = threading.Event()  # Ray joined and the actors asked to start
+        self._join_error: Optional[BaseException] = None
+        self._joining: Optional[threading.Thread] = None
+        if self._make_driver and (address or os.environ.get("RAY_ADDRESS")):
+            _keep_sigterm_exiting()  # ray.init sets this only when called from the main thread
+            self._joining = threading.Thread(target=self._join_beside, args=(fetchers, address, num_cpus),
+                                             name="crawl-ray-join", daemon=True)
+            self._joining.start()
+            return
+        self._join(fetchers, address, num_cpus)
+        if not self._make_driver:
+            while not self._usable:  # the first actor to answer is enough to begin
+                if not self._starting:
+                    raise RuntimeError(_ALL_LOST)
+                first, _ = self._ray.wait(list(self._starting), num_returns=1)
+                self._answered(first[0])
+
+    def _join(self, fetchers: int, address: Optional[str], num_cpus: float) -> None:
+        import ray  # only Ray mode needs Ray installed
+
+        self.marks["ray_imported"] = time.time()
         if not ray.is_initialized():
             self._workers_path = _join_or_start(ray, address)
             self._started_ray = True
         self.marks["ray_connected"] = time.time()
         actor = ray.remote(FetcherActor).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
         self._actors = [actor.remote() for _ in range(fetchers)]
-        self._in_flight: list[set[str]] = [set() for _ in self._actors]  # sent to the actor, not yet back
-        self._calls: dict = {}  # ObjectRef of an exchange() call -> actor index
-        self._starting: dict = {a.ready.remote(): i for i, a in enumerate(self._actors)}  # not answered yet
-        self._usable: set[int] = set()  # answered ready()
-        self._waiting: list[str] = []  # started, not yet sent: every usable actor had a call out
-        self._options: Optional[FetchOptions] = None
-        self._options_sent: set[int] = set()
-        self._lost: set[int] = set()
-        self._make_driver = AsyncExecutor if head_start is None else head_start
-        self._driver = None  # the head start's executor, made on first use
-        self._driver_pending = 0  # URLs the driver fetches that have not come back
-        self.fetched_in_driver = 0
-        if not self._make_driver:
-            while not self._usable:  # the first actor to answer is enough to begin
-                if not self._starting:
-                    raise RuntimeError(_ALL_LOST)
-                first, _ = ray.wait(list(self._starting), num_returns=1)
-                self._answered(first[0])
+        self._in_flight = [set() for _ in self._actors]
+        self._starting = {a.ready.remote(): i for i, a in enumerate(self._actors)}
+        self._ray = ray
+        self._joined.set()
+
+    def _join_beside(self, fetchers: int, address: Optional[str], num_cpus: float) -> None:
+        try:
+            self._join(fetchers, address, num_cpus)
+        except BaseException as exc:  # noqa: BLE001 - handed to the crawl's thread, raised there
+            self._join_error = exc
+            self._joined.set()
 
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
         if self.startup_s is None:
             self.startup_s = time.monotonic() - self._created
             self.marks["first_request"] = time.time()
         self._options = options
-        if self._make_driver and not self._usable and self._starting:  # no actor has answered: the driver fetches
+        if self._make_driver and (not self._ready() or (not self._usable and self._starting)):
+            # Ray not joined yet, or no actor has answered: the driver fetches these
             if self._driver is None:
                 self._driver = self._make_driver()
             self._driver.start(urls, options)
@@ -268,6 +300,15 @@ class RayExecutor:
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if not self._ready():  # Ray is being joined: only the driver's own fetches come back
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                look = self.HEAD_START_POLL_S if left is None else min(left, self.HEAD_START_POLL_S)
+                done = self._from_driver(look) if self._driver_pending else []
+                if not self._driver_pending:
+                    self._joined.wait(look)
+                if done or (deadline is not None and time.monotonic() >= deadline):
+                    return done
+                continue
             done = self._from_driver(0)
             self._send(collect=True)
             refs = [*self._calls, *self._starting]
@@ -296,6 +337,10 @@ class RayExecutor:
     def close(self) -> None:
         if self._driver is not None:
             self._driver.close()
+        if self._joining is not None:
+            self._joining.join(timeout=60)  # a join under way ends in a second or so: then its actors go
+        if self._ray is None:
+            return
         for actor in self._actors:
             self._ray.kill(actor)
         if self._started_ray:
@@ -335,6 +380,15 @@ class RayExecutor:
             if not self._starting and not self._usable:
                 raise RuntimeError(_ALL_LOST)
 
+    def _ready(self) -> bool:
+        """Whether Ray is joined (raising what stopped the join)."""
+        if not self._joined.is_set():
+            return False
+        if self._join_error is not None:
+            error, self._join_error = self._join_error, None
+            raise error
+        return self._ray is not None
+
     def _from_driver(self, timeout: Optional[float]) -> list[FetchResult]:
         """What the driver's own fetches (the head start) have brought back."""
         if not self._driver_pending:
@@ -358,6 +412,19 @@ class RayExecutor:
 
 
 _ALL_LOST = "every Ray fetcher actor has died; see the Ray logs (ray logs cluster) for why"
+
+
+def _keep_sigterm_exiting() -> None:
+    """What ray.init does in the main thread only: SIGTERM (`ray job stop`) exits the driver. A join in
+    another thread (the head start) leaves it here, and Ray's warning that it did not is dropped."""
+    import logging
+    import signal
+    import sys
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    logging.getLogger("ray._private.worker").addFilter(
+        lambda record: "SIGTERM handler is not set" not in record.getMessage())
 
 
 def _join_or_start(ray, address: Optional[str]) -> Optional[str]:

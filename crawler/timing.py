@@ -41,7 +41,10 @@ def process_started() -> Optional[float]:
 
 def driver_phases(marks: dict) -> list[tuple[str, float]]:
     """The driver's phases from its marks; a phase whose marks are missing (no Ray in --local) is
-    folded into the next one."""
+    folded into the next one. A driver that joined Ray beside its first fetches (the head start in a
+    job) has Ray's moments after its first request: they are told aside (fetchers_aside), not as phases."""
+    if marks.get("first_request", 0) and marks["first_request"] < marks.get("ray_imported", float("inf")):
+        marks = {k: v for k, v in marks.items() if k not in ("ray_imported", "ray_connected")}
     phases, start = [], None
     for name, begin, end in DRIVER_PHASES:
         start = marks.get(begin, start)
@@ -80,12 +83,18 @@ def fetchers_aside(result: dict) -> str:
     marks, stats = result.get("timing") or {}, result.get("stats") or {}
     driver = stats.get("fetched_in_driver", 0)
     if "ray_connected" not in marks:
+        if (result.get("config") or {}).get("mode") == "ray" and driver:
+            return f"the crawl ended before the driver had joined Ray: it fetched all {driver} URL(s) itself"
         return ""
+    beside = marks.get("first_request", 0) and marks["first_request"] < marks.get("ray_imported", float("inf"))
+    joined = (f"Ray joined beside the crawl: `import ray` done {marks['ray_imported'] - marks['process']:.2f} s "
+              f"after the driver started, ray.init {marks['ray_connected'] - marks['process']:.2f} s; "
+              if beside and "process" in marks else "")
     if "fetchers_ready" not in marks:
-        return f"no fetcher actor had answered when the crawl ended: the driver fetched all {driver} URL(s)"
+        return f"{joined}no fetcher actor had answered when the crawl ended: the driver fetched all {driver} URL(s)"
     answered = marks["fetchers_ready"] - marks["ray_connected"]
-    return (f"the first fetcher actor answered {answered:.2f} s after ray.init; the driver fetched {driver} "
-            f"URL(s) before it")
+    return (f"{joined}the first fetcher actor answered {answered:.2f} s after ray.init; the driver fetched "
+            f"{driver} URL(s) before it")
 
 
 def format_phases(phases: list[tuple[str, float]], title: str = "where the seconds went") -> str:

@@ -414,6 +414,22 @@ def test_the_breakdown_adds_up_to_the_clients_wall_time_even_when_the_clusters_c
     assert "  runtime environment    2.00 s" in text and text.endswith("in all                10.30 s")
 
 
+def test_a_driver_that_joined_ray_beside_its_crawl_has_its_start_and_crawl_as_phases_and_ray_aside():
+    from crawler import timing
+
+    marks = {"process": 10.0, "first_request": 10.3, "ray_imported": 10.7, "ray_connected": 10.8,
+             "fetchers_ready": 11.9, "crawl_done": 14.0}
+    assert timing.driver_phases(marks) == [("first request", pytest.approx(0.3)), ("crawl", pytest.approx(3.7))]
+    aside = timing.fetchers_aside({"timing": marks, "stats": {"fetched_in_driver": 12}})
+    ended_first = {"timing": {"process": 10.0, "first_request": 10.3, "crawl_done": 10.5},
+                   "stats": {"fetched_in_driver": 1}, "config": {"mode": "ray"}}
+    assert timing.fetchers_aside(ended_first) == ("the crawl ended before the driver had joined Ray: it fetched all "
+                                                  "1 URL(s) itself")
+    assert aside == ("Ray joined beside the crawl: `import ray` done 0.70 s after the driver started, ray.init "
+                     "0.80 s; the first fetcher actor answered 1.10 s after ray.init; the driver fetched 12 URL(s) "
+                     "before it")
+
+
 def test_a_local_crawl_has_no_ray_phases_and_its_start_is_one_phase():
     from crawler import timing
 

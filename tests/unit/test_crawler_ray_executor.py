@@ -162,3 +162,28 @@ def test_with_the_head_start_every_actor_dying_starting_is_still_an_error(fake_r
     with pytest.raises(RuntimeError, match="every Ray fetcher actor has died"):
         for _ in range(10):
             executor.finished(None)
+
+
+def test_a_driver_joining_a_running_ray_fetches_while_it_joins(fake_ray, monkeypatch):
+    """In a job (RAY_ADDRESS set) `import ray` and ray.init happen in a thread while the driver fetches."""
+    import threading
+
+    world = fake_ray("quick", "quick")
+    joining = threading.Event()
+    world.is_initialized = lambda: joining.wait(10)  # the join takes until the test lets it end
+    monkeypatch.setenv("RAY_ADDRESS", "http://ray-head:10001")
+    in_driver = []
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))  # returns before Ray is joined
+    executor.start(["http://a.test/"], FetchOptions())
+    assert [r.url for r in executor.finished(None)] == ["http://a.test/"] and in_driver == ["http://a.test/"]
+    assert "ray_connected" not in executor.marks and world.actors == []
+    joining.set()
+    got = []
+    while not executor._usable:
+        got += executor.finished(0.05)
+    executor.start(["http://a.test/b"], FetchOptions())
+    while not got:
+        got += executor.finished(None)
+    assert [r.url for r in got] == ["http://a.test/b"] and in_driver == ["http://a.test/"]
+    assert executor.marks["first_request"] < executor.marks["ray_connected"]
+    executor.close()

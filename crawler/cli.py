@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray fetcher actors in --ray mode, each with its share of --concurrency (default 2)")
     parser.add_argument("--no-head-start", action="store_true",
                         help="in --ray mode, every request waits for a fetcher actor (by default the driver fetches "
-                             "the first URLs itself while Ray starts the actors' worker processes)")
+                             "the first URLs itself, at most --concurrency of them, while Ray starts the "
+                             "actors' worker processes)")
     parser.add_argument("--emit-result", action="store_true",
                         help="print the result on stdout in marked lines, for crawler.jobs to read from a Ray job log")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .executors import RayExecutor
 
         executor = RayExecutor(fetchers=args.fetchers, address=args.ray_address,
-                               head_start=False if args.no_head_start else None)
+                               head_start=False if args.no_head_start else None, head_start_urls=args.concurrency)
     else:
         from .executors import AsyncExecutor
 

@@ -214,9 +214,12 @@ class RayExecutor:
     HEAD_START_POLL_S = 0.02
 
     def __init__(self, fetchers: int = 2, address: Optional[str] = None, num_cpus: float = 0.5,
-                 head_start: Union[Callable[[], "AsyncExecutor"], bool, None] = None) -> None:
-        """head_start makes the driver's own executor for the URLs started before an actor answers
-        (default: an AsyncExecutor); pass False to send every URL to an actor.
+                 head_start: Union[Callable[[], "AsyncExecutor"], bool, None] = None,
+                 head_start_urls: int = 16) -> None:
+        """head_start makes the driver's own executor for the first URLs, started before an actor answers
+        (default: an AsyncExecutor); pass False to send every URL to an actor. The driver fetches at most
+        head_start_urls (the crawl's --concurrency): what the first moments need, while the bulk of a
+        crawl waits for the actors (fetching and parsing in the driver also slows its own join).
 
         With the head start, a driver that joins a running Ray (a job's: RAY_ADDRESS is set; or
         `address`) imports Ray and joins it in a thread while it already fetches: half a second of
@@ -242,6 +245,7 @@ class RayExecutor:
         self._driver = None  # the head start's executor, made on first use
         self._driver_pending = 0  # URLs the driver fetches that have not come back
         self.fetched_in_driver = 0
+        self._head_start_urls = head_start_urls
         self._joined = threading.Event()  # Ray joined and the actors asked to start
         self._join_error: Optional[BaseException] = None
         self._joining: Optional[threading.Thread] = None
@@ -286,16 +290,20 @@ class RayExecutor:
             self.startup_s = time.monotonic() - self._created
             self.marks["first_request"] = time.time()
         self._options = options
-        if self._make_driver and (not self._ready() or (not self._usable and self._starting)):
-            # Ray not joined yet, or no actor has answered: the driver fetches these
-            if self._driver is None:
-                self._driver = self._make_driver()
-            self._driver.start(urls, options)
-            self._driver_pending += len(urls)
-            self.fetched_in_driver += len(urls)
-            return
+        ready = self._ready()
+        if self._make_driver and (not ready or (not self._usable and self._starting)):
+            # Ray not joined yet, or no actor has answered: the driver fetches the first of these
+            mine = list(urls)[:max(0, self._head_start_urls - self.fetched_in_driver)]
+            if mine:
+                if self._driver is None:
+                    self._driver = self._make_driver()
+                self._driver.start(mine, options)
+                self._driver_pending += len(mine)
+                self.fetched_in_driver += len(mine)
+            urls = list(urls)[len(mine):]
         self._waiting += urls
-        self._send()
+        if ready:
+            self._send()
 
     def finished(self, timeout: Optional[float]) -> list[FetchResult]:
         deadline = None if timeout is None else time.monotonic() + timeout

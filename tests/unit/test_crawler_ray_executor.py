@@ -187,3 +187,16 @@ def test_a_driver_joining_a_running_ray_fetches_while_it_joins(fake_ray, monkeyp
     assert [r.url for r in got] == ["http://a.test/b"] and in_driver == ["http://a.test/"]
     assert executor.marks["first_request"] < executor.marks["ray_connected"]
     executor.close()
+
+
+def test_the_driver_fetches_at_most_its_share_and_the_rest_waits_for_an_actor(fake_ray):
+    world = fake_ray("slow", "slow")
+    in_driver = []
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver), head_start_urls=2)
+    executor.start(["http://a.test/1", "http://a.test/2", "http://a.test/3"], FetchOptions())
+    got = []
+    while len(got) < 3:
+        got += executor.finished(None)
+    assert in_driver == ["http://a.test/1", "http://a.test/2"] and executor.fetched_in_driver == 2
+    assert world.actors[0].sent + world.actors[1].sent == ["http://a.test/3"]  # it waited for an actor
+    executor.close()

@@ -440,11 +440,13 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print, keep: 
 
     from crawler import jobs, timing
 
+    record: dict = {}  # keep: what the crawl is keyed by, as the check found it
+
     def check(ctx):
         if not address and not lab.can.runs_containers:
             return skip(NO_CONTAINERS)
         if keep:
-            _, kept = crawl_record(ctx, args)
+            record["key"], kept = crawl_record(ctx, args)  # the key handed to the crawl, if it runs
             if kept:
                 return ok(f"crawled before with this crawler, site and RayCluster (job {kept['job']}, "
                           f"{kept['when']}): {kept['found']}; `invoke ray.crawl` crawls again")
@@ -485,7 +487,7 @@ def crawl_steps(lab: Lab, args: list[str], address: str = "", show=print, keep: 
                                       "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
             return f"job finished in {time.monotonic() - start:.1f}s: {found}"
 
-        key = crawl_record(ctx, args)[0] if keep else ""
+        key = record.get("key", "") if keep else ""
         if address:  # a Ray of the user's: its image may have no crawler, or another
             return run(address, {})
         opening = time.monotonic()

@@ -325,7 +325,18 @@ def _kill_when(stop: threading.Event, proc: subprocess.Popen) -> None:
 
 
 # --- this machine's ports -----------------------------------------------------------------------
-def free_port() -> int:
+def free_port(tries: int = 20) -> int:
+    """A port of 127.0.0.1 something (kubectl, a test's server) can listen on. The kernel's free port comes
+    from the range it also gives outgoing connections, and on a busy machine one of those can take it before
+    it is used (seen in CI, with the kwok tests running beside the kind ones): a port taken so is passed over."""
+    for _ in range(tries - 1):
+        port = _kernel_port()
+        if port_free(port):
+            return port
+    return _kernel_port()  # the caller's own check names it, if this one is taken too
+
+
+def _kernel_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -29,7 +29,7 @@ def forwarded(ctx, namespace: str, target: str, remote_port: int, local_port: in
     URL base. kubectl runs where the lab's commands run; on a host its port is forwarded here over SSH."""
     lab = ctx.lab
     for attempt in range(1 if local_port else 3):  # a port picked here and taken meanwhile: another one
-        there = local_port or picked_port(ctx.sh)
+        there = local_port or ctx.sh.free_port()
         if not ctx.sh.port_free(there):
             raise StepFailed(f"local port {there} is already in use: stop what listens there "
                              "(another port-forward?) or choose another port")
@@ -57,17 +57,6 @@ def forwarded(ctx, namespace: str, target: str, remote_port: int, local_port: in
                     proc.wait(timeout=5)
                 except Exception:
                     proc.kill()
-
-
-def picked_port(sh, tries: int = 20) -> int:
-    """A port kubectl can listen on, picked here. The kernel's free port comes from the range it also gives
-    outgoing connections, and on a busy machine one of those can take it before it is checked (seen in CI,
-    with the kwok tests running beside the kind ones): a port taken so is passed over for another."""
-    for _ in range(tries - 1):
-        port = sh.free_port()
-        if sh.port_free(port):
-            return port
-    return sh.free_port()  # the caller's check names it, if this one is taken too
 
 
 def _watch_for(stream, marker: str, seen: threading.Event) -> None:

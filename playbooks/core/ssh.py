@@ -431,8 +431,8 @@ class SshShell:
         return f" (on {self.host}, forwarded here over SSH)" if parts.hostname else ""
 
     def free_port(self) -> int:
-        out = self.run([self.python, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                                           "print(s.getsockname()[1])"], timeout=30).stdout
+        """A port of the host's 127.0.0.1 to listen on, passed over when taken once picked (commands.free_port)."""
+        out = self.run([self.python, "-c", _FREE_PORT], timeout=30).stdout
         return int(out.strip())
 
     def port_free(self, port: int, address: str = "127.0.0.1") -> bool:
@@ -460,6 +460,20 @@ class SshShell:
 
 # Run on the host with its python3 (standard library only): a process's command line if it is alive and
 # not a zombie (every thread looked at, as daemons.alive does); and a detached start.
+_FREE_PORT = """import socket
+for _ in range(20):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket() as t:
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            t.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            pass
+print(port)
+"""
 _PROC_ARGS = """import os, sys
 pid = sys.argv[1]
 try:

@@ -66,18 +66,17 @@ def test_verbose_streams_lines_live_and_keeps_output(tmp_path):
     assert any("hello" in l for l in lines) and not any("s3cret" in l for l in lines)
 
 
-def test_a_picked_port_taken_before_it_was_checked_is_passed_over():
+def test_a_picked_port_taken_before_it_was_checked_is_passed_over(monkeypatch):
     """CI, with the kwok lane beside the kind lane: a port the kernel called free was taken (its range is
     also the one outgoing connections get) before kubectl could listen on it. The pick passes it over."""
     import socket
-    from types import SimpleNamespace
 
-    from playbooks.core.commands import free_port, port_free
-    from playbooks.core.portforward import picked_port
+    from playbooks.core import commands
+    from playbooks.core.commands import LocalShell, free_port, port_free
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         busy = taken.getsockname()[1]
         offered = [busy, busy, free_port()]
-        sh = SimpleNamespace(free_port=lambda: offered.pop(0), port_free=port_free)
-        port = picked_port(sh)
+        monkeypatch.setattr(commands, "_kernel_port", lambda: offered.pop(0))
+        port = LocalShell().free_port()
         assert port != busy and port_free(port) and offered == []

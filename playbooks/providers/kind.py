@@ -290,7 +290,7 @@ class KindProvider(Provider):
         def node_ids(ctx, node: str) -> dict[str, str]:
             """The images in a node's containerd, by every name they carry: one `crictl images` per node and
             run, shared by every part's step (ctx.shared) and asked again after a load into the node."""
-            memo = ctx.shared.setdefault("node images", {}) if hasattr(ctx, "shared") else {}
+            memo = ctx.shared.setdefault("node images", {})
             if node in memo:
                 return memo[node]
             result = ctx.sh.run(["docker", "exec", node, "crictl", "images", "-o", "json"], check=False)
@@ -319,10 +319,8 @@ class KindProvider(Provider):
             for ref, nodes in missing(ctx).items():
                 if nodes:
                     ctx.say(f"kind load docker-image {ref}")
-                    for node in nodes:  # what they hold changes now
-                        ctx.shared.get("node images", {}).pop(node, None)
                     ctx.sh.run(["kind", "load", "docker-image", ref, "--name", lab.cluster, "--nodes", ",".join(nodes)])
-                    for node in nodes:
+                    for node in nodes:  # what they hold has changed: read again when next asked
                         ctx.shared.get("node images", {}).pop(node, None)
 
         return Step(f"{what} image(s) in the kind nodes", check, load)

@@ -297,12 +297,12 @@ def test_images_in_the_kind_nodes_are_checked_with_one_call_per_node_and_a_short
                     {"lab-control-plane": {ours: "sha256:1", "docker.io/library/busybox:1.36": "sha256:2"},
                      "lab-worker": {ours: "sha256:old", "docker.io/library/busybox:1.36": "sha256:2"}})
     step = KindProvider(lab).images_steps("nginx", [ours, hubs])[0]
-    result = step.check(SimpleNamespace(sh=sh, lab=lab))
+    result = step.check(SimpleNamespace(sh=sh, lab=lab, shared={}))
     assert result.needs_change and result.detail == f"load {ours} into lab-worker"
     assert sum(1 for c in sh.calls if c[:2] == ("docker", "exec")) == 2  # one per node, not per node and image
     assert sum(1 for c in sh.calls if c[:3] == ("docker", "image", "inspect")) == 1
     sh.node_images["lab-worker"][ours] = "sha256:1"
-    assert not step.check(SimpleNamespace(sh=sh, lab=lab)).needs_change
+    assert not step.check(SimpleNamespace(sh=sh, lab=lab, shared={})).needs_change
     del sh.local[hubs]
     with pytest.raises(StepFailed, match="image busybox:1.36 is not in the local Docker engine"):
-        step.check(SimpleNamespace(sh=sh, lab=lab))
+        step.check(SimpleNamespace(sh=sh, lab=lab, shared={}))

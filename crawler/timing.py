@@ -39,11 +39,16 @@ def process_started() -> Optional[float]:
     return time.time() - (up - ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def joined_beside(marks: dict) -> bool:
+    """Whether the driver's first request came before Ray was even imported: Ray joined beside the crawl."""
+    return "first_request" in marks and marks["first_request"] < marks.get("ray_imported", float("inf"))
+
+
 def driver_phases(marks: dict) -> list[tuple[str, float]]:
     """The driver's phases from its marks; a phase whose marks are missing (no Ray in --local) is
     folded into the next one. A driver that joined Ray beside its first fetches (the head start in a
     job) has Ray's moments after its first request: they are told aside (fetchers_aside), not as phases."""
-    if marks.get("first_request", 0) and marks["first_request"] < marks.get("ray_imported", float("inf")):
+    if joined_beside(marks):
         marks = {k: v for k, v in marks.items() if k not in ("ray_imported", "ray_connected")}
     phases, start = [], None
     for name, begin, end in DRIVER_PHASES:
@@ -86,10 +91,9 @@ def fetchers_aside(result: dict) -> str:
         if (result.get("config") or {}).get("mode") == "ray" and driver:
             return f"the crawl ended before the driver had joined Ray: it fetched all {driver} URL(s) itself"
         return ""
-    beside = marks.get("first_request", 0) and marks["first_request"] < marks.get("ray_imported", float("inf"))
     joined = (f"Ray joined beside the crawl: `import ray` done {marks['ray_imported'] - marks['process']:.2f} s "
               f"after the driver started, ray.init {marks['ray_connected'] - marks['process']:.2f} s; "
-              if beside and "process" in marks else "")
+              if joined_beside(marks) and "process" in marks else "")
     if "fetchers_ready" not in marks:
         return f"{joined}no fetcher actor had answered when the crawl ended: the driver fetched all {driver} URL(s)"
     answered = marks["fetchers_ready"] - marks["ray_connected"]

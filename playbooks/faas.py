@@ -360,21 +360,31 @@ def offline_deploy_steps(lab: Lab) -> list[Step]:
             Step(deployed.name, check_deployed, deployed.apply, wait=wait)]
 
 
+# One 200 proves little while kube-proxy still has the old pod's address beside the new one's: each new
+# connection picks one at random (CI: a GET answered 200, the POST just after went to the old address and out
+# of the lab). Eight answers in a row leave that half-and-half state 1 time in 256, in a few tens of ms.
+ANSWERS_IN_A_ROW = 8
+
+
 def answers_at(ctx, url: str) -> str:
-    """Until the function answers at its node port (a GET: the handler's answer to an empty body), with the
-    old pod gone. Only the new pod can answer then, so a call right after the deploy gets the new code's
+    """Until the function answers at its node port (a GET: the handler's answer to an empty body), ANSWERS_IN_A_ROW
+    times in a row, with the old pod gone. Only the new pod can answer then, so a call right after the deploy gets the new code's
     answer. Measured on kind: for a few seconds after the rollout, kube-proxy can still send the node port
     to the old pod's address: its answer (old code, while of-watchdog drains), a closed connection, or,
     with the pod gone, whatever the node's default route reaches (an HTTP 403 from outside the lab)."""
-    started, seen = time.monotonic(), ""
+    started, seen, in_a_row = time.monotonic(), "", 0
     while True:
         try:
             status, _ = probes.http_get(url, timeout=min(5.0, max(1.0, ctx.deadline.left())), attempts=1)
             if status == 200:
-                return f"answers at {url} ({time.monotonic() - started:.1f} s after the rollout)"
+                in_a_row += 1
+                if in_a_row >= ANSWERS_IN_A_ROW:
+                    return f"answers at {url} ({time.monotonic() - started:.1f} s after the rollout)"
+                continue
             seen = f"HTTP {status}"
         except probes.HttpGetError as exc:
             seen = str(exc)
+        in_a_row = 0
         if ctx.cancelled.is_set():
             raise StepFailed(f"{url}: interrupted (Ctrl-C) while waiting for the function to answer there")
         if ctx.deadline.left() <= 0.5:

@@ -288,3 +288,41 @@ def test_after_a_redeploy_the_wait_ends_once_the_node_port_answers_not_before(tm
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_one_answer_from_the_node_port_is_not_enough_while_it_may_still_lead_to_the_old_pod():
+    """CI: kube-proxy still had the old pod's address beside the new one's; a GET reached the new pod (200)
+    and the POST right after went to the old address (HTTP 403 from outside the lab). The wait needs its
+    answers in a row: a 200 followed by a 403 starts the count again."""
+    import http.server
+    import threading
+
+    from playbooks.core.deadline import Deadline
+
+    answers = [200, 403, 200]
+    served = []
+
+    class Function(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0) if len(answers) > 1 else answers[0]
+            served.append(status)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Function)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    said = []
+    ctx = SimpleNamespace(deadline=Deadline.after(30), cancelled=threading.Event(), say=said.append)
+    try:
+        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
+        assert len(said) == 1 and "HTTP 403" in said[0]  # the first 200 did not end the wait
+        assert served[-faas.ANSWERS_IN_A_ROW:] == [200] * faas.ANSWERS_IN_A_ROW and served[:2] == [200, 403]
+    finally:
+        server.shutdown()
+        server.server_close()
+

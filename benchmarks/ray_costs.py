@@ -198,15 +198,23 @@ def local_ray(runs: int) -> None:
     site = docs_site(sections=10, pages_per_section=12, children_per_page=12, latency_s=0.02)
     with SiteProcess(site) as server:
         home = server.url("/docs/index.html")
-        walls, crawls = [], []
+        walls, crawls, firsts, afters, actors, in_driver = [], [], [], [], [], []
         for _ in range(runs):
             result, launched, ended = run_crawler([home, "--prefix", server.url("/docs/"), "--depth", "3",
                                                    "--max-pages", "100000", "--ray", "--concurrency", "64",
                                                    "--per-host", "64", "--no-robots", "--quiet"])
+            marks = result["timing"]
             walls.append(ended - launched)
             crawls.append(result["stats"]["wall_s"])
+            firsts.append(marks["first_request"] - launched)
+            afters.append(ended - marks["crawl_done"])
+            actors.append(marks.get("fetchers_ready", ended) - launched)
+            in_driver.append(result["stats"]["fetched_in_driver"])
         print(f"synthetic site ({len(result['pages'])} pages, 20 ms a request): whole process {median(walls)}; "
               f"the crawl {median(crawls)}")
+        print(f"    launch to the first request {median(firsts)}; to the first fetcher actor's answer "
+              f"{median(actors)}; last page to the process's end {median(afters)}; fetched by the driver "
+              f"{sorted(in_driver)}")
 
 
 def free_port() -> int:

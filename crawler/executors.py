@@ -221,10 +221,11 @@ class RayExecutor:
         head_start_urls (the crawl's --concurrency): what the first moments need, while the bulk of a
         crawl waits for the actors (fetching and parsing in the driver also slows its own join).
 
-        With the head start, a driver that joins a running Ray (a job's: RAY_ADDRESS is set; or
-        `address`) imports Ray and joins it in a thread while it already fetches: half a second of
-        a job's driver. A Ray this process starts itself is started first: the crawl could end
-        before it is up, and it cannot be stopped until it is.
+        With the head start, Ray is imported and joined in a thread while the driver already fetches:
+        a running Ray (a job's: RAY_ADDRESS is set; or `address`), half a second of a job's driver; or
+        a Ray this process starts itself, seconds (_keep_own_ray). The join begins once the crawl goes
+        past its first URLs (a second start(), or URLs beyond the driver's share): a crawl of its start
+        URLs alone (one page, --depth 0) is the driver's, and does not pay for importing Ray beside it.
         """
         self._created = time.monotonic()
         self.startup_s: Optional[float] = None  # from here to the first request
@@ -248,12 +249,13 @@ class RayExecutor:
         self._head_start_urls = head_start_urls
         self._joined = threading.Event()  # Ray joined and the actors asked to start
         self._join_error: Optional[BaseException] = None
-        self._joining: Optional[threading.Thread] = None
-        if self._make_driver and (address or os.environ.get("RAY_ADDRESS")):
-            _keep_sigterm_exiting()  # ray.init sets this only when called from the main thread
-            self._joining = threading.Thread(target=self._join_beside, args=(fetchers, address, num_cpus),
-                                             name="crawl-ray-join", daemon=True)
-            self._joining.start()
+        self._joining: Optional[threading.Thread] = None  # the head start's join, begun by start()
+        self._join_begun = False
+        self._own_ray = not (address or os.environ.get("RAY_ADDRESS"))  # no Ray to join: one of our own
+        self._stop = threading.Event()  # close() was called: the Ray of our own goes once it is up
+        if self._make_driver:
+            self._joining = threading.Thread(target=self._keep_own_ray if self._own_ray else self._join_beside,
+                                             args=(fetchers, address, num_cpus), name="crawl-ray-join", daemon=True)
             return
         self._join(fetchers, address, num_cpus)
         if not self._make_driver:
@@ -285,8 +287,27 @@ class RayExecutor:
             self._join_error = exc
             self._joined.set()
 
+    def _keep_own_ray(self, fetchers: int, address: Optional[str], num_cpus: float) -> None:
+        """Start a Ray of this process's own, keep it while the crawl runs, and stop it after close().
+
+        All in this one thread: on Linux, Ray's processes die with the thread that started them
+        (PR_SET_PDEATHSIG), so this thread stays until the crawl is over. A crawl that ends before its
+        Ray is up (a small site, fetched by the driver alone) does not wait for it: this thread stops
+        that Ray once it is up, and a process that exits sooner takes it along (Ray's processes share
+        their starter's fate: the kernel's parent-death signal here, Ray's reaper or a job object
+        elsewhere).
+        """
+        self._join_beside(fetchers, address, num_cpus)
+        if self._ray is None or not self._started_ray:  # the start failed (raised in the crawl), or Ray was already up
+            return
+        self._stop.wait()
+        self._ray.shutdown()
+        if self._workers_path:
+            shutil.rmtree(self._workers_path, ignore_errors=True)
+
     def start(self, urls: Sequence[str], options: FetchOptions) -> None:
-        if self.startup_s is None:
+        first = self.startup_s is None
+        if first:
             self.startup_s = time.monotonic() - self._created
             self.marks["first_request"] = time.time()
         self._options = options
@@ -301,6 +322,11 @@ class RayExecutor:
                 self._driver_pending += len(mine)
                 self.fetched_in_driver += len(mine)
             urls = list(urls)[len(mine):]
+        if self._joining is not None and not self._join_begun and (urls or not first):
+            self._join_begun = True  # the crawl goes past its first URLs: Ray's fetchers will be wanted
+            self.marks["ray_join"] = time.time()
+            _keep_sigterm_exiting()  # ray.init sets this only when called from the main thread
+            self._joining.start()
         self._waiting += urls
         if ready:
             self._send()
@@ -309,6 +335,8 @@ class RayExecutor:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if not self._ready():  # Ray is being joined: only the driver's own fetches come back
+                if not self._driver_pending and not self._join_begun:
+                    return []  # nothing out: the driver has it all back, and no URL waits for Ray
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 look = self.HEAD_START_POLL_S if left is None else min(left, self.HEAD_START_POLL_S)
                 done = self._from_driver(look) if self._driver_pending else []
@@ -345,16 +373,22 @@ class RayExecutor:
     def close(self) -> None:
         if self._driver is not None:
             self._driver.close()
-        if self._joining is not None:
+        if self._join_begun and not self._joined.is_set():
+            if self._own_ray:  # still starting: _keep_own_ray stops it once it is up
+                self._stop.set()
+                return
             self._joining.join(timeout=60)  # a join under way ends in a second or so: then its actors go
         if self._ray is None:
             return
         for actor in self._actors:
             self._ray.kill(actor)
-        if self._started_ray:
+        if self._started_ray and self._own_ray and self._join_begun:  # stopped by the thread that started it
+            self._stop.set()
+            self._joining.join(timeout=60)
+        elif self._started_ray:
             self._ray.shutdown()
-        if self._workers_path:
-            shutil.rmtree(self._workers_path, ignore_errors=True)
+            if self._workers_path:
+                shutil.rmtree(self._workers_path, ignore_errors=True)
 
     def _send(self, collect: bool = False) -> None:
         """Hand the waiting URLs to the actors that have no call out, the least loaded first;

@@ -97,5 +97,5 @@ _EXTRA_STATS = (
     ("redirects", "redirects"),
     ("non_html", "non-HTML responses skipped"),
     ("blocked_by_robots", "URLs blocked by robots.txt"),
-    ("fetched_in_driver", "fetched by the driver while Ray's fetcher actors started"),
+    ("fetched_in_driver", "fetched by the driver before any Ray fetcher actor answered"),
 )

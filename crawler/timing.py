@@ -1,7 +1,7 @@
 """Where a crawl's seconds go: the moments a crawl marks, and the phases between them.
 
 The driver marks moments on its own clock (epoch seconds): its process start,
-`import ray` done, `ray.init` done, the first request, the crawl done and the
+the join of Ray begun (with the head start: once the crawl goes past its start URLs), `import ray` done, `ray.init` done, the first request, the crawl done and the
 fetchers closed; beside them, when the first fetcher actor answered (with the
 driver's head start, see crawler.executors, usually after the first request:
 it is told aside, not a phase). A Ray job adds the client's moments (the
@@ -88,9 +88,12 @@ def fetchers_aside(result: dict) -> str:
     marks, stats = result.get("timing") or {}, result.get("stats") or {}
     driver = stats.get("fetched_in_driver", 0)
     if "ray_connected" not in marks:
-        if (result.get("config") or {}).get("mode") == "ray" and driver:
-            return f"the crawl ended before the driver had joined Ray: it fetched all {driver} URL(s) itself"
-        return ""
+        if (result.get("config") or {}).get("mode") != "ray" or not driver:
+            return ""
+        if "ray_join" not in marks and "ray_imported" not in marks:
+            return (f"the crawl went no further than its start URL(s): the driver fetched all {driver} itself, "
+                    f"and Ray was not joined")
+        return f"the crawl ended before the driver had joined Ray: it fetched all {driver} URL(s) itself"
     joined = (f"Ray joined beside the crawl: `import ray` done {marks['ray_imported'] - marks['process']:.2f} s "
               f"after the driver started, ray.init {marks['ray_connected'] - marks['process']:.2f} s; "
               if joined_beside(marks) and "process" in marks else "")

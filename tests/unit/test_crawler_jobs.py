@@ -421,10 +421,14 @@ def test_a_driver_that_joined_ray_beside_its_crawl_has_its_start_and_crawl_as_ph
              "fetchers_ready": 11.9, "crawl_done": 14.0}
     assert timing.driver_phases(marks) == [("first request", pytest.approx(0.3)), ("crawl", pytest.approx(3.7))]
     aside = timing.fetchers_aside({"timing": marks, "stats": {"fetched_in_driver": 12}})
-    ended_first = {"timing": {"process": 10.0, "first_request": 10.3, "crawl_done": 10.5},
-                   "stats": {"fetched_in_driver": 1}, "config": {"mode": "ray"}}
+    ended_first = {"timing": {"process": 10.0, "first_request": 10.3, "ray_join": 10.4, "crawl_done": 10.5},
+                   "stats": {"fetched_in_driver": 3}, "config": {"mode": "ray"}}
     assert timing.fetchers_aside(ended_first) == ("the crawl ended before the driver had joined Ray: it fetched all "
-                                                  "1 URL(s) itself")
+                                                  "3 URL(s) itself")
+    start_only = {"timing": {"process": 10.0, "first_request": 10.3, "crawl_done": 10.4},
+                  "stats": {"fetched_in_driver": 1}, "config": {"mode": "ray"}}
+    assert timing.fetchers_aside(start_only) == ("the crawl went no further than its start URL(s): the driver "
+                                                 "fetched all 1 itself, and Ray was not joined")
     assert aside == ("Ray joined beside the crawl: `import ray` done 0.70 s after the driver started, ray.init "
                      "0.80 s; the first fetcher actor answered 1.10 s after ray.init; the driver fetched 12 URL(s) "
                      "before it")

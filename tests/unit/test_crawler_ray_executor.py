@@ -142,14 +142,16 @@ def test_the_driver_fetches_while_no_actor_has_answered_and_the_actors_take_ever
     executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
     executor.start(["http://a.test/"], FetchOptions())  # no actor has answered: the driver fetches it
     assert [r.url for r in executor.finished(None)] == ["http://a.test/"]
-    assert in_driver == ["http://a.test/"] and executor.fetched_in_driver == 1
+    executor.start(["http://a.test/a"], FetchOptions())  # past the first URLs: Ray is joined, the driver fetches it
+    assert [r.url for r in executor.finished(None)] == ["http://a.test/a"]
+    assert in_driver == ["http://a.test/", "http://a.test/a"] and executor.fetched_in_driver == 2
     got = []
     while not executor._usable:  # the actors answer as time passes
         got += executor.finished(0.01)
     executor.start([f"http://a.test/{n}" for n in range(4)], FetchOptions())
     while len(got) < 4:
         got += executor.finished(None)
-    assert in_driver == ["http://a.test/"], "a URL went to the driver after an actor had answered"
+    assert in_driver == ["http://a.test/", "http://a.test/a"], "a URL went to the driver after an actor had answered"
     assert sorted(world.actors[0].sent + world.actors[1].sent) == sorted(r.url for r in got)
     assert executor.marks["fetchers_ready"] >= executor.marks["first_request"]
     executor.close()
@@ -159,6 +161,7 @@ def test_with_the_head_start_every_actor_dying_starting_is_still_an_error(fake_r
     fake_ray("dies", "dies")
     executor = RayExecutor(fetchers=2, head_start=driver_fetch([]))
     executor.start(["http://a.test/"], FetchOptions())
+    executor.start(["http://a.test/b"], FetchOptions())
     with pytest.raises(RuntimeError, match="every Ray fetcher actor has died"):
         for _ in range(10):
             executor.finished(None)
@@ -176,6 +179,8 @@ def test_a_driver_joining_a_running_ray_fetches_while_it_joins(fake_ray, monkeyp
     executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))  # returns before Ray is joined
     executor.start(["http://a.test/"], FetchOptions())
     assert [r.url for r in executor.finished(None)] == ["http://a.test/"] and in_driver == ["http://a.test/"]
+    executor.start(["http://a.test/a"], FetchOptions())  # the crawl goes past its start URL: Ray is joined
+    assert [r.url for r in executor.finished(None)] == ["http://a.test/a"]
     assert "ray_connected" not in executor.marks and world.actors == []
     joining.set()
     got = []
@@ -184,7 +189,7 @@ def test_a_driver_joining_a_running_ray_fetches_while_it_joins(fake_ray, monkeyp
     executor.start(["http://a.test/b"], FetchOptions())
     while not got:
         got += executor.finished(None)
-    assert [r.url for r in got] == ["http://a.test/b"] and in_driver == ["http://a.test/"]
+    assert [r.url for r in got] == ["http://a.test/b"] and in_driver == ["http://a.test/", "http://a.test/a"]
     assert executor.marks["first_request"] < executor.marks["ray_connected"]
     executor.close()
 
@@ -200,3 +205,70 @@ def test_the_driver_fetches_at_most_its_share_and_the_rest_waits_for_an_actor(fa
     assert in_driver == ["http://a.test/1", "http://a.test/2"] and executor.fetched_in_driver == 2
     assert world.actors[0].sent + world.actors[1].sent == ["http://a.test/3"]  # it waited for an actor
     executor.close()
+
+
+def own_ray(world, monkeypatch):
+    """The stand-in as a Ray this process starts itself: ray.init waits until the test lets it end."""
+    import threading
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    world.may_start, world.threads = threading.Event(), {}
+    world.is_initialized = lambda: False
+    world.init = lambda **kwargs: (world.threads.setdefault("init", threading.current_thread()),
+                                   world.may_start.wait(10))
+    world.shutdown = lambda: world.threads.setdefault("shutdown", threading.current_thread())
+    return world
+
+
+def test_a_crawl_that_ends_before_its_own_ray_is_up_does_not_wait_for_it(fake_ray, monkeypatch):
+    """A Ray of our own starts beside the crawl, in a thread that keeps it: Ray's processes die with the
+    thread that started them (Linux), so the same thread stops it, once it is up, after close()."""
+    world = own_ray(fake_ray("slow", "slow"), monkeypatch)
+    in_driver = []
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
+    executor.start(["http://a.test/"], FetchOptions())
+    executor.start(["http://a.test/a"], FetchOptions())  # past the start URL: Ray starts beside the crawl
+    while len(in_driver) < 2 or executor._driver_pending:
+        executor.finished(0.05)
+    assert in_driver == ["http://a.test/", "http://a.test/a"]
+    executor.close()  # returns at once: Ray is still starting
+    assert "shutdown" not in world.threads and executor._joining.is_alive()
+    world.may_start.set()  # up now: the keeper stops it, from the thread that started it
+    executor._joining.join(10)
+    assert world.threads["shutdown"] is world.threads["init"] is not None
+    assert world.threads["init"] is not __import__("threading").main_thread()
+
+
+def test_a_crawl_on_its_own_ray_stops_that_ray_in_close(fake_ray, monkeypatch):
+    world = own_ray(fake_ray("quick", "quick"), monkeypatch)
+    world.may_start.set()
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch([]))
+    executor.start(["http://a.test/"], FetchOptions())
+    executor.start(["http://a.test/a"], FetchOptions())
+    got = []
+    while not executor._usable:
+        got += executor.finished(0.05)
+    executor.start(["http://a.test/b"], FetchOptions())
+    while len(got) < 3:
+        got += executor.finished(None)
+    assert sorted(r.url for r in got) == ["http://a.test/", "http://a.test/a", "http://a.test/b"]
+    assert world.actors[0].sent + world.actors[1].sent == ["http://a.test/b"]
+    executor.close()  # Ray is up: close waits for its shutdown
+    assert world.threads["shutdown"] is world.threads["init"] and not executor._joining.is_alive()
+
+
+def test_a_crawl_of_its_start_urls_alone_never_imports_ray(fake_ray, monkeypatch):
+    """One page at --depth 0: the driver fetches it; joining Ray beside it would only slow it (the
+    import holds the interpreter's lock in bursts), and its actors would never be asked."""
+    world = own_ray(fake_ray("quick", "quick"), monkeypatch)
+    world.is_initialized = lambda: pytest.fail("Ray was joined for a crawl of its start URLs alone")
+    in_driver = []
+    executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
+    executor.start(["http://a.test/", "http://a.test/b"], FetchOptions())
+    got = []
+    while len(got) < 2:
+        got += executor.finished(None)
+    assert executor.finished(None) == []  # nothing out, nothing waits for Ray: no wait either
+    executor.close()
+    assert in_driver == ["http://a.test/", "http://a.test/b"] and "ray_imported" not in executor.marks
+    assert world.actors == [] and "init" not in world.threads

@@ -136,8 +136,9 @@ def driver_fetch(fetched):
     return lambda: ThreadExecutor(4, fetch)
 
 
-def test_the_driver_fetches_while_no_actor_has_answered_and_the_actors_take_every_url_after(fake_ray):
+def test_the_driver_fetches_while_no_actor_has_answered_and_the_actors_take_every_url_after(fake_ray, monkeypatch):
     world = fake_ray("slow", "slow")
+    monkeypatch.setenv("RAY_ADDRESS", "http://ray-head:10001")  # a job's driver: Ray is joined past the first URLs
     in_driver = []
     executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
     executor.start(["http://a.test/"], FetchOptions())  # no actor has answered: the driver fetches it
@@ -226,8 +227,8 @@ def test_a_crawl_that_ends_before_its_own_ray_is_up_does_not_wait_for_it(fake_ra
     world = own_ray(fake_ray("slow", "slow"), monkeypatch)
     in_driver = []
     executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
-    executor.start(["http://a.test/"], FetchOptions())
-    executor.start(["http://a.test/a"], FetchOptions())  # past the start URL: Ray starts beside the crawl
+    executor.start(["http://a.test/"], FetchOptions())  # Ray of our own is already starting beside the crawl
+    executor.start(["http://a.test/a"], FetchOptions())
     while len(in_driver) < 2 or executor._driver_pending:
         executor.finished(0.05)
     assert in_driver == ["http://a.test/", "http://a.test/a"]
@@ -258,10 +259,12 @@ def test_a_crawl_on_its_own_ray_stops_that_ray_in_close(fake_ray, monkeypatch):
 
 
 def test_a_crawl_of_its_start_urls_alone_never_imports_ray(fake_ray, monkeypatch):
-    """One page at --depth 0: the driver fetches it; joining Ray beside it would only slow it (the
-    import holds the interpreter's lock in bursts), and its actors would never be asked."""
-    world = own_ray(fake_ray("quick", "quick"), monkeypatch)
+    """One page at --depth 0 in a job: the driver fetches it; joining Ray beside it would only slow it
+    (the import holds the interpreter's lock in bursts), and its actors would never be asked."""
+    world = fake_ray("quick", "quick")
+    world.threads = {}
     world.is_initialized = lambda: pytest.fail("Ray was joined for a crawl of its start URLs alone")
+    monkeypatch.setenv("RAY_ADDRESS", "http://ray-head:10001")
     in_driver = []
     executor = RayExecutor(fetchers=2, head_start=driver_fetch(in_driver))
     executor.start(["http://a.test/", "http://a.test/b"], FetchOptions())

@@ -139,6 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The result goes out before the fetchers are closed: a job's client has it (and ends) while the
         # driver still stops its actors (0.3 s measured with actors still starting), so "closed" is not in it.
         report(args, result, executor, marks)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; the fetchers (and a Ray of our own) go
+        if progress is not None:
+            progress.finish()
+            progress = None
+        print("crawler: interrupted", file=sys.stderr)
+        return 130
     finally:
         executor.close()
         if progress is not None:

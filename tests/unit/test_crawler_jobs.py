@@ -263,6 +263,16 @@ def test_cli_start_outside_prefix_exits_2_with_a_sentence(capsys):
     assert "start URL http://a.test/blog/ is outside the prefix http://a.test/docs/" in capsys.readouterr().err
 
 
+def test_cli_ctrl_c_is_one_line_and_exit_130_with_the_fetchers_closed(capsys, monkeypatch):
+    from crawler import cli, executors
+
+    closed = []
+    monkeypatch.setattr(cli.Crawl, "run", lambda self, executor: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(executors.AsyncExecutor, "close", lambda self: closed.append(True))
+    assert main(["http://a.test/", "--quiet", "--per-host", "16"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["crawler: interrupted"] and closed == [True]
+
+
 def test_progress_in_a_log_is_a_line_per_depth_not_per_page():
     import io
 

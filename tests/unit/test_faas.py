@@ -1,5 +1,6 @@
 """The faas play's own logic: content hash, stack rendering, and faas-cli command lines (faked)."""
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -252,54 +253,16 @@ def test_offline_the_real_faas_cli_builds_the_archived_template_with_kindlabs_ba
     assert (context / "index.py").is_file()  # the template's own server, unchanged
 
 
-def test_after_a_redeploy_the_wait_ends_once_the_node_port_answers_not_before(tmp_path):
-    """What kind showed after a redeploy: the node port still led to the old pod's address for a moment
-    (an HTTP 403 from outside the lab once that pod was gone). The wait goes on until the function itself
-    answers 200 there, and past its deadline it names what it got."""
+@contextlib.contextmanager
+def function_answering(answers: list[int]):
+    """A stand-in for the function at its node port on 127.0.0.1: each GET gets the next of `answers`, the
+    last one from then on. Yields its URL, the statuses served so far, and a step context with a 30 s
+    deadline whose messages are kept in ctx.said."""
     import http.server
     import threading
 
     from playbooks.core.deadline import Deadline
 
-    answers = [403, 403, 200]
-
-    class Function(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            status = answers.pop(0) if len(answers) > 1 else answers[0]
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Function)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    said = []
-    ctx = SimpleNamespace(deadline=Deadline.after(30), cancelled=threading.Event(), say=said.append)
-    try:
-        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
-        assert [m for m in said if "HTTP 403" in m] and len(said) == 2
-        answers[:] = [403]
-        ctx.deadline = Deadline.after(1.5)
-        with pytest.raises(faas.StepFailed, match=r"pod is Ready, but .* does not answer it \(HTTP 403\)"):
-            faas.answers_at(ctx, url)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_one_answer_from_the_node_port_is_not_enough_while_it_may_still_lead_to_the_old_pod():
-    """CI: kube-proxy still had the old pod's address beside the new one's; a GET reached the new pod (200)
-    and the POST right after went to the old address (HTTP 403 from outside the lab). The wait needs its
-    answers in a row: a 200 followed by a 403 starts the count again."""
-    import http.server
-    import threading
-
-    from playbooks.core.deadline import Deadline
-
-    answers = [200, 403, 200]
     served = []
 
     class Function(http.server.BaseHTTPRequestHandler):
@@ -315,14 +278,37 @@ def test_one_answer_from_the_node_port_is_not_enough_while_it_may_still_lead_to_
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Function)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
     said = []
-    ctx = SimpleNamespace(deadline=Deadline.after(30), cancelled=threading.Event(), say=said.append)
+    ctx = SimpleNamespace(deadline=Deadline.after(30), cancelled=threading.Event(), say=said.append, said=said)
     try:
-        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
-        assert len(said) == 1 and "HTTP 403" in said[0]  # the first 200 did not end the wait
-        assert served[-faas.ANSWERS_IN_A_ROW:] == [200] * faas.ANSWERS_IN_A_ROW and served[:2] == [200, 403]
+        yield f"http://127.0.0.1:{server.server_address[1]}/", served, ctx
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_after_a_redeploy_the_wait_ends_once_the_node_port_answers_not_before(tmp_path):
+    """What kind showed after a redeploy: the node port still led to the old pod's address for a moment
+    (an HTTP 403 from outside the lab once that pod was gone). The wait goes on until the function itself
+    answers 200 there, and past its deadline it names what it got."""
+    from playbooks.core.deadline import Deadline
+
+    answers = [403, 403, 200]
+    with function_answering(answers) as (url, served, ctx):
+        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
+        assert [m for m in ctx.said if "HTTP 403" in m] and len(ctx.said) == 2
+        answers[:] = [403]
+        ctx.deadline = Deadline.after(1.5)
+        with pytest.raises(faas.StepFailed, match=r"pod is Ready, but .* does not answer it \(HTTP 403\)"):
+            faas.answers_at(ctx, url)
+
+
+def test_one_answer_from_the_node_port_is_not_enough_while_it_may_still_lead_to_the_old_pod():
+    """CI: kube-proxy still had the old pod's address beside the new one's; a GET reached the new pod (200)
+    and the POST right after went to the old address (HTTP 403 from outside the lab). The wait needs its
+    answers in a row: a 200 followed by a 403 starts the count again."""
+    with function_answering([200, 403, 200]) as (url, served, ctx):
+        assert faas.answers_at(ctx, url).startswith(f"answers at {url} (")
+        assert len(ctx.said) == 1 and "HTTP 403" in ctx.said[0]  # the first 200 did not end the wait
+        assert served[-faas.ANSWERS_IN_A_ROW:] == [200] * faas.ANSWERS_IN_A_ROW and served[:2] == [200, 403]
 

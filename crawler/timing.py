@@ -1,10 +1,11 @@
 """Where a crawl's seconds go: the moments a crawl marks, and the phases between them.
 
 The driver marks moments on its own clock (epoch seconds): its process start,
-the join of Ray begun (with the head start: once the crawl goes past its start URLs), `import ray` done, `ray.init` done, the first request, the crawl done and the
-fetchers closed; beside them, when the first fetcher actor answered (with the
-driver's head start, see crawler.executors, usually after the first request:
-it is told aside, not a phase). A Ray job adds the client's moments (the
+the join of Ray begun (with the head start: a running Ray once the crawl goes
+past its start URLs), `import ray` done, `ray.init` done, the first request,
+the crawl done and the fetchers closed; beside them, when the first fetcher
+actor answered (with the driver's head start, see crawler.executors, usually
+after the first request: it is told aside, not a phase). A Ray job adds the client's moments (the
 submission) and the job's start as the cluster records it. Every phase is the
 difference of two moments on one clock, so a client and a cluster whose clocks
 disagree still get true figures; the last phase (the job's end, as the client
@@ -90,7 +91,7 @@ def fetchers_aside(result: dict) -> str:
     if "ray_connected" not in marks:
         if (result.get("config") or {}).get("mode") != "ray" or not driver:
             return ""
-        if "ray_join" not in marks and "ray_imported" not in marks:
+        if "ray_join" not in marks:
             return (f"the crawl went no further than its start URL(s): the driver fetched all {driver} itself, "
                     f"and Ray was not joined")
         return f"the crawl ended before the driver had joined Ray: it fetched all {driver} URL(s) itself"

@@ -262,13 +262,12 @@ class RayExecutor:
             if self._own_ray:
                 self._begin_join()
             return
-        self._join(fetchers, address, num_cpus)
-        if not self._make_driver:
-            while not self._usable:  # the first actor to answer is enough to begin
-                if not self._starting:
-                    raise RuntimeError(_ALL_LOST)
-                first, _ = self._ray.wait(list(self._starting), num_returns=1)
-                self._answered(first[0])
+        self._join(fetchers, address, num_cpus)  # no head start: every URL waits for an actor
+        while not self._usable:  # the first actor to answer is enough to begin
+            if not self._starting:
+                raise RuntimeError(_ALL_LOST)
+            first, _ = self._ray.wait(list(self._starting), num_returns=1)
+            self._answered(first[0])
 
     def _join(self, fetchers: int, address: Optional[str], num_cpus: float) -> None:
         import ray  # only Ray mode needs Ray installed
@@ -312,6 +311,10 @@ class RayExecutor:
         if self._ray is None or not self._started_ray:  # the start failed (raised in the crawl), or Ray was already up
             return
         self._stop.wait()
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        """Shut down the Ray this process called ray.init on, and remove its workers' path folder."""
         self._ray.shutdown()
         if self._workers_path:
             shutil.rmtree(self._workers_path, ignore_errors=True)
@@ -394,9 +397,7 @@ class RayExecutor:
             self._stop.set()
             self._joining.join(timeout=60)
         elif self._started_ray:
-            self._ray.shutdown()
-            if self._workers_path:
-                shutil.rmtree(self._workers_path, ignore_errors=True)
+            self._shut_down()
 
     def _send(self, collect: bool = False) -> None:
         """Hand the waiting URLs to the actors that have no call out, the least loaded first;
